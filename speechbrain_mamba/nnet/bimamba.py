@@ -1,0 +1,112 @@
+"""Bidirectional Mamba layer (Vision Mamba's "bimamba v2" layout).
+
+One shared input projection feeds two scans, one forward in time and one
+backward, each with its own conv1d / x_proj / dt_proj / A / D (the backward
+ones suffixed ``_b``, backward A named ``A_b_log``); the two gated outputs
+are combined (mean by default, as in the Speech Slytherin models, or sum)
+and go through one shared output projection. Unlike the original, the
+backward direction starts at each item's true last frame (not inside the
+padding) and ``dt_proj_b`` gets the same step-size initialisation as the
+forward direction.
+
+Author
+------
+speechbrain-mamba developers
+"""
+
+from typing import Optional
+
+import torch
+
+from speechbrain_mamba.nnet.mamba import Mamba
+from speechbrain_mamba.nnet.padding import (
+    check_sequence_input,
+    lengths_to_frames,
+    reverse_valid,
+    zero_padding,
+)
+
+COMBINE_MODES = ("mean", "sum")
+
+
+class BiMamba(Mamba):
+    """Bidirectional Mamba: forward and backward selective scans.
+
+    Arguments
+    ---------
+    d_model : int
+        Input and output feature size.
+    combine : str
+        How the two directions are merged: "mean" (default) or "sum".
+    **kwargs
+        Every other argument of :class:`speechbrain_mamba.nnet.Mamba`
+        (d_state, d_conv, expand, dt_rank, dt_min, dt_max, dt_init,
+        dt_scale, dt_init_floor, conv_bias, bias, layer_idx, backend).
+
+    Example
+    -------
+    >>> layer = BiMamba(d_model=16, d_state=8)
+    >>> x = torch.randn(2, 30, 16)
+    >>> y = layer(x, lengths=torch.tensor([1.0, 0.5]))
+    >>> alone = layer(x[1:, :15])
+    >>> torch.allclose(y[1, :15], alone[0], atol=1e-5)
+    True
+    """
+
+    directions = ("", "_b")
+
+    def __init__(self, d_model: int, combine: str = "mean", **kwargs):
+        if combine not in COMBINE_MODES:
+            raise ValueError(
+                f"combine must be one of {COMBINE_MODES}, got {combine!r}"
+            )
+        super().__init__(d_model, **kwargs)
+        self.combine = combine
+
+    def init_cache(self, *args, **kwargs):
+        """Not available: a bidirectional layer needs the whole sequence."""
+        raise ValueError(
+            "BiMamba looks at the whole sequence and has no recurrent cache; "
+            "use a unidirectional Mamba for streaming or decoding."
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        lengths: Optional[torch.Tensor] = None,
+        cache=None,
+    ) -> torch.Tensor:
+        """Runs both directions.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            Input, [batch, time, d_model].
+        lengths : torch.Tensor, optional
+            Relative lengths in (0, 1], [batch]. Padded output frames are 0.
+        cache : None
+            Must be None (present for a uniform mixer signature).
+
+        Returns
+        -------
+        torch.Tensor
+            [batch, time, d_model].
+        """
+        if cache is not None:
+            self.init_cache()
+        check_sequence_input(x, self.d_model)
+        batch, time, _ = x.shape
+        frames = lengths_to_frames(lengths, batch, time)
+        x_in, z = self.in_proj(x).chunk(2, dim=-1)
+        forward = self._scan_direction(x_in, z, "", frames)
+        backward = self._scan_direction(
+            reverse_valid(x_in, frames), reverse_valid(z, frames), "_b", frames
+        )
+        y = forward + reverse_valid(backward, frames)
+        if self.combine == "mean":
+            y = y * 0.5
+        return zero_padding(self.out_proj(y), frames)
+
+    def extra_repr(self) -> str:
+        """Shown by print(module)."""
+        return f"{super().extra_repr()}, combine={self.combine}"

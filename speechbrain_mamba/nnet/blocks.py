@@ -1,0 +1,314 @@
+"""Pre-norm residual Mamba blocks and stacks.
+
+The block follows mamba_ssm's ``Block`` convention (attribute names ``norm``
+and ``mixer``; it passes the residual stream alongside the hidden states):
+
+    residual = hidden + residual
+    hidden = mixer(norm(residual))
+
+and a stack ends with ``norm_f(hidden + residual)``. This is the building
+block of Mamba-TasNet, DPMamba and the Mamba language models.
+
+Author
+------
+speechbrain-mamba developers
+"""
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from speechbrain_mamba.nnet.bimamba import BiMamba
+from speechbrain_mamba.nnet.cache import MambaCache
+from speechbrain_mamba.nnet.mamba import Mamba
+from speechbrain_mamba.nnet.norm import RMSNorm
+from speechbrain_mamba.nnet.padding import (
+    check_sequence_input,
+    lengths_to_frames,
+    zero_padding,
+)
+
+NORMS = ("rmsnorm", "layernorm")
+
+
+def make_norm(norm: str, d_model: int, eps: float) -> nn.Module:
+    """Builds an RMSNorm or LayerNorm.
+
+    Arguments
+    ---------
+    norm : str
+        "rmsnorm" or "layernorm".
+    d_model : int
+        Feature size.
+    eps : float
+        Numerical epsilon.
+
+    Returns
+    -------
+    torch.nn.Module
+
+    Example
+    -------
+    >>> make_norm("layernorm", 8, 1e-5)
+    LayerNorm((8,), eps=1e-05, elementwise_affine=True, bias=True)
+    """
+    if norm == "rmsnorm":
+        return RMSNorm(d_model, eps=eps)
+    if norm == "layernorm":
+        return nn.LayerNorm(d_model, eps=eps)
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops a residual branch for whole samples.
+
+    Arguments
+    ---------
+    drop_prob : float
+        Probability to drop the branch of a sample while training.
+
+    Example
+    -------
+    >>> drop = DropPath(0.5).eval()
+    >>> x = torch.ones(4, 3, 2)
+    >>> torch.equal(drop(x), x)
+    True
+    """
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Drops (and rescales) whole samples of x while training."""
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        keep = 1.0 - self.drop_prob
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        mask = torch.empty(shape, device=x.device, dtype=x.dtype)
+        return x * mask.bernoulli_(keep) / keep
+
+    def extra_repr(self) -> str:
+        """Shown by print(module)."""
+        return f"drop_prob={self.drop_prob}"
+
+
+class MambaBlock(nn.Module):
+    """Pre-norm residual block around a Mamba or BiMamba mixer.
+
+    Arguments
+    ---------
+    d_model : int
+        Feature size.
+    bidirectional : bool
+        BiMamba mixer (True) or unidirectional Mamba (False).
+    norm : str
+        "rmsnorm" or "layernorm".
+    norm_eps : float
+        Epsilon of the norm.
+    residual_in_fp32 : bool
+        Keep the residual stream in fp32 (useful under autocast).
+    drop_path : float
+        Stochastic-depth probability of the mixer branch.
+    **mixer_kwargs
+        Arguments of the mixer (d_state, d_conv, expand, backend, ...).
+
+    Example
+    -------
+    >>> block = MambaBlock(16, bidirectional=True, d_state=4)
+    >>> hidden, residual = block(torch.randn(2, 10, 16))
+    >>> hidden.shape, residual.shape
+    (torch.Size([2, 10, 16]), torch.Size([2, 10, 16]))
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        bidirectional: bool = True,
+        norm: str = "rmsnorm",
+        norm_eps: float = 1e-5,
+        residual_in_fp32: bool = True,
+        drop_path: float = 0.0,
+        **mixer_kwargs,
+    ):
+        super().__init__()
+        self.d_model = d_model
+        self.bidirectional = bidirectional
+        self.residual_in_fp32 = residual_in_fp32
+        self.norm = make_norm(norm, d_model, norm_eps)
+        mixer_class = BiMamba if bidirectional else Mamba
+        self.mixer = mixer_class(d_model, **mixer_kwargs)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        residual: Optional[torch.Tensor] = None,
+        lengths: Optional[torch.Tensor] = None,
+        cache: Optional[MambaCache] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Adds hidden to the residual stream and runs the mixer on it.
+
+        Arguments
+        ---------
+        hidden : torch.Tensor
+            Output of the previous block (or the input), [batch, time, d].
+        residual : torch.Tensor, optional
+            Residual stream so far (None for the first block).
+        lengths : torch.Tensor, optional
+            Relative lengths in (0, 1], [batch].
+        cache : MambaCache, optional
+            Recurrent state of a unidirectional mixer.
+
+        Returns
+        -------
+        hidden : torch.Tensor
+            The mixer output, [batch, time, d].
+        residual : torch.Tensor
+            The updated residual stream (fp32 if residual_in_fp32).
+        """
+        residual = hidden if residual is None else residual + hidden
+        if self.residual_in_fp32:
+            residual = residual.float()
+        normed = self.norm(residual.to(self.norm.weight.dtype))
+        if cache is not None:
+            hidden = self.mixer(normed, lengths=lengths, cache=cache)
+        else:
+            hidden = self.mixer(normed, lengths=lengths)
+        return self.drop_path(hidden), residual
+
+
+class MambaStack(nn.Module):
+    """A stack of pre-norm residual Mamba blocks with a final norm.
+
+    Arguments
+    ---------
+    d_model : int
+        Feature size.
+    num_layers : int
+        Number of blocks.
+    bidirectional : bool
+        BiMamba (True) or unidirectional Mamba (False) mixers.
+    norm : str
+        "rmsnorm" or "layernorm".
+    norm_eps : float
+        Epsilon of the norms.
+    residual_in_fp32 : bool
+        Keep the residual stream in fp32.
+    drop_path : float
+        Stochastic depth, increased linearly from 0 to this value over
+        the blocks.
+    final_norm : bool
+        Apply ``norm_f`` at the end (Identity otherwise).
+    **mixer_kwargs
+        Arguments of the mixers (d_state, d_conv, expand, backend, ...).
+
+    Example
+    -------
+    >>> stack = MambaStack(16, num_layers=2, bidirectional=False, d_state=4)
+    >>> x = torch.randn(1, 20, 16)
+    >>> cache = stack.init_cache(1)
+    >>> chunks = [stack(c, cache=cache) for c in x.split([7, 13], dim=1)]
+    >>> torch.allclose(torch.cat(chunks, 1), stack(x), atol=1e-5)
+    True
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_layers: int,
+        bidirectional: bool = True,
+        norm: str = "rmsnorm",
+        norm_eps: float = 1e-5,
+        residual_in_fp32: bool = True,
+        drop_path: float = 0.0,
+        final_norm: bool = True,
+        **mixer_kwargs,
+    ):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.d_model = d_model
+        self.bidirectional = bidirectional
+        rates = torch.linspace(0, drop_path, num_layers).tolist()
+        self.layers = nn.ModuleList(
+            MambaBlock(
+                d_model,
+                bidirectional=bidirectional,
+                norm=norm,
+                norm_eps=norm_eps,
+                residual_in_fp32=residual_in_fp32,
+                drop_path=rate,
+                layer_idx=index,
+                **mixer_kwargs,
+            )
+            for index, rate in enumerate(rates)
+        )
+        self.norm_f = (
+            make_norm(norm, d_model, norm_eps) if final_norm else nn.Identity()
+        )
+
+    def init_cache(self, batch_size: int, **kwargs) -> List[MambaCache]:
+        """One recurrent cache per block (unidirectional stacks only).
+
+        Arguments
+        ---------
+        batch_size : int
+            Number of sequences.
+        **kwargs
+            device / dtype for :meth:`Mamba.init_cache`.
+
+        Returns
+        -------
+        list of MambaCache
+        """
+        return [
+            layer.mixer.init_cache(batch_size, **kwargs)
+            for layer in self.layers
+        ]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        lengths: Optional[torch.Tensor] = None,
+        cache: Optional[List[MambaCache]] = None,
+    ) -> torch.Tensor:
+        """Runs the stack.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            [batch, time, d_model].
+        lengths : torch.Tensor, optional
+            Relative lengths in (0, 1], [batch]. Padded output frames are 0.
+        cache : list of MambaCache, optional
+            From :meth:`init_cache`; continues from and updates the state
+            (chunked streaming of a unidirectional stack).
+
+        Returns
+        -------
+        torch.Tensor
+            [batch, time, d_model], dtype of x.
+        """
+        check_sequence_input(x, self.d_model)
+        if cache is not None and len(cache) != len(self.layers):
+            raise ValueError(
+                f"cache has {len(cache)} entries for {len(self.layers)} layers"
+            )
+        frames = lengths_to_frames(lengths, x.shape[0], x.shape[1])
+        hidden, residual = x, None
+        for index, layer in enumerate(self.layers):
+            hidden, residual = layer(
+                hidden,
+                residual,
+                lengths=lengths,
+                cache=None if cache is None else cache[index],
+            )
+        residual = residual + hidden
+        weight = getattr(self.norm_f, "weight", None)
+        if weight is not None:
+            residual = residual.to(weight.dtype)
+        return zero_padding(self.norm_f(residual).to(x.dtype), frames)

@@ -1,0 +1,431 @@
+"""Unidirectional Mamba (selective state space) layer.
+
+Parameter names, shapes and initialisation are those of
+``mamba_ssm.modules.mamba_simple.Mamba`` (in_proj, conv1d, x_proj, dt_proj,
+A_log, D, out_proj), so state dicts load in either with ``strict=True``.
+The layer runs on any device in pure PyTorch, uses the mamba_ssm CUDA kernels
+for CUDA tensors when they are installed, and uses an optional numba kernel
+for CPU inference. It understands SpeechBrain's relative lengths and keeps a
+recurrent cache for streaming and step-by-step decoding.
+
+Author
+------
+speechbrain-mamba developers
+"""
+
+import math
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speechbrain_mamba.nnet.cache import MambaCache
+from speechbrain_mamba.nnet.init import A_log_init, DeltaProjection
+from speechbrain_mamba.nnet.padding import (
+    check_sequence_input,
+    lengths_to_frames,
+    zero_padding,
+)
+from speechbrain_mamba.ops import numba_scan
+from speechbrain_mamba.ops.backend import (
+    MAX_CUDA_D_STATE,
+    check_backend,
+    cuda_kernels,
+    effective_backend,
+    use_cuda_kernels,
+)
+from speechbrain_mamba.ops.selective_scan import selective_scan_torch
+
+
+def _single_step(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    z: torch.Tensor,
+    state: torch.Tensor,
+):
+    """One recurrence step. u, delta, z: [b, d]; B, C: [b, n]; state
+    [b, d, n] fp32. Returns y [b, d] fp32 and the new state."""
+    state = (
+        torch.exp(delta[..., None] * A) * state
+        + (delta * u)[..., None] * B[:, None, :]
+    )
+    y = (state * C[:, None, :]).sum(-1) + D * u
+    return y * F.silu(z), state
+
+
+class Mamba(nn.Module):
+    """Mamba selective state space layer (unidirectional, causal).
+
+    Arguments
+    ---------
+    d_model : int
+        Input and output feature size.
+    d_state : int
+        SSM state size per channel.
+    d_conv : int
+        Kernel size of the causal depthwise convolution.
+    expand : int
+        d_inner = expand * d_model channels inside the layer.
+    dt_rank : int or "auto"
+        Rank of the step-size projection ("auto": ceil(d_model / 16)).
+    dt_min, dt_max : float
+        Range of the initial step sizes.
+    dt_init : str
+        "random" or "constant" initialisation of dt_proj.weight.
+    dt_scale : float
+        Scale of dt_proj.weight's initialisation.
+    dt_init_floor : float
+        Smallest initial step size.
+    conv_bias : bool
+        Bias in the depthwise convolution.
+    bias : bool
+        Bias in in_proj and out_proj.
+    layer_idx : int, optional
+        Index of the layer in a stack (kept for mamba_ssm compatibility).
+    backend : str
+        "auto", "torch" or "cuda" (see :mod:`speechbrain_mamba.ops.backend`).
+    device, dtype : optional
+        Factory arguments for the parameters.
+
+    Example
+    -------
+    >>> layer = Mamba(d_model=32)
+    >>> x = torch.randn(2, 50, 32)
+    >>> y = layer(x, lengths=torch.tensor([1.0, 0.6]))
+    >>> y.shape
+    torch.Size([2, 50, 32])
+    >>> bool(y[1, 30:].abs().sum() == 0)
+    True
+    """
+
+    #: Suffixes of the scan directions this layer owns.
+    directions = ("",)
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: Union[int, str] = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        layer_idx: Optional[int] = None,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        for name, value in (
+            ("d_model", d_model),
+            ("d_state", d_state),
+            ("d_conv", d_conv),
+            ("expand", expand),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"{name} must be a positive int, got {value!r}"
+                )
+        self.backend = check_backend(backend)
+        if backend == "cuda" and d_state > MAX_CUDA_D_STATE:
+            raise ValueError(
+                f"d_state={d_state} is too large for the mamba_ssm CUDA kernel "
+                f"(at most {MAX_CUDA_D_STATE}); use backend='torch' or 'auto'."
+            )
+        if dt_rank == "auto":
+            dt_rank = math.ceil(d_model / 16)
+        if not isinstance(dt_rank, int) or dt_rank < 1:
+            raise ValueError(
+                f"dt_rank must be 'auto' or a positive int, got {dt_rank!r}"
+            )
+        factory = {"device": device, "dtype": dtype}
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.expand = expand
+        self.d_inner = expand * d_model
+        self.dt_rank = dt_rank
+        self.layer_idx = layer_idx
+        self._dt_args = dict(
+            dt_min=dt_min,
+            dt_max=dt_max,
+            dt_init=dt_init,
+            dt_scale=dt_scale,
+            dt_init_floor=dt_init_floor,
+        )
+        self._conv_bias = conv_bias
+        self.in_proj = nn.Linear(
+            d_model, 2 * self.d_inner, bias=bias, **factory
+        )
+        for suffix in self.directions:
+            self._add_direction(suffix, factory)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+
+    # -- parameters -------------------------------------------------------
+    @staticmethod
+    def _A_log_name(suffix: str) -> str:
+        # Vision Mamba names the backward A "A_b_log"
+        return "A_log" if suffix == "" else f"A{suffix}_log"
+
+    def _add_direction(self, suffix: str, factory: dict) -> None:
+        d_inner = self.d_inner
+        conv = nn.Conv1d(
+            d_inner,
+            d_inner,
+            kernel_size=self.d_conv,
+            groups=d_inner,
+            padding=self.d_conv - 1,
+            bias=self._conv_bias,
+            **factory,
+        )
+        setattr(self, f"conv1d{suffix}", conv)
+        setattr(
+            self,
+            f"x_proj{suffix}",
+            nn.Linear(
+                d_inner, self.dt_rank + 2 * self.d_state, bias=False, **factory
+            ),
+        )
+        setattr(
+            self,
+            f"dt_proj{suffix}",
+            DeltaProjection(self.dt_rank, d_inner, **self._dt_args, **factory),
+        )
+        A_log = nn.Parameter(
+            A_log_init(d_inner, self.d_state, factory["device"])
+        )
+        A_log._no_weight_decay = True
+        setattr(self, self._A_log_name(suffix), A_log)
+        D = nn.Parameter(torch.ones(d_inner, device=factory["device"]))
+        D._no_weight_decay = True
+        setattr(self, f"D{suffix}", D)
+
+    def reset_parameters(self) -> None:
+        """Re-applies Mamba's initialisation to every parameter."""
+        self.in_proj.reset_parameters()
+        self.out_proj.reset_parameters()
+        with torch.no_grad():
+            for suffix in self.directions:
+                getattr(self, f"conv1d{suffix}").reset_parameters()
+                getattr(self, f"x_proj{suffix}").reset_parameters()
+                getattr(self, f"dt_proj{suffix}").reset_parameters()
+                A_log = getattr(self, self._A_log_name(suffix))
+                A_log.copy_(
+                    A_log_init(self.d_inner, self.d_state, A_log.device)
+                )
+                getattr(self, f"D{suffix}").fill_(1.0)
+
+    def init_cache(
+        self, batch_size: int, device=None, dtype=None
+    ) -> MambaCache:
+        """Creates an empty recurrent cache (streaming / decoding).
+
+        Arguments
+        ---------
+        batch_size : int
+            Number of sequences.
+        device, dtype : optional
+            Default: those of the layer's parameters.
+
+        Returns
+        -------
+        MambaCache
+        """
+        weight = self.in_proj.weight
+        device = device or weight.device
+        dtype = dtype or weight.dtype
+        return MambaCache(
+            torch.zeros(
+                batch_size,
+                self.d_inner,
+                self.d_conv - 1,
+                device=device,
+                dtype=dtype,
+            ),
+            torch.zeros(
+                batch_size,
+                self.d_inner,
+                self.d_state,
+                device=device,
+                dtype=torch.float32,
+            ),
+        )
+
+    # -- computation ------------------------------------------------------
+    def _scan_direction(
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        suffix: str,
+        frames: Optional[torch.Tensor] = None,
+        cache: Optional[MambaCache] = None,
+    ) -> torch.Tensor:
+        """Conv + selective scan + gating of one direction.
+
+        x, z: [batch, time, d_inner] (channels last). Returns
+        [batch, time, d_inner]; updates ``cache`` in place when given.
+        """
+        conv = getattr(self, f"conv1d{suffix}")
+        x_proj = getattr(self, f"x_proj{suffix}")
+        dt_proj = getattr(self, f"dt_proj{suffix}")
+        A = -torch.exp(getattr(self, self._A_log_name(suffix)).float())
+        D = getattr(self, f"D{suffix}").float()
+        batch, time, _ = x.shape
+        on_cuda = use_cuda_kernels(self.backend, x, self.d_state)
+        kernels = cuda_kernels() if on_cuda else None
+
+        x_cf = x.transpose(1, 2)  # [batch, d_inner, time]
+        if cache is not None:
+            history = torch.cat([cache.conv.to(x_cf.dtype), x_cf], dim=-1)
+            x_conv = F.conv1d(
+                history, conv.weight, conv.bias, groups=self.d_inner
+            )
+            end = (
+                frames
+                if frames is not None
+                else torch.full((batch,), time, device=x.device)
+            )
+            offsets = torch.arange(self.d_conv - 1, device=x.device)
+            index = (end[:, None] + offsets[None, :])[:, None, :]
+            cache.conv = torch.gather(
+                history, 2, index.expand(batch, self.d_inner, -1)
+            )
+            x_conv = F.silu(x_conv)
+        elif kernels is not None and kernels.causal_conv1d_fn is not None:
+            x_conv = kernels.causal_conv1d_fn(
+                x_cf.contiguous(),
+                conv.weight.squeeze(1),
+                conv.bias,
+                activation="silu",
+            )
+        else:
+            x_conv = F.silu(conv(x_cf)[..., :time])
+        x_conv_cl = x_conv.transpose(1, 2)  # [batch, time, d_inner]
+
+        x_dbl = x_proj(x_conv_cl)
+        dt_low, B, C = torch.split(
+            x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1
+        )
+        dt = F.linear(dt_low, dt_proj.weight)  # bias is added in the scan
+        B_cf, C_cf = B.transpose(1, 2), C.transpose(1, 2)  # [b, n, time]
+
+        if cache is None and kernels is not None:
+            y = kernels.selective_scan_fn(
+                x_conv,
+                dt.transpose(1, 2),
+                A,
+                B_cf.contiguous(),
+                C_cf.contiguous(),
+                D,
+                z=z.transpose(1, 2),
+                delta_bias=dt_proj.bias.float(),
+                delta_softplus=True,
+            )
+            return y.transpose(1, 2)
+
+        delta = F.softplus(dt.float() + dt_proj.bias.float())
+        if cache is not None and frames is not None:
+            # padded frames: zero step size keeps the state unchanged
+            delta = zero_padding(delta, frames)
+        state = cache.ssm if cache is not None else None
+        needs_grad = torch.is_grad_enabled() and (
+            x.requires_grad or dt_proj.bias.requires_grad
+        )
+        if time == 1 and state is not None:
+            y, state = _single_step(
+                x_conv_cl[:, 0].float(),
+                delta[:, 0],
+                A,
+                B[:, 0].float(),
+                C[:, 0].float(),
+                D,
+                z[:, 0].float(),
+                state,
+            )
+            y = y[:, None].to(x.dtype)
+        elif (
+            not needs_grad and x.device.type == "cpu" and numba_scan.available()
+        ):
+            y, state = numba_scan.scan_channels_last(
+                x_conv_cl, delta, A, B_cf, C_cf, D, z, initial_state=state
+            )
+            y = y.to(x.dtype)
+        else:
+            y, state = selective_scan_torch(
+                x_conv,
+                delta.transpose(1, 2),
+                A,
+                B_cf,
+                C_cf,
+                D,
+                z=z.transpose(1, 2),
+                initial_state=state,
+                return_last_state=True,
+            )
+            y = y.transpose(1, 2)
+        if cache is not None:
+            cache.ssm = state
+        return y
+
+    def _check_cache(self, cache: MambaCache, batch: int) -> None:
+        if not isinstance(cache, MambaCache):
+            raise ValueError(
+                "cache must be a MambaCache (see init_cache), got "
+                f"{type(cache)}"
+            )
+        if cache.batch_size != batch:
+            raise ValueError(
+                f"cache holds {cache.batch_size} sequences but the input "
+                f"has batch size {batch}"
+            )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        lengths: Optional[torch.Tensor] = None,
+        cache: Optional[MambaCache] = None,
+    ) -> torch.Tensor:
+        """Runs the layer.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            Input, [batch, time, d_model].
+        lengths : torch.Tensor, optional
+            Relative lengths in (0, 1], [batch]. Padded output frames are 0.
+        cache : MambaCache, optional
+            Recurrent state from :meth:`init_cache`; when given, the layer
+            continues from it and updates it in place (streaming: call it
+            chunk after chunk; decoding: one frame at a time).
+
+        Returns
+        -------
+        torch.Tensor
+            [batch, time, d_model].
+        """
+        check_sequence_input(x, self.d_model)
+        batch, time, _ = x.shape
+        frames = lengths_to_frames(lengths, batch, time)
+        if cache is not None:
+            self._check_cache(cache, batch)
+        x_in, z = self.in_proj(x).chunk(2, dim=-1)
+        y = self._scan_direction(x_in, z, "", frames, cache)
+        return zero_padding(self.out_proj(y), frames)
+
+    def extra_repr(self) -> str:
+        """Shown by print(module)."""
+        return (
+            f"d_model={self.d_model}, d_state={self.d_state}, "
+            f"d_conv={self.d_conv}, expand={self.expand}, "
+            f"dt_rank={self.dt_rank}, backend={effective_backend(self.backend)}"
+        )

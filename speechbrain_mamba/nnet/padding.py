@@ -1,0 +1,195 @@
+"""Padding helpers for SpeechBrain's relative lengths.
+
+SpeechBrain describes a padded batch by relative lengths in (0, 1] (like
+``wav_lens``): item ``b`` has ``round(lengths[b] * time)`` valid frames at
+the start of the sequence. The helpers here turn those into frame counts
+and masks, and reverse each item within its own valid frames, which is how
+the backward direction of a bidirectional scan starts at an item's true
+last frame rather than inside the padding.
+
+Author
+------
+speechbrain-mamba developers
+"""
+
+from typing import Optional
+
+import torch
+
+
+def check_sequence_input(x: torch.Tensor, d_model: int, name: str = "x"):
+    """Raises ValueError unless x is a float [batch, time, d_model] tensor.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        The input to check.
+    d_model : int
+        Expected feature size.
+    name : str
+        Name used in the error message.
+
+    Example
+    -------
+    >>> check_sequence_input(torch.zeros(2, 5, 8), 8)
+    >>> check_sequence_input(torch.zeros(5, 8), 8)
+    Traceback (most recent call last):
+    ...
+    ValueError: x must be [batch, time, d_model=8], got shape (5, 8)
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x)}")
+    if x.dim() != 3:
+        raise ValueError(
+            f"{name} must be [batch, time, d_model={d_model}], got shape "
+            f"{tuple(x.shape)}"
+        )
+    if x.shape[-1] != d_model:
+        raise ValueError(
+            f"{name} has feature size {x.shape[-1]} but the layer expects "
+            f"d_model={d_model} (shape {tuple(x.shape)}, expected "
+            "[batch, time, d_model])"
+        )
+    if not torch.is_floating_point(x):
+        raise ValueError(
+            f"{name} must be a floating-point tensor, got dtype {x.dtype}"
+        )
+
+
+def lengths_to_frames(
+    lengths: Optional[torch.Tensor], batch: int, time: int
+) -> Optional[torch.Tensor]:
+    """Converts relative lengths to numbers of valid frames.
+
+    Arguments
+    ---------
+    lengths : torch.Tensor or None
+        Relative lengths in (0, 1], shape [batch].
+    batch : int
+        Batch size of the sequence.
+    time : int
+        Padded length of the sequence.
+
+    Returns
+    -------
+    torch.Tensor or None
+        Valid frames per item (long, at least 1), or None when lengths is
+        None.
+
+    Example
+    -------
+    >>> lengths_to_frames(torch.tensor([1.0, 0.5]), 2, 10)
+    tensor([10,  5])
+    """
+    if lengths is None:
+        return None
+    if not isinstance(lengths, torch.Tensor):
+        lengths = torch.as_tensor(lengths)
+    if lengths.dim() != 1 or lengths.shape[0] != batch:
+        raise ValueError(
+            f"lengths must have shape [batch={batch}], got "
+            f"{tuple(lengths.shape)}"
+        )
+    if not torch.is_floating_point(lengths):
+        raise ValueError(
+            "lengths must be relative lengths in (0, 1] (a float tensor, "
+            f"like wav_lens), got dtype {lengths.dtype}"
+        )
+    if bool(((lengths <= 0) | (lengths > 1 + 1e-6)).any()):
+        raise ValueError(
+            "lengths must be relative lengths in (0, 1], got values "
+            f"{lengths.tolist()}"
+        )
+    frames = torch.round(lengths.float() * time).long()
+    return frames.clamp(1, time)
+
+
+def valid_mask(frames: torch.Tensor, time: int) -> torch.Tensor:
+    """Boolean mask of valid frames.
+
+    Arguments
+    ---------
+    frames : torch.Tensor
+        Valid frames per item, [batch].
+    time : int
+        Padded length.
+
+    Returns
+    -------
+    torch.Tensor
+        [batch, time], True on valid frames.
+
+    Example
+    -------
+    >>> valid_mask(torch.tensor([2, 3]), 3).int()
+    tensor([[1, 1, 0],
+            [1, 1, 1]], dtype=torch.int32)
+    """
+    positions = torch.arange(time, device=frames.device)
+    return positions[None, :] < frames[:, None]
+
+
+def reverse_valid(
+    x: torch.Tensor, frames: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """Reverses each item along time within its valid frames.
+
+    Padded frames stay where they are, so the result is still a right-padded
+    batch. Applying it twice gives back the input.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        [batch, time, ...].
+    frames : torch.Tensor or None
+        Valid frames per item; None reverses the whole time axis.
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape as x.
+
+    Example
+    -------
+    >>> x = torch.arange(8.0).view(2, 4, 1)
+    >>> reverse_valid(x, torch.tensor([4, 2]))[..., 0]
+    tensor([[3., 2., 1., 0.],
+            [5., 4., 6., 7.]])
+    """
+    if frames is None:
+        return x.flip(1)
+    time = x.shape[1]
+    positions = torch.arange(time, device=x.device)[None, :]
+    source = torch.where(
+        positions < frames[:, None], frames[:, None] - 1 - positions, positions
+    )
+    index = source.view(*source.shape, *([1] * (x.dim() - 2)))
+    return torch.gather(x, 1, index.expand_as(x))
+
+
+def zero_padding(
+    x: torch.Tensor, frames: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """Sets padded frames of a [batch, time, ...] tensor to zero.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        [batch, time, ...].
+    frames : torch.Tensor or None
+        Valid frames per item; None returns x unchanged.
+
+    Returns
+    -------
+    torch.Tensor
+
+    Example
+    -------
+    >>> zero_padding(torch.ones(1, 3, 1), torch.tensor([2]))[0, :, 0]
+    tensor([1., 1., 0.])
+    """
+    if frames is None:
+        return x
+    mask = valid_mask(frames, x.shape[1])
+    mask = mask.view(*mask.shape, *([1] * (x.dim() - 2)))
+    return x * mask.to(x.dtype)

@@ -1,0 +1,174 @@
+"""Choice between the pure-PyTorch path and the mamba_ssm CUDA kernels.
+
+``backend="auto"`` uses mamba_ssm's ``selective_scan_fn`` (and
+causal_conv1d's ``causal_conv1d_fn`` when installed) for CUDA tensors when
+they can be imported, and the pure-PyTorch path otherwise. ``"torch"``
+always uses the pure-PyTorch path; ``"cuda"`` insists on the kernels. The
+environment variable ``SBMAMBA_BACKEND`` overrides the argument of every
+layer (handy to compare both paths without touching a YAML file).
+
+Author
+------
+speechbrain-mamba developers
+"""
+
+import functools
+import os
+from types import SimpleNamespace
+from typing import Optional
+
+import torch
+
+BACKENDS = ("auto", "torch", "cuda")
+
+#: Largest d_state the mamba_ssm selective-scan kernel supports.
+MAX_CUDA_D_STATE = 256
+
+ENV_VAR = "SBMAMBA_BACKEND"
+
+
+def check_backend(backend: str) -> str:
+    """Validates a backend name.
+
+    Arguments
+    ---------
+    backend : str
+        One of "auto", "torch", "cuda".
+
+    Returns
+    -------
+    str
+        The backend name.
+
+    Example
+    -------
+    >>> check_backend("torch")
+    'torch'
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def effective_backend(backend: str) -> str:
+    """Applies the ``SBMAMBA_BACKEND`` environment override.
+
+    Arguments
+    ---------
+    backend : str
+        The backend a layer was built with.
+
+    Returns
+    -------
+    str
+        The backend to use now.
+
+    Example
+    -------
+    >>> effective_backend("auto") in BACKENDS
+    True
+    """
+    forced = os.environ.get(ENV_VAR, "").strip().lower()
+    if forced:
+        if forced not in BACKENDS:
+            raise ValueError(
+                f"{ENV_VAR} must be one of {BACKENDS}, got {forced!r}"
+            )
+        return forced
+    return backend
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_kernels() -> Optional[SimpleNamespace]:
+    """Imports the optional CUDA kernels once.
+
+    Returns
+    -------
+    SimpleNamespace or None
+        ``selective_scan_fn`` and ``causal_conv1d_fn`` (None when
+        causal_conv1d is missing), or None when mamba_ssm is missing.
+
+    Example
+    -------
+    >>> k = cuda_kernels()
+    >>> k is None or callable(k.selective_scan_fn)
+    True
+    """
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except (ImportError, OSError):
+        return None
+    try:
+        from causal_conv1d import causal_conv1d_fn
+    except (ImportError, OSError):
+        causal_conv1d_fn = None
+    return SimpleNamespace(
+        selective_scan_fn=selective_scan_fn, causal_conv1d_fn=causal_conv1d_fn
+    )
+
+
+def missing_kernels_message() -> str:
+    """The error text for a missing mamba_ssm.
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> "mamba-ssm" in missing_kernels_message()
+    True
+    """
+    return (
+        "backend='cuda' needs the mamba_ssm CUDA kernels, which could not be "
+        "imported. Install them with `pip install speechbrain-mamba[cuda]` "
+        "(mamba-ssm, causal-conv1d) on a machine with an NVIDIA GPU, or use "
+        "backend='auto' / 'torch' (pure PyTorch, any device)."
+    )
+
+
+def use_cuda_kernels(backend: str, x: torch.Tensor, d_state: int) -> bool:
+    """Decides whether a layer call runs on the mamba_ssm kernels.
+
+    Arguments
+    ---------
+    backend : str
+        The layer's backend ("auto", "torch" or "cuda").
+    x : torch.Tensor
+        The layer input (its device decides for "auto").
+    d_state : int
+        The layer's state size.
+
+    Returns
+    -------
+    bool
+        True for the CUDA kernels, False for the pure-PyTorch path.
+
+    Example
+    -------
+    >>> use_cuda_kernels("torch", torch.zeros(1), 16)
+    False
+    """
+    backend = effective_backend(backend)
+    if backend == "torch":
+        return False
+    if backend == "cuda":
+        if cuda_kernels() is None:
+            raise ImportError(missing_kernels_message())
+        if not x.is_cuda:
+            raise ValueError(
+                "backend='cuda' needs CUDA tensors, got a tensor on "
+                f"{x.device}; move the model to the GPU or use "
+                "backend='auto'."
+            )
+        if d_state > MAX_CUDA_D_STATE:
+            raise ValueError(
+                f"d_state={d_state} is too large for the mamba_ssm CUDA "
+                f"kernel (at most {MAX_CUDA_D_STATE})."
+            )
+        return True
+    return (
+        x.is_cuda
+        and d_state <= MAX_CUDA_D_STATE
+        and (cuda_kernels() is not None)
+    )
