@@ -1,0 +1,437 @@
+"""Tests of the espeak-ng mini corpus generator."""
+
+import csv
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from speechbrain_mamba.data import espeak as espeak_mod
+from speechbrain_mamba.data.espeak import (
+    ESPEAK_SAMPLE_RATE,
+    EspeakNotFoundError,
+    synthesize,
+)
+from speechbrain_mamba.data.mini_corpus import (
+    MARKER_NAME,
+    PSEUDO_SPEAKERS,
+    _split_counts,
+    build_librimix,
+    build_librispeech,
+    build_libritts,
+    build_wsj0_2mix,
+    main,
+)
+from speechbrain_mamba.data.mixing import active_level, mix_sources
+
+REPO = Path(__file__).resolve().parents[1]
+WSJ_NAME = re.compile(r"^(\w{8})_(-?[0-9.]+)_(\w{8})_(-?[0-9.]+)$")
+LS_ID = r"\d+-\d+-\d{4}"
+
+
+def read_int(path):
+    data, rate = sf.read(str(path), dtype="int16")
+    return data.astype(np.int64), rate
+
+
+def tree_hashes(root):
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(root).rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="session")
+def librispeech(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ls") / "LibriSpeech"
+    return build_librispeech(out, seed=0, num_utterances=12)
+
+
+@pytest.fixture(scope="session")
+def libritts(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tts") / "LibriTTS"
+    return build_libritts(out, seed=0, num_utterances=10)
+
+
+@pytest.fixture(scope="session")
+def wsj0_2mix(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wsj") / "wsj0-2mix"
+    return build_wsj0_2mix(out, seed=0, num_utterances=14, modes=("min", "max"))
+
+
+@pytest.fixture(scope="session")
+def libri2mix(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lm") / "LibriMix"
+    return build_librimix(out, seed=0, num_utterances=7)
+
+
+# ---------------------------------------------------------------------------
+# LibriSpeech
+# ---------------------------------------------------------------------------
+def test_librispeech_layout(librispeech):
+    subsets = {"train-clean-100": 10, "dev-clean": 1, "test-clean": 1}
+    assert sorted(p.name for p in librispeech.iterdir()) == sorted(
+        [*subsets, "SPEAKERS.txt", MARKER_NAME]
+    )
+    speakers = {}
+    for subset, count in subsets.items():
+        flacs = sorted((librispeech / subset).glob("*/*/*.flac"))
+        assert len(flacs) == count
+        speakers[subset] = {f.parts[-3] for f in flacs}
+        for flac in flacs:
+            info = sf.info(str(flac))
+            assert (info.samplerate, info.channels) == (16000, 1)
+            assert info.format == "FLAC" and info.subtype == "PCM_16"
+            assert 0.8 < info.duration < 5.0
+            spk, chap = flac.parts[-3], flac.parts[-2]
+            assert re.fullmatch(rf"{spk}-{chap}-\d{{4}}", flac.stem)
+        # Each chapter's transcript lists exactly its audio files.
+        for chap_dir in (librispeech / subset).glob("*/*"):
+            spk, chap = chap_dir.parts[-2], chap_dir.name
+            lines = (chap_dir / f"{spk}-{chap}.trans.txt").read_text()
+            ids, texts = zip(*(ln.split(" ", 1) for ln in lines.splitlines()))
+            assert list(ids) == sorted(ids)
+            assert set(ids) == {f.stem for f in chap_dir.glob("*.flac")}
+            for text in texts:
+                assert re.fullmatch(r"[A-Z']+( [A-Z']+){3,11}", text), text
+    # Subsets have disjoint speakers, as in LibriSpeech.
+    assert not speakers["train-clean-100"] & speakers["dev-clean"]
+    assert not speakers["dev-clean"] & speakers["test-clean"]
+    table = (librispeech / "SPEAKERS.txt").read_text().splitlines()
+    rows = [ln.split("|") for ln in table if not ln.startswith(";")]
+    assert {r[0].strip() for r in rows} == set().union(*speakers.values())
+
+
+def test_librispeech_audio_is_speech(librispeech):
+    flac = sorted(librispeech.glob("train-clean-100/*/*/*.flac"))[0]
+    wav, rate = sf.read(str(flac))
+    peak = np.abs(wav).max()
+    # Peak normalised to -12..-2 dBFS, silence trimmed to 50-250 ms.
+    assert 10 ** (-12.5 / 20) < peak < 10 ** (-1.5 / 20)
+    active = np.nonzero(np.abs(wav) > 0.01 * peak)[0]
+    assert 0.04 * rate < active[0] < 0.3 * rate
+    assert 0.04 * rate < len(wav) - active[-1] < 0.3 * rate
+
+
+# ---------------------------------------------------------------------------
+# LibriTTS
+# ---------------------------------------------------------------------------
+def test_libritts_layout(libritts):
+    wavs = sorted(libritts.glob("*/*/*/*.wav"))
+    assert len(wavs) == 10
+    assert {w.parts[-4] for w in wavs} == {
+        "train-clean-100",
+        "dev-clean",
+        "test-clean",
+    }
+    for wav in wavs:
+        info = sf.info(str(wav))
+        assert (info.samplerate, info.channels, info.subtype) == (
+            24000,
+            1,
+            "PCM_16",
+        )
+        spk, chap = wav.parts[-3], wav.parts[-2]
+        assert re.fullmatch(rf"{spk}_{chap}_\d{{6}}_\d{{6}}", wav.stem)
+        norm = wav.with_suffix(".normalized.txt").read_text()
+        orig = wav.with_suffix(".original.txt").read_text()
+        assert norm and orig and "\n" not in norm
+        # Normalised text has numbers and titles spelled out.
+        assert not re.search(r"\d|Mr\.|Mrs\.|Dr\.", norm)
+        tsv = wav.parent / f"{spk}_{chap}.trans.tsv"
+        rows = [ln.split("\t") for ln in tsv.read_text().splitlines()]
+        assert [wav.stem, orig, norm] in rows
+    for tsv in libritts.glob("*/*/*/*.trans.tsv"):
+        ids = [ln.split("\t")[0] for ln in tsv.read_text().splitlines()]
+        assert set(ids) == {w.stem for w in tsv.parent.glob("*.wav")}
+
+
+# ---------------------------------------------------------------------------
+# WSJ0-2mix
+# ---------------------------------------------------------------------------
+def wsj_source(root, utt):
+    (path,) = root.glob(f"wsj0/*/{utt[:3]}/{utt}.wav")
+    return path
+
+
+def test_wsj0_2mix_layout(wsj0_2mix):
+    counts = {"tr": 10, "cv": 2, "tt": 2}
+    for mode in ("min", "max"):
+        for subset, count in counts.items():
+            base = wsj0_2mix / "wav8k" / mode / subset
+            names = {
+                d: sorted(p.name for p in (base / d).iterdir())
+                for d in ("mix", "s1", "s2")
+            }
+            assert len(names["mix"]) == count
+            assert names["mix"] == names["s1"] == names["s2"]
+            for name in names["mix"]:
+                u1, snr1, u2, snr2 = WSJ_NAME.fullmatch(name[:-4]).groups()
+                assert float(snr2) == -float(snr1) and 0 < abs(float(snr1))
+                assert abs(float(snr1)) <= 2.5 and u1[:3] != u2[:3]
+                folders = {wsj_source(wsj0_2mix, u).parts[-3] for u in (u1, u2)}
+                if subset == "tt":
+                    assert folders <= {"si_dt_05", "si_et_05"}
+                else:
+                    assert folders == {"si_tr_s"}
+                for d in ("mix", "s1", "s2"):
+                    info = sf.info(str(base / d / name))
+                    assert (info.samplerate, info.channels) == (8000, 1)
+    for src in wsj0_2mix.glob("wsj0/*/*/*.wav"):
+        assert src.stem[:3] == src.parent.name and len(src.stem) == 8
+        assert sf.info(str(src)).samplerate == 8000
+    tr_list = (wsj0_2mix / "mix_2_spk_tr.txt").read_text().splitlines()
+    assert len(tr_list) == counts["tr"]
+    for line in tr_list:
+        src1, snr1, src2, snr2 = line.split()
+        assert (wsj0_2mix / src1).is_file() and (wsj0_2mix / src2).is_file()
+        name = f"{Path(src1).stem}_{snr1}_{Path(src2).stem}_{snr2}.wav"
+        assert (wsj0_2mix / "wav8k/min/tr/mix" / name).is_file()
+
+
+def test_wsj0_2mix_mixture_is_sum_of_sources(wsj0_2mix):
+    files = sorted(wsj0_2mix.glob("wav8k/*/*/mix/*.wav"))
+    assert len(files) == 28
+    for mix_path in files:
+        mix, _ = read_int(mix_path)
+        s1, _ = read_int(mix_path.parents[1] / "s1" / mix_path.name)
+        s2, _ = read_int(mix_path.parents[1] / "s2" / mix_path.name)
+        assert mix.shape == s1.shape == s2.shape
+        # Within PCM rounding (here exact: the mixture is summed in int16).
+        assert np.abs(mix - (s1 + s2)).max() <= 1
+        # Sources and mixture scaled together to a peak of 0.9.
+        peak = max(np.abs(x).max() for x in (mix, s1, s2)) / 32768
+        assert peak == pytest.approx(0.9, abs=2e-4)
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_wsj0_2mix_snr_and_length(wsj0_2mix, mode):
+    for mix_path in sorted(wsj0_2mix.glob(f"wav8k/{mode}/*/mix/*.wav")):
+        u1, snr1, u2, snr2 = WSJ_NAME.fullmatch(mix_path.stem).groups()
+        src1, _ = sf.read(str(wsj_source(wsj0_2mix, u1)))
+        src2, _ = sf.read(str(wsj_source(wsj0_2mix, u2)))
+        s1, _ = sf.read(str(mix_path.parents[1] / "s1" / mix_path.name))
+        s2, _ = sf.read(str(mix_path.parents[1] / "s2" / mix_path.name))
+        pick = min if mode == "min" else max
+        assert len(s1) == pick(len(src1), len(src2))
+        scales = []
+        for src, est in ((src1, s1), (src2, s2)):
+            n = min(len(src), len(est))
+            ref = src[:n]
+            scale = np.dot(est[:n], ref) / np.dot(ref, ref)
+            residual = est[:n] - scale * ref
+            # est = round(scale * ref): the files hold the mixed samples.
+            assert np.abs(residual).max() < 0.6 / 32768
+            assert not np.any(est[n:])  # zero padding in max mode
+            scales.append(scale * active_level(src, 8000))
+        # s1 / s2 level ratio (active levels of the full sources) = name.
+        ratio_db = 20 * np.log10(scales[0] / scales[1])
+        assert ratio_db == pytest.approx(float(snr1) - float(snr2), abs=0.01)
+
+
+# ---------------------------------------------------------------------------
+# Libri2Mix
+# ---------------------------------------------------------------------------
+def test_libri2mix_layout_and_metadata(libri2mix):
+    assert libri2mix.name == "Libri2Mix"
+    counts = {"train-360": 5, "dev": 1, "test": 1}
+    speakers = {}
+    for rate in (8000, 16000):
+        for mode in ("min", "max"):
+            base = libri2mix / f"wav{rate // 1000}k" / mode
+            for subset, count in counts.items():
+                meta = base / "metadata" / f"mixture_{subset}_mix_clean.csv"
+                with open(meta, newline="") as f:
+                    rows = list(csv.reader(f))
+                assert rows[0] == [
+                    "mixture_ID",
+                    "mixture_path",
+                    "source_1_path",
+                    "source_2_path",
+                    "length",
+                ]
+                assert len(rows) == count + 1
+                for mid, mix, src1, src2, length in rows[1:]:
+                    assert re.fullmatch(rf"{LS_ID}_{LS_ID}", mid)
+                    spk1, spk2 = mid.split("_")[0][:4], mid.split("_")[1][:4]
+                    assert spk1 != spk2
+                    speakers.setdefault(subset, set()).update({spk1, spk2})
+                    for path, folder in (
+                        (mix, "mix_clean"),
+                        (src1, "s1"),
+                        (src2, "s2"),
+                    ):
+                        assert Path(path).is_absolute()
+                        assert Path(path) == base / subset / folder / (
+                            mid + ".wav"
+                        )
+                        info = sf.info(path)
+                        assert (info.samplerate, info.channels) == (rate, 1)
+                        assert info.frames == int(length)
+                assert len(list((base / subset / "s1").iterdir())) == count
+    assert not speakers["train-360"] & (speakers["dev"] | speakers["test"])
+
+
+def test_libri2mix_min_max_and_sum(libri2mix):
+    for rate in ("8k", "16k"):
+        for mix_path in sorted(
+            libri2mix.glob(f"wav{rate}/max/*/mix_clean/*.wav")
+        ):
+            folder = mix_path.parents[1]
+            mx = [read_int(folder / d / mix_path.name)[0] for d in ("s1", "s2")]
+            mix_max = read_int(mix_path)[0]
+            assert np.array_equal(mix_max, mx[0] + mx[1])
+            min_folder = Path(str(folder).replace("/max/", "/min/"))
+            mn = [
+                read_int(min_folder / d / mix_path.name)[0]
+                for d in ("s1", "s2")
+            ]
+            mix_min = read_int(min_folder / "mix_clean" / mix_path.name)[0]
+            assert np.array_equal(mix_min, mn[0] + mn[1])
+            n = len(mix_min)
+            assert n < len(mix_max)
+            # min files are the start of the max files (same gains) ...
+            for a, b in zip(mn, mx):
+                assert np.array_equal(a, b[:n])
+            # ... and in max mode the shorter source is padded with zeros.
+            # (The longer one may also end in silence.)
+            assert any(not np.any(s[n:]) for s in mx)
+            assert np.abs(mix_max).max() / 32768 < 0.95
+    # The 8 kHz files are the 16 kHz ones resampled (same length / 2).
+    for path16 in libri2mix.glob("wav16k/max/*/mix_clean/*.wav"):
+        path8 = Path(str(path16).replace("wav16k", "wav8k"))
+        assert sf.info(str(path8)).frames == -(
+            -sf.info(str(path16)).frames // 2
+        )
+
+
+# ---------------------------------------------------------------------------
+# Determinism, markers, errors
+# ---------------------------------------------------------------------------
+def test_deterministic_from_seed(tmp_path):
+    a = build_librispeech(tmp_path / "a", seed=7, num_utterances=4)
+    b = build_librispeech(tmp_path / "b", seed=7, num_utterances=4)
+    c = build_librispeech(tmp_path / "c", seed=8, num_utterances=4)
+    ha, hb, hc = tree_hashes(a), tree_hashes(b), tree_hashes(c)
+    assert len(ha) == 4 + 4 + 2  # flac, trans.txt, SPEAKERS.txt + marker
+    assert ha == hb
+    assert ha != hc
+    flacs = [k for k in ha if k.endswith(".flac")]
+    assert all(ha[k] != hc.get(k) for k in flacs)
+    w1 = build_wsj0_2mix(tmp_path / "w1", seed=3, num_utterances=3)
+    w2 = build_wsj0_2mix(tmp_path / "w2", seed=3, num_utterances=3)
+    assert tree_hashes(w1) == tree_hashes(w2)
+
+
+def test_marker_skip_rebuild_and_refuse(tmp_path):
+    out = tmp_path / "ls"
+    build_librispeech(out, seed=0, num_utterances=3)
+    marker = out / MARKER_NAME
+    stamp = marker.stat().st_mtime_ns, marker.stat().st_ino
+    build_librispeech(out, seed=0, num_utterances=3)  # up to date: skipped
+    assert (marker.stat().st_mtime_ns, marker.stat().st_ino) == stamp
+    before = tree_hashes(out)
+    build_librispeech(out, seed=1, num_utterances=3)  # parameters differ
+    assert tree_hashes(out) != before
+    assert '"seed": 1' in marker.read_text()
+    stamp = marker.stat().st_ino
+    build_librispeech(out, seed=1, num_utterances=3, force=True)
+    assert marker.stat().st_ino != stamp
+    assert not list(tmp_path.glob(".ls.*"))  # no temporary folders left
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        build_librispeech(foreign, num_utterances=3)
+    assert [p.name for p in foreign.iterdir()] == ["keep.txt"]
+
+
+def test_missing_espeak_fails_clearly(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv(espeak_mod.ESPEAK_ENV_VAR, raising=False)
+    out = tmp_path / "corpus"
+    with pytest.raises(EspeakNotFoundError) as err:
+        build_wsj0_2mix(out, num_utterances=3)
+    assert isinstance(err.value, FileNotFoundError)
+    assert "espeak-ng" in str(err.value)
+    assert "apt-get install espeak-ng" in str(err.value)
+    assert not out.exists()
+    with pytest.raises(EspeakNotFoundError):
+        synthesize("hello")
+    assert main(["all", "--out", str(out), "-n", "3"]) == 1
+    assert "apt-get install espeak-ng" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_built_corpus_usable_without_espeak(tmp_path, monkeypatch):
+    out = build_librispeech(tmp_path / "ls", num_utterances=3)
+    before = tree_hashes(out)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv(espeak_mod.ESPEAK_ENV_VAR, raising=False)
+    assert build_librispeech(out, num_utterances=3) == out
+    assert tree_hashes(out) == before
+    with pytest.raises(EspeakNotFoundError):  # other parameters: rebuild
+        build_librispeech(out, num_utterances=4)
+    assert tree_hashes(out) == before
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="at least 3"):
+        _split_counts(2, (8, 1, 1), "x")
+    assert _split_counts(3, (8, 1, 1), "x") == [1, 1, 1]
+    assert _split_counts(300, (8, 1, 1), "x") == [240, 30, 30]
+    assert _split_counts(280, (5, 1, 1), "x") == [200, 40, 40]
+    with pytest.raises(ValueError, match="mode"):
+        mix_sources([np.ones(3), np.ones(3)], [1, 1], mode="mean")
+    with pytest.raises(ValueError, match="silent"):
+        active_level(np.zeros(100), 8000)
+    with pytest.raises(ValueError, match="sample_rates"):
+        build_librimix("unused", sample_rates=(22050,))
+    with pytest.raises(ValueError, match="empty"):
+        synthesize("   ")
+    with pytest.raises(ValueError, match="no voice 'no-such-voice-xyz'"):
+        synthesize("hello", voice="no-such-voice-xyz")
+    with pytest.raises(ValueError, match="no voice variant 'zz9'"):
+        synthesize("hello", voice="en-us+zz9")
+
+
+def test_pseudo_speakers_are_distinct():
+    assert len({(s.voice, s.pitch) for s in PSEUDO_SPEAKERS}) == 16
+    assert len({s.wsj_id for s in PSEUDO_SPEAKERS}) == 16
+    wavs = [
+        synthesize("the red boat", voice=s.voice, pitch=s.pitch)
+        for s in PSEUDO_SPEAKERS[:3]
+    ]
+    assert all(len(w) > 0.3 * ESPEAK_SAMPLE_RATE for w in wavs)
+    assert len({w.tobytes() for w in wavs}) == 3
+
+
+def test_cli(tmp_path):
+    out = tmp_path / "corpora"
+    cmd = [sys.executable, "-m", "speechbrain_mamba.data.mini_corpus"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [*cmd, "all", "--out", str(out), "-n", "3", "--seed", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(list(out.glob("LibriSpeech/*/*/*/*.flac"))) == 3
+    assert len(list(out.glob("LibriTTS/*/*/*/*.wav"))) == 3
+    assert len(list(out.glob("wsj0-2mix/wav8k/min/*/mix/*.wav"))) == 3
+    assert len(list(out.glob("LibriMix/Libri2Mix/wav*/m*/*/s2/*.wav"))) == 12
+    assert "done in" in proc.stdout
+    # Same parameters again (in process): every corpus is skipped.
+    before = tree_hashes(out)
+    assert main(["all", "--out", str(out), "-n", "3", "--seed", "2", "-q"]) == 0
+    assert tree_hashes(out) == before
