@@ -55,7 +55,7 @@ def test_fallback_recovers_from_a_native_library_that_fails_to_load():
         from speechbrain_mamba.utils import torchaudio_compat
         ta = torchaudio_compat.import_torchaudio()
         assert ta is sys.modules["torchaudio"]
-        assert "libc10_cuda" in str(torchaudio_compat.NATIVE_EXTENSION_ERROR)
+        assert isinstance(torchaudio_compat.NATIVE_EXTENSION_ERROR, OSError)
         import speechbrain
         print("OK")
         """
