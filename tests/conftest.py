@@ -2,9 +2,10 @@
 
 import os
 
-import speechbrain_mamba  # noqa: F401  (makes `import speechbrain` work)
 import pytest
 import torch
+
+import speechbrain_mamba  # noqa: F401  (makes `import speechbrain` work)
 
 torch.set_num_threads(int(os.environ.get("SBMAMBA_TEST_THREADS", "2")))
 

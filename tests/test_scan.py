@@ -61,7 +61,8 @@ def test_torch_scan_gradients_equal_reference():
 
     expected = grads(selective_scan_reference)
     got = grads(selective_scan_torch, block_size=32)
-    for name, g_ref, g in zip("u delta A B C D z bias h0".split(), expected, got):
+    names = "u delta A B C D z bias h0".split()
+    for name, g_ref, g in zip(names, expected, got):
         torch.testing.assert_close(g, g_ref, rtol=RTOL, atol=ATOL, msg=name)
 
 
