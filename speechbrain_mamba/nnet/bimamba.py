@@ -22,7 +22,6 @@ from speechbrain_mamba.nnet.mamba import Mamba
 from speechbrain_mamba.nnet.padding import (
     check_sequence_input,
     lengths_to_frames,
-    reverse_valid,
     zero_padding,
 )
 
@@ -99,10 +98,8 @@ class BiMamba(Mamba):
         frames = lengths_to_frames(lengths, batch, time)
         x_in, z = self.in_proj(x).chunk(2, dim=-1)
         forward = self._scan_direction(x_in, z, "", frames)
-        backward = self._scan_direction(
-            reverse_valid(x_in, frames), reverse_valid(z, frames), "_b", frames
-        )
-        y = forward + reverse_valid(backward, frames)
+        backward = self._scan_direction(x_in, z, "_b", frames, reverse=True)
+        y = forward + backward
         if self.combine == "mean":
             y = y * 0.5
         return zero_padding(self.out_proj(y), frames)

@@ -25,6 +25,7 @@ from speechbrain_mamba.nnet.init import A_log_init, DeltaProjection
 from speechbrain_mamba.nnet.padding import (
     check_sequence_input,
     lengths_to_frames,
+    reverse_valid,
     zero_padding,
 )
 from speechbrain_mamba.ops import numba_scan
@@ -35,6 +36,7 @@ from speechbrain_mamba.ops.backend import (
     effective_backend,
     use_cuda_kernels,
 )
+from speechbrain_mamba.ops.depthwise_conv import depthwise_conv_channels_last
 from speechbrain_mamba.ops.selective_scan import selective_scan_torch
 
 
@@ -269,12 +271,33 @@ class Mamba(nn.Module):
         suffix: str,
         frames: Optional[torch.Tensor] = None,
         cache: Optional[MambaCache] = None,
+        reverse: bool = False,
     ) -> torch.Tensor:
         """Conv + selective scan + gating of one direction.
 
-        x, z: [batch, time, d_inner] (channels last). Returns
+        x, z: [batch, time, d_inner] (channels last). With ``reverse`` the
+        direction runs backward in time from each item's last valid frame
+        (inputs and output stay in the original order). Returns
         [batch, time, d_inner]; updates ``cache`` in place when given.
         """
+        needs_grad = torch.is_grad_enabled() and (
+            x.requires_grad or self.in_proj.weight.requires_grad
+        )
+        fused_cpu = (
+            cache is None
+            and x.device.type == "cpu"
+            and not needs_grad
+            and numba_scan.available()
+        )
+        if reverse and not fused_cpu:
+            y = self._scan_direction(
+                reverse_valid(x, frames),
+                reverse_valid(z, frames),
+                suffix,
+                frames,
+            )
+            return reverse_valid(y, frames)
+
         conv = getattr(self, f"conv1d{suffix}")
         x_proj = getattr(self, f"x_proj{suffix}")
         dt_proj = getattr(self, f"dt_proj{suffix}")
@@ -284,8 +307,8 @@ class Mamba(nn.Module):
         on_cuda = use_cuda_kernels(self.backend, x, self.d_state)
         kernels = cuda_kernels() if on_cuda else None
 
-        x_cf = x.transpose(1, 2)  # [batch, d_inner, time]
         if cache is not None:
+            x_cf = x.transpose(1, 2)  # [batch, d_inner, time]
             history = torch.cat([cache.conv.to(x_cf.dtype), x_cf], dim=-1)
             x_conv = F.conv1d(
                 history, conv.weight, conv.bias, groups=self.d_inner
@@ -300,17 +323,27 @@ class Mamba(nn.Module):
             cache.conv = torch.gather(
                 history, 2, index.expand(batch, self.d_inner, -1)
             )
-            x_conv = F.silu(x_conv)
+            x_conv_cl = F.silu(x_conv).transpose(1, 2)
         elif kernels is not None and kernels.causal_conv1d_fn is not None:
-            x_conv = kernels.causal_conv1d_fn(
-                x_cf.contiguous(),
+            x_conv_cl = kernels.causal_conv1d_fn(
+                x.transpose(1, 2).contiguous(),
                 conv.weight.squeeze(1),
                 conv.bias,
                 activation="silu",
+            ).transpose(1, 2)
+        elif x.device.type == "cpu":
+            if reverse and frames is not None:
+                x = zero_padding(x, frames)  # nothing after the true end
+            x_conv_cl = F.silu(
+                depthwise_conv_channels_last(
+                    x, conv.weight, conv.bias, reverse=reverse
+                )
             )
         else:
-            x_conv = F.silu(conv(x_cf)[..., :time])
-        x_conv_cl = x_conv.transpose(1, 2)  # [batch, time, d_inner]
+            x_conv_cl = F.silu(conv(x.transpose(1, 2))[..., :time]).transpose(
+                1, 2
+            )
+        # x_conv_cl: [batch, time, d_inner]
 
         x_dbl = x_proj(x_conv_cl)
         dt_low, B, C = torch.split(
@@ -321,7 +354,7 @@ class Mamba(nn.Module):
 
         if cache is None and kernels is not None:
             y = kernels.selective_scan_fn(
-                x_conv,
+                x_conv_cl.transpose(1, 2),
                 dt.transpose(1, 2),
                 A,
                 B_cf.contiguous(),
@@ -338,9 +371,6 @@ class Mamba(nn.Module):
             # padded frames: zero step size keeps the state unchanged
             delta = zero_padding(delta, frames)
         state = cache.ssm if cache is not None else None
-        needs_grad = torch.is_grad_enabled() and (
-            x.requires_grad or dt_proj.bias.requires_grad
-        )
         if time == 1 and state is not None:
             y, state = _single_step(
                 x_conv_cl[:, 0].float(),
@@ -354,15 +384,26 @@ class Mamba(nn.Module):
             )
             y = y[:, None].to(x.dtype)
         elif (
-            not needs_grad and x.device.type == "cpu" and numba_scan.available()
+            not needs_grad
+            and x.device.type == "cpu"
+            and (numba_scan.available())
         ):
             y, state = numba_scan.scan_channels_last(
-                x_conv_cl, delta, A, B_cf, C_cf, D, z, initial_state=state
+                x_conv_cl,
+                delta,
+                A,
+                B_cf,
+                C_cf,
+                D,
+                z,
+                initial_state=state,
+                frames=frames if cache is None else None,
+                reverse=reverse,
             )
             y = y.to(x.dtype)
         else:
             y, state = selective_scan_torch(
-                x_conv,
+                x_conv_cl.transpose(1, 2),
                 delta.transpose(1, 2),
                 A,
                 B_cf,

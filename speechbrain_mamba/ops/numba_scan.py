@@ -91,10 +91,13 @@ def _kernel(d_state: int):
     NS = d_state
 
     @numba.njit(parallel=True, fastmath=True, nogil=True)
-    def scan(u, delta, z, D, A, Bt, Ct, state, y, gate):  # pragma: no cover
+    def scan(
+        u, delta, z, D, A, Bt, Ct, state, y, gate, frames, reverse
+    ):  # pragma: no cover
         # u, delta, z, y: [b, L, d] (channels last); D: [d]; A: [NS, d];
         # Bt, Ct: [b, g, L, NS]; state: [b, NS, d], updated in place.
         # d is a multiple of W and every tile lies inside one group.
+        # frames: [b] valid frames; reverse: scan from frames[b] - 1 to 0.
         batch, length, d_inner = delta.shape
         tiles = d_inner // W
         per_group = d_inner // Bt.shape[1]
@@ -114,7 +117,9 @@ def _kernel(d_state: int):
             dt = np.empty(W, np.float32)
             du = np.empty(W, np.float32)
             acc = np.empty(W, np.float32)
-            for t in range(length):
+            valid = frames[b]
+            for step in range(valid):
+                t = valid - 1 - step if reverse else step
                 for c in range(W):
                     dt[c] = delta[b, t, c0 + c]
                     du[c] = dt[c] * u[b, t, c0 + c]
@@ -186,6 +191,8 @@ def scan_channels_last(
     D: Optional[torch.Tensor] = None,
     z: Optional[torch.Tensor] = None,
     initial_state: Optional[torch.Tensor] = None,
+    frames: Optional[torch.Tensor] = None,
+    reverse: bool = False,
 ) -> tuple:
     """Runs the kernel on channels-last operands (no autograd).
 
@@ -205,6 +212,11 @@ def scan_channels_last(
         Gate, [batch, time, d_inner].
     initial_state : torch.Tensor, optional
         [batch, d_inner, d_state].
+    frames : torch.Tensor, optional
+        Valid frames per item; frames after them are not scanned (their
+        outputs are 0 and the last state is the state at the true end).
+    reverse : bool
+        Scan each item backward in time, from its last valid frame.
 
     Returns
     -------
@@ -251,7 +263,13 @@ def scan_channels_last(
         skip = D if D is not None else u.new_zeros(d_inner)
         u_p = prepared(u)
         gate = prepared(z) if z is not None else u_p
-        y = torch.empty_like(u_p)
+        y = (
+            torch.zeros_like(u_p)
+            if frames is not None
+            else (torch.empty_like(u_p))
+        )
+        if frames is None:
+            frames = torch.full((batch,), time, dtype=torch.int64)
         _kernel(d_state)(
             u_p.numpy(),
             prepared(delta).numpy(),
@@ -263,6 +281,8 @@ def scan_channels_last(
             state.numpy(),
             y.numpy(),
             z is not None,
+            frames.to(device="cpu", dtype=torch.int64).numpy(),
+            reverse,
         )
     y = _unpad_channels(y, groups, per_group)
     state = _unpad_channels(state, groups, per_group).transpose(1, 2)
