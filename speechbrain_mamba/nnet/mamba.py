@@ -28,7 +28,7 @@ from speechbrain_mamba.nnet.padding import (
     reverse_valid,
     zero_padding,
 )
-from speechbrain_mamba.ops import numba_scan
+from speechbrain_mamba.ops import numba_conv, numba_scan
 from speechbrain_mamba.ops.backend import (
     MAX_CUDA_D_STATE,
     check_backend,
@@ -331,9 +331,11 @@ class Mamba(nn.Module):
                 conv.bias,
                 activation="silu",
             ).transpose(1, 2)
+        elif fused_cpu:
+            x_conv_cl = numba_conv.conv_silu_channels_last(
+                x, conv.weight, conv.bias, frames, reverse
+            ).to(x.dtype)
         elif x.device.type == "cpu":
-            if reverse and frames is not None:
-                x = zero_padding(x, frames)  # nothing after the true end
             x_conv_cl = F.silu(
                 depthwise_conv_channels_last(
                     x, conv.weight, conv.bias, reverse=reverse
@@ -366,6 +368,22 @@ class Mamba(nn.Module):
             )
             return y.transpose(1, 2)
 
+        if fused_cpu:
+            y, _ = numba_scan.scan_channels_last(
+                x_conv_cl,
+                dt,
+                A,
+                B_cf,
+                C_cf,
+                D,
+                z,
+                frames=frames,
+                reverse=reverse,
+                delta_bias=dt_proj.bias,
+                delta_softplus=True,
+            )
+            return y.to(x.dtype)
+
         delta = F.softplus(dt.float() + dt_proj.bias.float())
         if cache is not None and frames is not None:
             # padded frames: zero step size keeps the state unchanged
@@ -389,16 +407,7 @@ class Mamba(nn.Module):
             and (numba_scan.available())
         ):
             y, state = numba_scan.scan_channels_last(
-                x_conv_cl,
-                delta,
-                A,
-                B_cf,
-                C_cf,
-                D,
-                z,
-                initial_state=state,
-                frames=frames if cache is None else None,
-                reverse=reverse,
+                x_conv_cl, delta, A, B_cf, C_cf, D, z, initial_state=state
             )
             y = y.to(x.dtype)
         else:

@@ -21,7 +21,6 @@ speechbrain-mamba developers
 """
 
 import functools
-import math
 import os
 from typing import Optional
 
@@ -29,10 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from speechbrain_mamba.ops import numba_math
 from speechbrain_mamba.ops.selective_scan import (
     ScanOutput,
     _grouped,
-    _prepare_delta,
     check_scan_shapes,
 )
 
@@ -40,59 +39,29 @@ from speechbrain_mamba.ops.selective_scan import (
 TILE = 16
 
 
-@functools.lru_cache(maxsize=1)
-def _numba():
-    if os.environ.get("SBMAMBA_NUMBA", "1") == "0":
-        return None
-    try:
-        import numba
-        from llvmlite import ir
-        from numba import types
-        from numba.extending import intrinsic
-    except ImportError:
-        return None
-
-    @intrinsic
-    def bits_to_float32(typingctx, bits):  # pragma: no cover
-        signature = types.float32(types.int32)
-
-        def codegen(context, builder, sig, args):
-            return builder.bitcast(args[0], ir.FloatType())
-
-        return signature, codegen
-
-    @numba.njit(fastmath=True, inline="always")
-    def fast_exp(x):  # pragma: no cover
-        # exp(x) = 2**n * exp(r), r = x - n ln2 (split in two parts), with a
-        # degree-7 Taylor polynomial for exp(r) on |r| <= ln2 / 2.
-        x = min(max(x, numba.float32(-87.0)), numba.float32(88.0))
-        n = math.floor(x * numba.float32(1.4426950408889634) + 0.5)
-        r = x - n * numba.float32(0.693145751953125)
-        r = r - n * numba.float32(1.428606765330187e-06)
-        p = numba.float32(1.0 / 5040.0)
-        p = p * r + numba.float32(1.0 / 720.0)
-        p = p * r + numba.float32(1.0 / 120.0)
-        p = p * r + numba.float32(1.0 / 24.0)
-        p = p * r + numba.float32(1.0 / 6.0)
-        p = p * r + numba.float32(0.5)
-        p = p * r + numba.float32(1.0)
-        p = p * r + numba.float32(1.0)
-        exponent = (numba.int32(n) + numba.int32(127)) << numba.int32(23)
-        return p * bits_to_float32(exponent)
-
-    return numba, fast_exp
-
-
 @functools.lru_cache(maxsize=None)
 def _kernel(d_state: int):
     """Compiles the scan for one d_state (a compile-time constant)."""
-    numba, fast_exp = _numba()
+    numba, fast_exp, fast_softplus = numba_math.load()
     W = TILE
     NS = d_state
 
     @numba.njit(parallel=True, fastmath=True, nogil=True)
     def scan(
-        u, delta, z, D, A, Bt, Ct, state, y, gate, frames, reverse
+        u,
+        delta,
+        z,
+        D,
+        A,
+        Bt,
+        Ct,
+        state,
+        y,
+        gate,
+        frames,
+        reverse,
+        bias,
+        softplus,
     ):  # pragma: no cover
         # u, delta, z, y: [b, L, d] (channels last); D: [d]; A: [NS, d];
         # Bt, Ct: [b, g, L, NS]; state: [b, NS, d], updated in place.
@@ -121,7 +90,11 @@ def _kernel(d_state: int):
             for step in range(valid):
                 t = valid - 1 - step if reverse else step
                 for c in range(W):
-                    dt[c] = delta[b, t, c0 + c]
+                    dt[c] = delta[b, t, c0 + c] + bias[c0 + c]
+                if softplus:
+                    for c in range(W):
+                        dt[c] = fast_softplus(dt[c])
+                for c in range(W):
                     du[c] = dt[c] * u[b, t, c0 + c]
                     acc[c] = skip[c] * u[b, t, c0 + c]
                 for k in range(NS):
@@ -160,7 +133,7 @@ def available() -> bool:
     """
     if os.environ.get("SBMAMBA_NUMBA", "1") == "0":
         return False
-    return _numba() is not None
+    return numba_math.load() is not None
 
 
 def _pad_channels(x: torch.Tensor, groups: int, padded: int) -> torch.Tensor:
@@ -193,6 +166,8 @@ def scan_channels_last(
     initial_state: Optional[torch.Tensor] = None,
     frames: Optional[torch.Tensor] = None,
     reverse: bool = False,
+    delta_bias: Optional[torch.Tensor] = None,
+    delta_softplus: bool = False,
 ) -> tuple:
     """Runs the kernel on channels-last operands (no autograd).
 
@@ -201,7 +176,7 @@ def scan_channels_last(
     u : torch.Tensor
         Input, [batch, time, d_inner].
     delta : torch.Tensor
-        Step sizes after bias and softplus, [batch, time, d_inner].
+        Step sizes, [batch, time, d_inner].
     A : torch.Tensor
         [d_inner, d_state].
     B, C : torch.Tensor
@@ -217,6 +192,10 @@ def scan_channels_last(
         outputs are 0 and the last state is the state at the true end).
     reverse : bool
         Scan each item backward in time, from its last valid frame.
+    delta_bias : torch.Tensor, optional
+        Added to delta inside the kernel, [d_inner].
+    delta_softplus : bool
+        Apply softplus to delta (after the bias) inside the kernel.
 
     Returns
     -------
@@ -261,6 +240,8 @@ def scan_channels_last(
         else:
             state = prepared(initial_state.transpose(1, 2)).clone()
         skip = D if D is not None else u.new_zeros(d_inner)
+        if delta_bias is None:
+            delta_bias = u.new_zeros(d_inner)
         u_p = prepared(u)
         gate = prepared(z) if z is not None else u_p
         y = (
@@ -270,6 +251,7 @@ def scan_channels_last(
         )
         if frames is None:
             frames = torch.full((batch,), time, dtype=torch.int64)
+        numba_math.set_threads()
         _kernel(d_state)(
             u_p.numpy(),
             prepared(delta).numpy(),
@@ -283,6 +265,8 @@ def scan_channels_last(
             z is not None,
             frames.to(device="cpu", dtype=torch.int64).numpy(),
             reverse,
+            prepared(delta_bias).numpy(),
+            delta_softplus,
         )
     y = _unpad_channels(y, groups, per_group)
     state = _unpad_channels(state, groups, per_group).transpose(1, 2)
@@ -335,7 +319,6 @@ def selective_scan_numba(
     """
     check_scan_shapes(u, delta, A, B, C)
     with torch.no_grad():
-        delta = _prepare_delta(delta, delta_bias, delta_softplus)
         y, state = scan_channels_last(
             u.transpose(1, 2),
             delta.transpose(1, 2),
@@ -345,6 +328,8 @@ def selective_scan_numba(
             D=D,
             z=None if z is None else z.transpose(1, 2),
             initial_state=initial_state,
+            delta_bias=delta_bias,
+            delta_softplus=delta_softplus,
         )
     y = y.transpose(1, 2).to(u.dtype)
     return (y, state) if return_last_state else y
