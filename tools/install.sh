@@ -29,6 +29,9 @@ if ! command -v nvidia-smi >/dev/null 2>&1; then
     CONSTRAINTS=(-c "$ROOT/tools/constraints-cpu.txt")
 fi
 echo "[install] pip install -e .[$EXTRAS]"
+# (the sed drops pip's warnings about this machine's empty local indexes)
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
-    "${CONSTRAINTS[@]}" -e "$ROOT[$EXTRAS]"
+    "${CONSTRAINTS[@]}" -e "$ROOT[$EXTRAS]" 2>&1 \
+    | sed '/is ignored: it is neither a file nor a directory/d'
+test "${PIPESTATUS[0]}" -eq 0
 echo "[install] done: $VENV"
