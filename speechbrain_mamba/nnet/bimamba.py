@@ -17,13 +17,16 @@ speechbrain-mamba developers
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from speechbrain_mamba.nnet.mamba import Mamba
 from speechbrain_mamba.nnet.padding import (
     check_sequence_input,
     lengths_to_frames,
+    reverse_valid,
     zero_padding,
 )
+from speechbrain_mamba.ops.backend import cuda_kernels, use_cuda_kernels
 
 COMBINE_MODES = ("mean", "sum")
 
@@ -97,12 +100,77 @@ class BiMamba(Mamba):
         batch, time, _ = x.shape
         frames = lengths_to_frames(lengths, batch, time)
         x_in, z = self.in_proj(x).chunk(2, dim=-1)
-        forward = self._scan_direction(x_in, z, "", frames)
-        backward = self._scan_direction(x_in, z, "_b", frames, reverse=True)
-        y = forward + backward
+        if use_cuda_kernels(self.backend, x, self.d_state):
+            y = self._both_directions_cuda(x_in, z, frames)
+        else:
+            forward = self._scan_direction(x_in, z, "", frames)
+            backward = self._scan_direction(x_in, z, "_b", frames, reverse=True)
+            y = forward + backward
         if self.combine == "mean":
             y = y * 0.5
         return zero_padding(self.out_proj(y), frames)
+
+    def _both_directions_cuda(
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        frames: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """Both directions in one conv and one selective-scan kernel call.
+
+        The backward direction becomes d_inner extra channels holding the
+        (per-item) reversed sequence, with its own B/C as a second group of
+        the scan. x, z: [batch, time, d_inner]; returns the sum of the two
+        gated directions, [batch, time, d_inner].
+        """
+        kernels = cuda_kernels()
+        d_inner, time = self.d_inner, x.shape[1]
+        both = torch.cat([x, reverse_valid(x, frames)], dim=-1).transpose(1, 2)
+        gate = torch.cat([z, reverse_valid(z, frames)], dim=-1).transpose(1, 2)
+        weight = torch.cat([self.conv1d.weight, self.conv1d_b.weight], 0)
+        bias = None
+        if self.conv1d.bias is not None:
+            bias = torch.cat([self.conv1d.bias, self.conv1d_b.bias])
+        if kernels.causal_conv1d_fn is not None:
+            both = kernels.causal_conv1d_fn(
+                both.contiguous(), weight.squeeze(1), bias, activation="silu"
+            )
+        else:
+            both = F.conv1d(
+                both, weight, bias, padding=self.d_conv - 1, groups=2 * d_inner
+            )
+            both = F.silu(both[..., :time])
+        sizes = [self.dt_rank, self.d_state, self.d_state]
+        dt_f, B_f, C_f = self.x_proj(both[:, :d_inner].transpose(1, 2)).split(
+            sizes, dim=-1
+        )
+        dt_b, B_b, C_b = self.x_proj_b(both[:, d_inner:].transpose(1, 2)).split(
+            sizes, dim=-1
+        )
+        delta = torch.cat(
+            [
+                F.linear(dt_f, self.dt_proj.weight),
+                F.linear(dt_b, self.dt_proj_b.weight),
+            ],
+            dim=-1,
+        ).transpose(1, 2)
+        B = torch.stack([B_f, B_b], dim=1).transpose(-1, -2).contiguous()
+        C = torch.stack([C_f, C_b], dim=1).transpose(-1, -2).contiguous()
+        A = -torch.exp(torch.cat([self.A_log, self.A_b_log]).float())
+        y = kernels.selective_scan_fn(
+            both,
+            delta,
+            A,
+            B,
+            C,
+            torch.cat([self.D, self.D_b]).float(),
+            z=gate,
+            delta_bias=torch.cat(
+                [self.dt_proj.bias, self.dt_proj_b.bias]
+            ).float(),
+            delta_softplus=True,
+        ).transpose(1, 2)
+        return y[..., :d_inner] + reverse_valid(y[..., d_inner:], frames)
 
     def extra_repr(self) -> str:
         """Shown by print(module)."""
