@@ -396,3 +396,16 @@ def test_cpu_autocast_runs_and_stays_close(cls, dtype):
     assert torch.isfinite(y.float()).all()
     rel = (y.float() - reference).norm() / reference.norm()
     assert rel < 0.05
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    stack = MambaStack(16, num_layers=2, d_state=4)
+    x = torch.randn(2, 12, 16)
+    lengths = torch.tensor([1.0, 0.5])
+    stack(x, lengths).pow(2).sum().backward()
+    expected = [p.grad.clone() for p in stack.parameters()]
+    stack.zero_grad()
+    stack.gradient_checkpointing = True
+    stack(x, lengths).pow(2).sum().backward()
+    for g_ref, p in zip(expected, stack.parameters()):
+        torch.testing.assert_close(p.grad, g_ref, rtol=RTOL, atol=ATOL)

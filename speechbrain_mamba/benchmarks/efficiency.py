@@ -42,13 +42,14 @@ DEFAULT_SECONDS = {
 DEFAULT_BATCH = {"separation": 1, "asr": 8}
 
 
-def measure_model(model, x, mode, dtype, device, repeats):
-    """Times one model on one input; returns the measure() dict."""
+def make_step(model, x, mode, dtype, device, for_graph=False):
+    """The callable that is timed: a training step or an inference call."""
     model.train(mode == "train")
     autocast = torch.autocast(
         torch.device(device).type,
         dtype=dtype,
         enabled=dtype != torch.float32,
+        cache_enabled=not for_graph,
     )
 
     def step():
@@ -56,12 +57,56 @@ def measure_model(model, x, mode, dtype, device, repeats):
             with autocast:
                 y = model(x)
             y.float().pow(2).mean().backward()
-            model.zero_grad(set_to_none=True)
+            if not for_graph:
+                model.zero_grad(set_to_none=True)
         else:
             with torch.no_grad(), autocast:
                 model(x)
 
-    return measure(step, device=device, repeats=repeats, warmup=1)
+    return step
+
+
+def capture_graph(step):
+    """Records step() in a CUDA graph; returns its replay function."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+def measure_model(model, x, mode, dtype, device, repeats, graphed=False):
+    """Times one model on one input; returns the measure() dict (and
+    whether a CUDA graph was used)."""
+    used_graph = False
+    step = make_step(model, x, mode, dtype, device)
+    if graphed and torch.device(device).type == "cuda":
+        try:
+            model.zero_grad(set_to_none=True)
+            step = capture_graph(make_step(model, x, mode, dtype, device, True))
+            used_graph = True
+        except (RuntimeError, torch.OutOfMemoryError) as err:
+            print(f"CUDA graph capture failed ({err}); timing eagerly")
+            torch.cuda.synchronize()
+            step = make_step(model, x, mode, dtype, device)
+    result = measure(step, device=device, repeats=repeats, warmup=1)
+    result["cuda_graph"] = used_graph
+    return result
+
+
+def enable_checkpointing(model) -> int:
+    """Turns on gradient checkpointing in every MambaStack of a model."""
+    from speechbrain_mamba.nnet import MambaStack
+
+    stacks = [m for m in model.modules() if isinstance(m, MambaStack)]
+    for stack in stacks:
+        stack.gradient_checkpointing = True
+    return len(stacks)
 
 
 def thresholds(rows: List[Dict]) -> Dict[str, Optional[float]]:
@@ -243,6 +288,8 @@ def run(args) -> Dict:
             builder = mamba_builder if role == "mamba" else peer_builder
             torch.manual_seed(0)
             models[(task, role)] = builder().to(device)
+            if role == "mamba" and args.checkpointing:
+                enable_checkpointing(models[(task, role)])
         model = models[(task, role)]
         batch = args.batch or DEFAULT_BATCH[task]
         result = measure_model(
@@ -252,6 +299,8 @@ def run(args) -> Dict:
             dtype,
             device,
             args.repeats,
+            graphed=args.cuda_graphs == "both"
+            or (args.cuda_graphs == "mamba" and role == "mamba"),
         )
         row = {
             "task": task,
@@ -270,6 +319,8 @@ def run(args) -> Dict:
             "seconds_median": result["seconds"],
             "peak_mib": result["peak_mib"],
             "oom": result["oom"],
+            "cuda_graph": result["cuda_graph"],
+            "checkpointing": bool(args.checkpointing and role == "mamba"),
         }
         if task == "asr":
             row["model"] = type(model.encoder).__name__
@@ -324,6 +375,17 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int)
+    parser.add_argument(
+        "--cuda-graphs",
+        choices=["none", "mamba", "both"],
+        default="none",
+        help="replay each step from a CUDA graph (static shapes)",
+    )
+    parser.add_argument(
+        "--checkpointing",
+        action="store_true",
+        help="gradient checkpointing in the Mamba stacks (less memory)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

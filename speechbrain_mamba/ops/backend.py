@@ -172,3 +172,28 @@ def use_cuda_kernels(backend: str, x: torch.Tensor, d_state: int) -> bool:
         and d_state <= MAX_CUDA_D_STATE
         and (cuda_kernels() is not None)
     )
+
+
+@functools.lru_cache(maxsize=1)
+def fused_add_norm():
+    """mamba_ssm's Triton fused residual-add + (RMS/Layer)Norm, or None.
+
+    Returns
+    -------
+    callable or None
+        ``layer_norm_fn(x, weight, bias, residual=None, eps=...,
+        prenorm=False, residual_in_fp32=False, is_rms_norm=False)``.
+
+    Example
+    -------
+    >>> fn = fused_add_norm()
+    >>> fn is None or callable(fn)
+    True
+    """
+    if cuda_kernels() is None:
+        return None
+    try:
+        from mamba_ssm.ops.triton.layer_norm import layer_norm_fn
+    except (ImportError, OSError):
+        return None
+    return layer_norm_fn
