@@ -85,16 +85,23 @@ def measure_model(model, x, mode, dtype, device, repeats, graphed=False):
     whether a CUDA graph was used)."""
     used_graph = False
     step = make_step(model, x, mode, dtype, device)
+    capture_peak = None
     if graphed and torch.device(device).type == "cuda":
         try:
             model.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
             step = capture_graph(make_step(model, x, mode, dtype, device, True))
+            capture_peak = torch.cuda.max_memory_allocated(device) / 2**20
             used_graph = True
         except (RuntimeError, torch.OutOfMemoryError) as err:
             print(f"CUDA graph capture failed ({err}); timing eagerly")
             torch.cuda.synchronize()
             step = make_step(model, x, mode, dtype, device)
     result = measure(step, device=device, repeats=repeats, warmup=1)
+    if capture_peak is not None and result["peak_mib"] is not None:
+        # the graph's memory pool was allocated while capturing
+        result["peak_mib"] = max(result["peak_mib"], capture_peak)
     result["cuda_graph"] = used_graph
     return result
 
