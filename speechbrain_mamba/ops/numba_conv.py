@@ -14,7 +14,6 @@ speechbrain-mamba developers
 import functools
 from typing import Optional
 
-import numpy as np
 import torch
 
 from speechbrain_mamba.ops import numba_math
@@ -24,33 +23,11 @@ TILE = 16
 
 @functools.lru_cache(maxsize=None)
 def _kernel(taps: int):
-    numba, fast_exp, _ = numba_math.load()
-    W = TILE
-    K = taps
+    """The conv compiled for one kernel size (a compile-time constant)."""
+    numba_math.load()
+    from speechbrain_mamba.ops import numba_functions
 
-    @numba.njit(parallel=True, fastmath=True, nogil=True)
-    def conv_silu(x, weight, bias, y, frames, reverse):  # pragma: no cover
-        # x, y: [b, L, d] (d multiple of W); weight: [d, K]; bias: [d]
-        batch, length, channels = x.shape
-        tiles = channels // W
-        for job in numba.prange(batch * tiles):
-            b = job // tiles
-            c0 = (job - b * tiles) * W
-            valid = frames[b]
-            acc = np.empty(W, np.float32)
-            for t in range(length):
-                for c in range(W):
-                    acc[c] = bias[c0 + c]
-                for k in range(K):
-                    src = t + K - 1 - k if reverse else t - K + 1 + k
-                    if src >= 0 and src < valid:
-                        for c in range(W):
-                            acc[c] += weight[c0 + c, k] * x[b, src, c0 + c]
-                for c in range(W):
-                    a = acc[c]
-                    y[b, t, c0 + c] = a / (numba.float32(1.0) + fast_exp(-a))
-
-    return conv_silu
+    return numba_functions.make_conv_kernel(taps, TILE)
 
 
 def conv_silu_channels_last(

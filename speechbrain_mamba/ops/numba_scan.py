@@ -24,7 +24,6 @@ import functools
 import os
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -41,81 +40,11 @@ TILE = 16
 
 @functools.lru_cache(maxsize=None)
 def _kernel(d_state: int):
-    """Compiles the scan for one d_state (a compile-time constant)."""
-    numba, fast_exp, fast_softplus = numba_math.load()
-    W = TILE
-    NS = d_state
+    """The scan compiled for one d_state (a compile-time constant)."""
+    numba_math.load()
+    from speechbrain_mamba.ops import numba_functions
 
-    @numba.njit(parallel=True, fastmath=True, nogil=True)
-    def scan(
-        u,
-        delta,
-        z,
-        D,
-        A,
-        Bt,
-        Ct,
-        state,
-        y,
-        gate,
-        frames,
-        reverse,
-        bias,
-        softplus,
-    ):  # pragma: no cover
-        # u, delta, z, y: [b, L, d] (channels last); D: [d]; A: [NS, d];
-        # Bt, Ct: [b, g, L, NS]; state: [b, NS, d], updated in place.
-        # d is a multiple of W and every tile lies inside one group.
-        # frames: [b] valid frames; reverse: scan from frames[b] - 1 to 0.
-        batch, length, d_inner = delta.shape
-        tiles = d_inner // W
-        per_group = d_inner // Bt.shape[1]
-        for job in numba.prange(batch * tiles):
-            b = job // tiles
-            c0 = (job - b * tiles) * W
-            g = c0 // per_group
-            h = np.empty((NS, W), np.float32)
-            a = np.empty((NS, W), np.float32)
-            for k in range(NS):
-                for c in range(W):
-                    h[k, c] = state[b, k, c0 + c]
-                    a[k, c] = A[k, c0 + c]
-            skip = np.empty(W, np.float32)
-            for c in range(W):
-                skip[c] = D[c0 + c]
-            dt = np.empty(W, np.float32)
-            du = np.empty(W, np.float32)
-            acc = np.empty(W, np.float32)
-            valid = frames[b]
-            for step in range(valid):
-                t = valid - 1 - step if reverse else step
-                for c in range(W):
-                    dt[c] = delta[b, t, c0 + c] + bias[c0 + c]
-                if softplus:
-                    for c in range(W):
-                        dt[c] = fast_softplus(dt[c])
-                for c in range(W):
-                    du[c] = dt[c] * u[b, t, c0 + c]
-                    acc[c] = skip[c] * u[b, t, c0 + c]
-                for k in range(NS):
-                    bk = Bt[b, g, t, k]
-                    ck = Ct[b, g, t, k]
-                    for c in range(W):
-                        hk = fast_exp(dt[c] * a[k, c]) * h[k, c] + du[c] * bk
-                        h[k, c] = hk
-                        acc[c] += hk * ck
-                if gate:
-                    for c in range(W):
-                        zc = z[b, t, c0 + c]
-                        y[b, t, c0 + c] = acc[c] * zc / (1.0 + fast_exp(-zc))
-                else:
-                    for c in range(W):
-                        y[b, t, c0 + c] = acc[c]
-            for k in range(NS):
-                for c in range(W):
-                    state[b, k, c0 + c] = h[k, c]
-
-    return scan
+    return numba_functions.make_scan_kernel(d_state, TILE)
 
 
 def available() -> bool:
