@@ -30,7 +30,7 @@ def load():
     Example
     -------
     >>> helpers = load()
-    >>> helpers is None or abs(helpers[1](1.0) - math.e) < 1e-6
+    >>> helpers is None or abs(helpers[1](1.0) - 2.718281828) < 1e-6
     True
     """
     if os.environ.get("SBMAMBA_NUMBA", "1") == "0":
