@@ -1,0 +1,293 @@
+"""Data preparation for LibriSpeech-format corpora.
+
+Walks the LibriSpeech folder layout::
+
+    DATA/SPLIT/SPK/CHAP/SPK-CHAP-UTT.flac
+    DATA/SPLIT/SPK/CHAP/SPK-CHAP.trans.txt   ("SPK-CHAP-UTT TEXT" lines)
+
+and writes one SpeechBrain CSV per split (columns ``ID, duration, wav,
+spk_id, wrd``), optionally merging the training splits into one CSV. Every
+file is checked (readable, right sample rate, not empty, has a transcript)
+and problems are reported with the offending path. CSVs are written
+atomically, and preparation is skipped when the CSVs already exist for the
+same options.
+
+Author
+------
+speechbrain-mamba developers
+"""
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Union
+
+import soundfile
+
+logger = logging.getLogger(__name__)
+
+CSV_HEADER = ["ID", "duration", "wav", "spk_id", "wrd"]
+OPTIONS_FILE = "opt_librispeech_prepare.json"
+PathLike = Union[str, os.PathLike]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as fout:
+        fout.write(text)
+    os.replace(tmp, path)
+
+
+def read_transcripts(split_folder: PathLike) -> Dict[str, str]:
+    """Reads every ``*.trans.txt`` below a split folder.
+
+    Arguments
+    ---------
+    split_folder : str or Path
+        A LibriSpeech split folder, e.g. ``LibriSpeech/dev-clean``.
+
+    Returns
+    -------
+    dict
+        Utterance id -> transcript (as written, upper case).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> (tmp / "1" / "2").mkdir(parents=True)
+    >>> trans = tmp / "1" / "2" / "1-2.trans.txt"
+    >>> _ = trans.write_text("1-2-0000 HI THERE\\n")
+    >>> read_transcripts(tmp)
+    {'1-2-0000': 'HI THERE'}
+    """
+    transcripts: Dict[str, str] = {}
+    for trans in sorted(Path(split_folder).rglob("*.trans.txt")):
+        with open(trans, encoding="utf-8") as fin:
+            for line_no, line in enumerate(fin, start=1):
+                line = line.strip()
+                if not line:
+                    continue
+                parts = line.split(" ", 1)
+                if len(parts) != 2 or not parts[1].strip():
+                    raise ValueError(
+                        f"{trans}:{line_no}: expected 'UTT-ID TRANSCRIPT', "
+                        f"got {line!r}"
+                    )
+                utt_id, text = parts
+                transcripts[utt_id] = " ".join(text.split())
+    return transcripts
+
+
+def _check_audio(path: Path, sample_rate: int) -> float:
+    """Returns the duration in seconds, or raises a ValueError naming the
+    file."""
+    try:
+        info = soundfile.info(str(path))
+    except Exception as err:  # soundfile raises several types
+        raise ValueError(f"cannot read audio file {path}: {err}") from err
+    if info.samplerate != sample_rate:
+        raise ValueError(
+            f"{path} has sample rate {info.samplerate} Hz; expected "
+            f"{sample_rate} Hz"
+        )
+    if info.frames <= 0:
+        raise ValueError(f"{path} is empty (0 samples)")
+    return info.frames / info.samplerate
+
+
+def split_rows(
+    data_folder: PathLike,
+    split: str,
+    sample_rate: int = 16000,
+    select_n_sentences: Optional[int] = None,
+    audio_ext: str = ".flac",
+) -> List[List[str]]:
+    """Builds the CSV rows of one split.
+
+    Arguments
+    ---------
+    data_folder : str or Path
+        The LibriSpeech root (the folder holding the split folders).
+    split : str
+        Split name, e.g. ``"train-clean-100"``.
+    sample_rate : int
+        Expected sample rate of every file.
+    select_n_sentences : int, optional
+        Keep only the first N utterances (sorted by id).
+    audio_ext : str
+        Audio file extension.
+
+    Returns
+    -------
+    list
+        Rows ``[ID, duration, wav, spk_id, wrd]``, sorted by ID.
+    """
+    split_folder = Path(data_folder) / split
+    if not split_folder.is_dir():
+        raise FileNotFoundError(
+            f"LibriSpeech split folder {split_folder} does not exist "
+            f"(expected {data_folder}/{split}/SPK/CHAP/SPK-CHAP-UTT"
+            f"{audio_ext})"
+        )
+    audio_files = sorted(split_folder.rglob(f"*{audio_ext}"))
+    if not audio_files:
+        raise ValueError(
+            f"no {audio_ext} files below {split_folder}; is this a "
+            "LibriSpeech-format folder?"
+        )
+    transcripts = read_transcripts(split_folder)
+    if select_n_sentences is not None:
+        audio_files = audio_files[:select_n_sentences]
+    rows = []
+    for path in audio_files:
+        utt_id = path.name[: -len(audio_ext)]
+        if utt_id not in transcripts:
+            raise ValueError(
+                f"no transcript for {path} (utterance {utt_id!r} is missing "
+                f"from the .trans.txt files of {path.parent})"
+            )
+        duration = _check_audio(path, sample_rate)
+        spk_id = "-".join(utt_id.split("-")[:2])
+        rows.append(
+            [
+                utt_id,
+                f"{duration:.4f}",
+                str(path.resolve()),
+                spk_id,
+                transcripts[utt_id],
+            ]
+        )
+    return rows
+
+
+def write_csv(rows: Iterable[Sequence[str]], csv_file: PathLike) -> None:
+    """Writes rows under :data:`CSV_HEADER`, atomically.
+
+    Arguments
+    ---------
+    rows : iterable
+        Rows of ``[ID, duration, wav, spk_id, wrd]``.
+    csv_file : str or Path
+        Destination.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> out = Path(tempfile.mkdtemp()) / "x.csv"
+    >>> write_csv([["a", "1.0", "/a.flac", "1-2", "HI"]], out)
+    >>> out.read_text().splitlines()[0]
+    'ID,duration,wav,spk_id,wrd'
+    """
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    for row in rows:
+        writer.writerow(row)
+    _atomic_write_text(Path(csv_file), buffer.getvalue())
+
+
+def prepare_librispeech(
+    data_folder: PathLike,
+    save_folder: PathLike,
+    tr_splits: Sequence[str] = (),
+    dev_splits: Sequence[str] = (),
+    te_splits: Sequence[str] = (),
+    select_n_sentences: Optional[int] = None,
+    merge_lst: Sequence[str] = (),
+    merge_name: Optional[str] = None,
+    skip_prep: bool = False,
+    sample_rate: int = 16000,
+) -> Dict[str, Path]:
+    """Writes ``SPLIT.csv`` for every split (and the merged training CSV).
+
+    Arguments
+    ---------
+    data_folder : str or Path
+        LibriSpeech root folder (holding ``train-clean-100`` etc.).
+    save_folder : str or Path
+        Where the CSVs go.
+    tr_splits, dev_splits, te_splits : sequence of str
+        Split names.
+    select_n_sentences : int, optional
+        Keep the first N utterances of every split (for quick tests).
+    merge_lst : sequence of str
+        Splits to concatenate into ``merge_name``.
+    merge_name : str, optional
+        File name of the merged CSV, e.g. ``"train.csv"``.
+    skip_prep : bool
+        Do nothing (the CSVs are assumed to exist).
+    sample_rate : int
+        Expected sample rate.
+
+    Returns
+    -------
+    dict
+        Split name (and ``merge_name``) -> CSV path.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> prepare_librispeech(tempfile.mkdtemp() + "/none", tempfile.mkdtemp(),
+    ...                     dev_splits=["dev-clean"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: LibriSpeech data folder ... does not exist
+    """
+    save_folder = Path(save_folder)
+    splits = list(tr_splits) + list(dev_splits) + list(te_splits)
+    outputs = {s: save_folder / f"{s}.csv" for s in splits}
+    if merge_name and merge_lst:
+        outputs[merge_name.removesuffix(".csv")] = save_folder / merge_name
+    if skip_prep:
+        return outputs
+    data_folder = Path(data_folder)
+    if not data_folder.is_dir():
+        raise FileNotFoundError(
+            f"LibriSpeech data folder {data_folder} does not exist"
+        )
+    for split in merge_lst:
+        if split not in splits:
+            raise ValueError(
+                f"merge_lst entry {split!r} is not one of the prepared "
+                f"splits {splits}"
+            )
+    save_folder.mkdir(parents=True, exist_ok=True)
+    options = {
+        "data_folder": str(data_folder.resolve()),
+        "splits": splits,
+        "select_n_sentences": select_n_sentences,
+        "merge_lst": list(merge_lst),
+        "merge_name": merge_name,
+        "sample_rate": sample_rate,
+    }
+    options_file = save_folder / OPTIONS_FILE
+    if options_file.is_file() and all(p.is_file() for p in outputs.values()):
+        try:
+            previous = json.loads(options_file.read_text(encoding="utf-8"))
+        except ValueError:
+            previous = None
+        if previous == options:
+            logger.info("LibriSpeech CSVs already prepared in %s", save_folder)
+            return outputs
+    rows_by_split = {}
+    for split in dict.fromkeys(splits):
+        rows_by_split[split] = split_rows(
+            data_folder, split, sample_rate, select_n_sentences
+        )
+        write_csv(rows_by_split[split], outputs[split])
+        logger.info(
+            "%s: %d utterances -> %s",
+            split,
+            len(rows_by_split[split]),
+            outputs[split],
+        )
+    if merge_name and merge_lst:
+        merged = [row for s in merge_lst for row in rows_by_split[s]]
+        write_csv(merged, save_folder / merge_name)
+    _atomic_write_text(options_file, json.dumps(options, indent=2))
+    return outputs

@@ -1,0 +1,269 @@
+"""The LibriSpeech ASR recipe driver shared by the S2S and CTC ``train.py``
+scripts: data preparation, tokenizer, training, checkpoint averaging and
+testing (WER/CER files), with SpeechBrain's usual command line::
+
+    python train.py hparams/conmamba_small.yaml --data_folder DATA [...]
+    torchrun --nproc_per_node=2 train.py hparams/conmamba_small.yaml ...
+
+Author
+------
+speechbrain-mamba developers
+"""
+
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import speechbrain as sb
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.distributed import if_main_process, run_on_main
+
+from speechbrain_mamba.asr.brain import (
+    CTCASR,
+    S2SASR,
+    dataio_prepare,
+    loader_options,
+)
+from speechbrain_mamba.asr.librispeech_prepare import prepare_librispeech
+
+logger = logging.getLogger(__name__)
+
+#: Name of the tokenizer model inside ``save_folder`` (what export copies).
+TOKENIZER_FILE = "tokenizer.ckpt"
+
+
+def _copy_atomically(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def prepare_tokenizer(hparams: Dict[str, Any]) -> Any:
+    """Loads the pretrained tokenizer, or trains a SentencePiece model on the
+    training transcripts when ``pretrained_lm_tokenizer_path`` is empty.
+
+    The model ends up in ``save_folder/tokenizer.ckpt`` and is loaded into
+    ``hparams["tokenizer"]`` (a ``sentencepiece.SentencePieceProcessor``).
+
+    Arguments
+    ---------
+    hparams : dict
+        Needs ``save_folder``, ``tokenizer``, ``output_neurons``,
+        ``token_type``, ``train_csv``, ``bos_index``, ``eos_index`` and
+        optionally ``pretrained_lm_tokenizer_path`` and
+        ``character_coverage``.
+
+    Returns
+    -------
+    sentencepiece.SentencePieceProcessor
+        The loaded tokenizer.
+    """
+    save_folder = Path(hparams["save_folder"])
+    save_folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = hparams["tokenizer"]
+    target = save_folder / TOKENIZER_FILE
+    source = hparams.get("pretrained_lm_tokenizer_path")
+    if source:
+        from speechbrain.utils.parameter_transfer import Pretrainer
+
+        pretrainer = Pretrainer(
+            collect_in=save_folder,
+            loadables={"tokenizer": tokenizer},
+            paths={"tokenizer": f"{source}/tokenizer.ckpt"},
+        )
+        run_on_main(pretrainer.collect_files)
+        pretrainer.load_collected()
+    else:
+        from speechbrain.tokenizers.SentencePiece import SentencePiece
+
+        trained = SentencePiece(
+            model_dir=str(save_folder),
+            vocab_size=hparams["output_neurons"],
+            annotation_train=hparams["train_csv"],
+            annotation_read="wrd",
+            model_type=hparams["token_type"],
+            character_coverage=hparams.get("character_coverage", 1.0),
+            bos_id=hparams["bos_index"],
+            eos_id=hparams["eos_index"],
+        )
+        if if_main_process():
+            _copy_atomically(Path(trained.prefix_model_file + ".model"), target)
+        sb.utils.distributed.ddp_barrier()
+        tokenizer.load(str(target))
+    if tokenizer.vocab_size() > hparams["output_neurons"]:
+        raise ValueError(
+            f"the tokenizer has {tokenizer.vocab_size()} tokens but the "
+            f"model has output_neurons={hparams['output_neurons']}"
+        )
+    return tokenizer
+
+
+def attach_language_model(hparams: Dict[str, Any], device: str) -> None:
+    """Adds the pretrained Transformer LM to the test beam search (joint
+    CTC / attention / LM scoring, as in SpeechBrain's Conformer recipe).
+
+    Arguments
+    ---------
+    hparams : dict
+        Needs ``lm_model`` (a class or partial building the LM),
+        ``pretrained_lm_tokenizer_path`` (folder or HF repo holding
+        ``lm.ckpt``), ``ctc_scorer``, ``ctc_weight_decode``, ``lm_weight``,
+        ``lm_temperature``, ``save_folder`` and ``test_search``.
+    device : str
+        Device of the model.
+    """
+    from speechbrain.decoders.scorer import ScorerBuilder, TransformerLMScorer
+    from speechbrain.utils.parameter_transfer import Pretrainer
+
+    source = hparams.get("pretrained_lm_tokenizer_path")
+    if not source:
+        raise ValueError(
+            "use_lm: True needs pretrained_lm_tokenizer_path (a folder or "
+            "HuggingFace repo with lm.ckpt and the matching tokenizer.ckpt)"
+        )
+    lm = hparams["lm_model"]()
+    pretrainer = Pretrainer(
+        collect_in=hparams["save_folder"],
+        loadables={"lm": lm},
+        paths={"lm": f"{source}/lm.ckpt"},
+    )
+    run_on_main(pretrainer.collect_files)
+    pretrainer.load_collected()
+    lm.requires_grad_(False)
+    lm.to(device).eval()
+    scorer = ScorerBuilder(
+        full_scorers=[
+            TransformerLMScorer(
+                language_model=lm, temperature=hparams["lm_temperature"]
+            ),
+            hparams["ctc_scorer"],
+        ],
+        weights={
+            "ctc": hparams["ctc_weight_decode"],
+            "transformerlm": hparams["lm_weight"],
+        },
+    )
+    hparams["test_search"].scorer = scorer
+    hparams["lm_model_instance"] = lm
+
+
+def _ctc_test_searcher(hparams: Dict[str, Any], tokenizer: Any) -> Any:
+    options = hparams.get("test_beam_search")
+    if not options:
+        return None
+    from speechbrain.decoders.ctc import CTCBeamSearcher
+
+    vocab = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size())]
+    # Model outputs beyond the tokenizer (output_neurons larger than a char
+    # vocabulary) decode to nothing.
+    vocab += [""] * (hparams["output_neurons"] - len(vocab))
+    return CTCBeamSearcher(**options, vocab_list=vocab)
+
+
+def run_recipe(argv: List[str], kind: str) -> Dict[str, Path]:
+    """Runs a recipe end to end.
+
+    Arguments
+    ---------
+    argv : list of str
+        SpeechBrain command line (hparams file, ``--key value`` overrides,
+        run options such as ``--device``).
+    kind : str
+        ``"s2s"`` (joint CTC/attention) or ``"ctc"``.
+
+    Returns
+    -------
+    dict
+        Test set name -> WER file written.
+    """
+    if kind not in ("s2s", "ctc"):
+        raise ValueError(f"kind must be 's2s' or 'ctc'; got {kind!r}")
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    run_on_main(
+        prepare_librispeech,
+        kwargs={
+            "data_folder": hparams["data_folder"],
+            "save_folder": hparams["output_folder"],
+            "tr_splits": hparams["train_splits"],
+            "dev_splits": hparams["dev_splits"],
+            "te_splits": hparams["test_splits"],
+            "merge_lst": hparams["train_splits"],
+            "merge_name": "train.csv",
+            "skip_prep": hparams["skip_prep"],
+            "select_n_sentences": hparams.get("select_n_sentences"),
+            "sample_rate": hparams["sample_rate"],
+        },
+    )
+    tokenizer = prepare_tokenizer(hparams)
+    (
+        train_data,
+        valid_data,
+        test_datasets,
+        train_sampler,
+        valid_sampler,
+    ) = dataio_prepare(hparams, tokenizer, kind)
+
+    brain_class = S2SASR if kind == "s2s" else CTCASR
+    brain = brain_class(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.tokenizer = tokenizer
+    if kind == "s2s" and hparams.get("use_lm", False):
+        attach_language_model(hparams, brain.device)
+    if kind == "ctc":
+        brain.test_searcher = _ctc_test_searcher(hparams, tokenizer)
+
+    train_opts, valid_opts = loader_options(
+        hparams, train_sampler, valid_sampler
+    )
+    if not hparams.get("skip_train", False):
+        brain.fit(
+            hparams["epoch_counter"],
+            train_data,
+            valid_data,
+            train_loader_kwargs=train_opts,
+            valid_loader_kwargs=valid_opts,
+        )
+
+    wer_folder = Path(hparams["output_wer_folder"])
+    wer_folder.mkdir(parents=True, exist_ok=True)
+    key = {"max_key": "ACC"} if kind == "s2s" else {"min_key": "WER"}
+    written = {}
+    for name, dataset in test_datasets.items():
+        brain.test_wer_file = str(wer_folder / f"wer_{name}.txt")
+        brain.test_cer_file = str(wer_folder / f"cer_{name}.txt")
+        brain.evaluate(
+            dataset,
+            test_loader_kwargs=hparams["test_dataloader_opts"],
+            **key,
+        )
+        written[name] = Path(brain.test_wer_file)
+    return written
+
+
+def main(kind: str, argv: Optional[List[str]] = None) -> None:
+    """Command-line entry point of the recipe scripts.
+
+    Arguments
+    ---------
+    kind : str
+        ``"s2s"`` or ``"ctc"``.
+    argv : list of str, optional
+        Defaults to ``sys.argv[1:]``.
+    """
+    run_recipe(sys.argv[1:] if argv is None else argv, kind)

@@ -1,0 +1,1 @@
+"""Model lobes (ready-made speech models) built from Mamba blocks."""
