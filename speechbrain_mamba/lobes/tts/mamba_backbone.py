@@ -1,0 +1,110 @@
+"""A Mamba stack whose norms are adaptive LayerNorms conditioned on a
+discrete stage (the NAR model of VALL-M).
+
+Author
+------
+speechbrain-mamba developers
+"""
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from speechbrain_mamba.lobes.tts.adaptive_norm import AdaptiveLayerNorm
+from speechbrain_mamba.nnet import BiMamba, Mamba
+from speechbrain_mamba.nnet.padding import (
+    check_sequence_input,
+    lengths_to_frames,
+    zero_padding,
+)
+
+
+class AdaptiveMambaStack(nn.Module):
+    """Pre-norm residual Mamba blocks with stage-conditioned norms.
+
+    Each block follows the residual convention of
+    :class:`speechbrain_mamba.nnet.MambaBlock`
+    (``residual = hidden + residual; hidden = mixer(norm(residual))``) with
+    :class:`AdaptiveLayerNorm` as ``norm``, and the stack ends with an
+    adaptive final norm.
+
+    Arguments
+    ---------
+    d_model : int
+        Feature size.
+    num_layers : int
+        Number of blocks.
+    num_conditions : int
+        Number of stages of the adaptive norms.
+    bidirectional : bool
+        BiMamba (True) or Mamba (False) mixers.
+    norm_eps : float
+        Epsilon of the norms.
+    **mixer_kwargs
+        Arguments of the mixers (d_state, d_conv, expand, backend, ...).
+
+    Example
+    -------
+    >>> stack = AdaptiveMambaStack(16, 2, num_conditions=3, d_state=4)
+    >>> x = torch.randn(2, 7, 16)
+    >>> y = stack(x, torch.tensor([0, 2]), lengths=torch.tensor([1.0, 4 / 7]))
+    >>> y.shape, bool(y[1, 4:].abs().sum() == 0)
+    (torch.Size([2, 7, 16]), True)
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_layers: int,
+        num_conditions: int,
+        bidirectional: bool = True,
+        norm_eps: float = 1e-5,
+        **mixer_kwargs,
+    ):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.d_model = d_model
+        mixer_class = BiMamba if bidirectional else Mamba
+        self.mixers = nn.ModuleList(
+            mixer_class(d_model, layer_idx=i, **mixer_kwargs)
+            for i in range(num_layers)
+        )
+        self.norms = nn.ModuleList(
+            AdaptiveLayerNorm(d_model, num_conditions, norm_eps)
+            for _ in range(num_layers)
+        )
+        self.norm_f = AdaptiveLayerNorm(d_model, num_conditions, norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        condition: torch.Tensor,
+        lengths: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Runs the stack.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            [batch, time, d_model].
+        condition : torch.Tensor
+            Stage of each item, [batch] (long).
+        lengths : torch.Tensor, optional
+            Relative lengths in (0, 1]; padded output frames are 0.
+
+        Returns
+        -------
+        torch.Tensor
+            [batch, time, d_model].
+        """
+        check_sequence_input(x, self.d_model)
+        frames = lengths_to_frames(lengths, x.shape[0], x.shape[1])
+        hidden, residual = x, None
+        for mixer, norm in zip(self.mixers, self.norms):
+            residual = hidden if residual is None else residual + hidden
+            residual = residual.float()
+            hidden = mixer(norm(residual, condition), lengths=lengths)
+        out = self.norm_f(residual + hidden, condition)
+        return zero_padding(out.to(x.dtype), frames)

@@ -1,0 +1,244 @@
+"""Export of a trained LibriTTS TTS experiment to a hub-ready folder, which
+:class:`speechbrain_mamba.tts.inference.ZeroShotTTS` loads with
+``from_hparams(source=<folder>)``.
+
+The folder holds ``hyperparams.yaml``, ``ar.ckpt`` and ``nar.ckpt`` (the
+checkpoint with the lowest validation loss), ``text_frontend.ckpt`` (the
+symbol table, JSON) and, unless the codec is referenced by its hub id,
+``codec.ckpt`` (the codec's weights; its configuration is in the YAML).
+Command line::
+
+    python -m speechbrain_mamba.tts.export EXPERIMENT_FOLDER OUT_FOLDER \
+        [--codec embed|reference]
+
+Author
+------
+speechbrain-mamba developers
+"""
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+from hyperpyyaml import load_hyperpyyaml
+
+from speechbrain_mamba.tts.recipe import load_codec, sampling_config
+from speechbrain_mamba.tts.text import TextFrontEnd
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+CODEC_MODES = ("embed", "reference")
+
+
+def _atomic_copy(src: PathLike, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _entry(name: str, target: str, args: Dict[str, Any]) -> List[str]:
+    """A ``name: !new:target`` (or !apply) block with JSON scalars."""
+    lines = [f"{name}: {target}"]
+    lines += [f"    {k}: {json.dumps(v)}" for k, v in args.items()]
+    return lines + [""]
+
+
+def hub_yaml(
+    ar_config: Dict[str, Any],
+    nar_config: Dict[str, Any],
+    frontend: TextFrontEnd,
+    sampling: Dict[str, Any],
+    codec_args: Dict[str, Any],
+    codec_mode: str,
+) -> str:
+    """The inference ``hyperparams.yaml``.
+
+    Arguments
+    ---------
+    ar_config, nar_config : dict
+        Constructor arguments of the models.
+    frontend : TextFrontEnd
+        The text front end.
+    sampling : dict
+        SamplingConfig fields.
+    codec_args : dict
+        ``config`` and ``bandwidth`` (embed) or ``source`` and
+        ``bandwidth`` (reference).
+    codec_mode : str
+        "embed" or "reference".
+
+    Returns
+    -------
+    str
+    """
+    codec_fn = (
+        "codec_from_config"
+        if codec_mode == "embed"
+        else "codec_from_pretrained"
+    )
+    lines = [
+        "# Zero-shot TTS model exported by speechbrain_mamba.tts.export.",
+        "#   from speechbrain_mamba.tts.inference import ZeroShotTTS",
+        "#   tts = ZeroShotTTS.from_hparams(source=<this folder>)",
+        "#   wav, rate = tts.tts(text, prompt_wav, prompt_text)",
+        "",
+    ]
+    lines += _entry(
+        "codec", f"!apply:speechbrain_mamba.tts.codec.{codec_fn}", codec_args
+    )
+    lines += _entry(
+        "text_frontend",
+        "!new:speechbrain_mamba.tts.text.TextFrontEnd",
+        {
+            "backend": frontend.backend,
+            "language": frontend.language,
+            "with_stress": frontend.with_stress,
+        },
+    )
+    lines += _entry(
+        "sampling",
+        "!new:speechbrain_mamba.tts.generation.SamplingConfig",
+        sampling,
+    )
+    lines += _entry("ar", "!new:speechbrain_mamba.lobes.tts.CodecAR", ar_config)
+    lines += _entry(
+        "nar", "!new:speechbrain_mamba.lobes.tts.CodecNAR", nar_config
+    )
+    lines += [
+        "modules:",
+        "    ar: !ref <ar>",
+        "    nar: !ref <nar>",
+        "    codec: !ref <codec>",
+        "",
+        "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer",
+        "    loadables:",
+        "        ar: !ref <ar>",
+        "        nar: !ref <nar>",
+        "        text_frontend: !ref <text_frontend>",
+    ]
+    if codec_mode == "embed":
+        lines.append("        codec: !ref <codec>")
+    return "\n".join(lines) + "\n"
+
+
+def export_tts(
+    experiment_folder: PathLike,
+    out_folder: PathLike,
+    codec: str = "embed",
+    hparams_file: str = "hyperparams.yaml",
+    overrides: Optional[Dict[str, Any]] = None,
+) -> Path:
+    """Writes a hub-ready folder from a trained recipe experiment.
+
+    Arguments
+    ---------
+    experiment_folder : str or Path
+        The recipe's ``output_folder``.
+    out_folder : str or Path
+        Destination (created).
+    codec : str
+        "embed": store the codec's weights in the folder (self-contained);
+        "reference": load it from ``codec_source`` (e.g. the hub id) at
+        inference time.
+    hparams_file : str
+        Saved hyperparameters inside the experiment folder.
+    overrides : dict, optional
+        Overrides when loading them.
+
+    Returns
+    -------
+    Path
+        The output folder.
+    """
+    if codec not in CODEC_MODES:
+        raise ValueError(f"codec must be one of {CODEC_MODES}, got {codec!r}")
+    experiment_folder = Path(experiment_folder)
+    yaml_path = experiment_folder / hparams_file
+    if not yaml_path.is_file():
+        raise FileNotFoundError(
+            f"{yaml_path} not found: pass the recipe's output_folder"
+        )
+    with open(yaml_path, encoding="utf-8") as fin:
+        hp = load_hyperpyyaml(fin, overrides or {})
+    ckpt = hp["checkpointer"].find_checkpoint(min_key="loss")
+    if ckpt is None:
+        raise FileNotFoundError(
+            f"no checkpoint with a validation loss in "
+            f"{hp['checkpointer'].checkpoints_dir}: train the model first"
+        )
+    frontend_file = Path(hp["frontend_file"])
+    frontend = TextFrontEnd.from_file(frontend_file)
+    codec_model = load_codec(hp)
+    out = Path(out_folder)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("ar", "nar"):
+        _atomic_copy(ckpt.paramfiles[name], out / f"{name}.ckpt")
+    _atomic_copy(frontend_file, out / "text_frontend.ckpt")
+    bandwidth = codec_model.bandwidth
+    if codec == "embed":
+        tmp = out / ".codec.ckpt.tmp"
+        torch.save(codec_model.state_dict(), tmp)
+        os.replace(tmp, out / "codec.ckpt")
+        codec_args = {
+            "config": codec_model.config_dict(),
+            "bandwidth": bandwidth,
+        }
+    else:
+        stale = out / "codec.ckpt"
+        if stale.exists():
+            stale.unlink()
+        codec_args = {"source": str(hp["codec_source"]), "bandwidth": bandwidth}
+    sampling = sampling_config(hp).__dict__
+    text = hub_yaml(
+        hp["ar"].config,
+        hp["nar"].config,
+        frontend,
+        sampling,
+        codec_args,
+        codec,
+    )
+    _atomic_text(out / "hyperparams.yaml", text)
+    logger.info("exported %s (epoch %s) to %s", ckpt.path, ckpt.meta, out)
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Command-line entry point.
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        Defaults to ``sys.argv[1:]``.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiment_folder")
+    parser.add_argument("out_folder")
+    parser.add_argument("--codec", choices=CODEC_MODES, default="embed")
+    parser.add_argument("--hparams_file", default="hyperparams.yaml")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO)
+    print(
+        export_tts(
+            args.experiment_folder,
+            args.out_folder,
+            args.codec,
+            args.hparams_file,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
