@@ -1,0 +1,362 @@
+"""Loading trained models for layer-wise analysis.
+
+A model is given as a folder with a ``hyperparams.yaml``:
+
+- a *hub folder* (what ``speechbrain_mamba.asr.export``,
+  ``speechbrain_mamba.separation.export`` or ``from_hparams`` use): the YAML
+  has a ``pretrainer`` whose files (``asr.ckpt``, ``masknet.ckpt`` ...) sit
+  in the folder;
+- an *experiment folder* (a recipe's ``output_folder``): the YAML the recipe
+  saved and a ``save`` folder of checkpoints; the most recent checkpoint is
+  loaded (or the best one with ``ckpt_key``).
+
+:func:`analysis_model` then recognises the model from the YAML keys and
+returns an :class:`AnalysisModel`: a callable forward pass from waveforms,
+the module whose layers are hooked and the default layer pattern.
+
+==================  ==================================  ======================
+YAML keys           model                               layers
+==================  ==================================  ======================
+``ssl_model``       :class:`~speechbrain_mamba.ssl.     the encoder layers
+                    model.HuBERTModel`
+``Encoder``,        separation / enhancement            ``MaskNet``'s longest
+``MaskNet``         (Mamba-TasNet, ...)                 ``*layers`` list
+``Transformer``,    ASR (ConMamba, Conformer,           ``encoder.layers.*``
+``CNN``             Transformer encoders)
+==================  ==================================  ======================
+
+Author
+------
+speechbrain-mamba developers
+"""
+
+import inspect
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Union
+
+import torch
+from torch import nn
+
+from speechbrain_mamba.analysis.capture import LayerSpec
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+MODEL_KINDS = ("ssl", "separation", "asr")
+
+
+@dataclass
+class AnalysisModel:
+    """A model prepared for layer capture.
+
+    Arguments
+    ---------
+    name : str
+        Label used in tables and plots.
+    kind : str
+        ``"ssl"``, ``"separation"`` or ``"asr"``.
+    root : torch.nn.Module
+        Module whose sub-modules are captured.
+    layers : str or list of str
+        Default layers (pattern or names, relative to ``root``).
+    sample_rate : int
+        Sample rate the model expects.
+    run : callable
+        ``run(wavs [B, T], wav_lens [B])`` runs the forward pass.
+    modules : torch.nn.ModuleDict
+        Every module of the model (moved with :meth:`to`).
+    frame_lengths : callable, optional
+        ``frame_lengths(output, wav_lens)``: relative lengths of the layer
+        frame sequences, when they differ from ``wav_lens`` (e.g. a CNN
+        front end that drops incomplete frames).
+    """
+
+    name: str
+    kind: str
+    root: nn.Module
+    layers: LayerSpec
+    sample_rate: int
+    run: Callable[[torch.Tensor, torch.Tensor], Any]
+    modules: nn.ModuleDict
+    frame_lengths: Optional[Callable[[Any, torch.Tensor], torch.Tensor]] = None
+
+    def to(self, device: Union[str, torch.device]) -> "AnalysisModel":
+        """Moves the model to ``device`` and sets evaluation mode."""
+        self.modules.to(device).eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the first parameter."""
+        for param in self.modules.parameters():
+            return param.device
+        return torch.device("cpu")
+
+
+def _accepts(module: nn.Module, argument: str) -> bool:
+    try:
+        return argument in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def detect_kind(hparams: Dict[str, Any]) -> str:
+    """Recognises the model type from the hyperparameter keys.
+
+    Arguments
+    ---------
+    hparams : dict
+        Loaded hyperparameters.
+
+    Returns
+    -------
+    str
+        One of :data:`MODEL_KINDS`.
+
+    Example
+    -------
+    >>> detect_kind({"Encoder": 1, "MaskNet": 2, "Decoder": 3})
+    'separation'
+    >>> detect_kind({"x": 1})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: cannot tell the model type from the hyperparameters ...
+    """
+    if "ssl_model" in hparams:
+        return "ssl"
+    if "Encoder" in hparams and "MaskNet" in hparams:
+        return "separation"
+    if "Transformer" in hparams and "CNN" in hparams:
+        return "asr"
+    raise ValueError(
+        "cannot tell the model type from the hyperparameters (keys: "
+        f"{sorted(hparams)[:20]}); expected 'ssl_model', 'Encoder' + "
+        "'MaskNet' or 'Transformer' + 'CNN'"
+    )
+
+
+def analysis_model(
+    hparams: Dict[str, Any], name: str = "model", kind: Optional[str] = None
+) -> AnalysisModel:
+    """Wraps loaded hyperparameters (with trained weights) for analysis.
+
+    Arguments
+    ---------
+    hparams : dict
+        Loaded hyperparameters holding the modules.
+    name : str
+        Label of the model.
+    kind : str, optional
+        Force the model type (default: :func:`detect_kind`).
+
+    Returns
+    -------
+    AnalysisModel
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.dual_path import Decoder, Encoder
+    >>> from speechbrain_mamba.lobes.mamba_tasnet import MambaTasNetMaskNet
+    >>> hp = {"Encoder": Encoder(kernel_size=16, out_channels=8),
+    ...       "MaskNet": MambaTasNetMaskNet(8, num_layers=2, num_spks=1),
+    ...       "Decoder": Decoder(8, 1, kernel_size=16, stride=8),
+    ...       "sample_rate": 8000}
+    >>> model = analysis_model(hp, "tasnet")
+    >>> model.kind, model.layers, model.sample_rate
+    ('separation', 'auto', 8000)
+    """
+    kind = kind or detect_kind(hparams)
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"kind must be one of {MODEL_KINDS}, got {kind!r}")
+    if "sample_rate" not in hparams:
+        raise KeyError("the hyperparameters lack 'sample_rate'")
+    sample_rate = int(hparams["sample_rate"])
+
+    if kind == "ssl":
+        ssl_model = hparams["ssl_model"]
+
+        def run(wavs, wav_lens):
+            return ssl_model(wavs, wav_lens, mask=False, return_logits=False)
+
+        modules = nn.ModuleDict({"ssl_model": ssl_model})
+        return AnalysisModel(
+            name,
+            kind,
+            ssl_model,
+            ssl_model.layer_names(),
+            sample_rate,
+            run,
+            modules,
+        )
+
+    if kind == "separation":
+        encoder, masknet = hparams["Encoder"], hparams["MaskNet"]
+        with_lengths = _accepts(masknet, "lengths")
+
+        def run(wavs, wav_lens):
+            mix_w = encoder(wavs)
+            if with_lengths:
+                return masknet(mix_w, lengths=wav_lens)
+            return masknet(mix_w)
+
+        modules = nn.ModuleDict({"encoder": encoder, "masknet": masknet})
+        return AnalysisModel(
+            name, kind, masknet, "auto", sample_rate, run, modules
+        )
+
+    transformer, cnn = hparams["Transformer"], hparams["CNN"]
+    features = hparams["compute_features"]
+    normalize = hparams.get("normalize")
+
+    def run(wavs, wav_lens):
+        feats = features(wavs)
+        if normalize is not None:
+            feats = normalize(feats, wav_lens)
+        return transformer.encode(cnn(feats), wav_lens)
+
+    modules = nn.ModuleDict({"transformer": transformer, "cnn": cnn})
+    if isinstance(normalize, nn.Module):
+        modules["normalize"] = normalize
+    return AnalysisModel(
+        name, kind, transformer, "encoder.layers.*", sample_rate, run, modules
+    )
+
+
+def _load_yaml(path: Path, overrides: Optional[dict] = None) -> Dict[str, Any]:
+    from hyperpyyaml import load_hyperpyyaml
+
+    with open(path, encoding="utf-8") as fin:
+        return load_hyperpyyaml(fin, overrides or {})
+
+
+def load_experiment(
+    folder: PathLike,
+    ckpt_key: Optional[str] = None,
+    ckpt_key_max: bool = True,
+    overrides: Optional[dict] = None,
+) -> Dict[str, Any]:
+    """Loads a recipe experiment folder and its checkpoint.
+
+    Arguments
+    ---------
+    folder : str or os.PathLike
+        The recipe's ``output_folder`` (``hyperparams.yaml`` + ``save``).
+    ckpt_key : str, optional
+        Checkpoint meta key to rank by; default the most recent checkpoint.
+    ckpt_key_max : bool
+        Take the highest (True) or lowest value of ``ckpt_key``.
+    overrides : dict, optional
+        YAML overrides.
+
+    Returns
+    -------
+    dict
+        The hyperparameters, with the checkpoint loaded into the modules.
+    """
+    folder = Path(folder)
+    yaml_path = folder / "hyperparams.yaml"
+    if not yaml_path.is_file():
+        raise FileNotFoundError(
+            f"{yaml_path} not found (not an experiment folder)"
+        )
+    hparams = _load_yaml(yaml_path, overrides)
+    checkpointer = hparams.get("checkpointer")
+    if checkpointer is None:
+        raise KeyError(f"{yaml_path} has no 'checkpointer'")
+    kwargs = {}
+    if ckpt_key:
+        kwargs = {"max_key" if ckpt_key_max else "min_key": ckpt_key}
+    ckpt = checkpointer.recover_if_possible(**kwargs)
+    if ckpt is None:
+        raise FileNotFoundError(
+            f"no checkpoint in {checkpointer.checkpoints_dir}"
+            + (f" with the key {ckpt_key!r}" if ckpt_key else "")
+            + ": train the model first"
+        )
+    logger.info("loaded checkpoint %s", ckpt.path)
+    return hparams
+
+
+def load_hub_folder(folder: PathLike) -> Dict[str, Any]:
+    """Loads a hub folder (``hyperparams.yaml`` with a ``pretrainer`` whose
+    files are in the folder).
+
+    Arguments
+    ---------
+    folder : str or os.PathLike
+        The folder.
+
+    Returns
+    -------
+    dict
+        The hyperparameters with the pretrained weights loaded.
+    """
+    folder = Path(folder).resolve()
+    hparams = _load_yaml(folder / "hyperparams.yaml")
+    pretrainer = hparams.get("pretrainer")
+    if pretrainer is None:
+        raise KeyError(f"{folder}/hyperparams.yaml has no 'pretrainer'")
+    with tempfile.TemporaryDirectory() as collect:
+        pretrainer.set_collect_in(collect)
+        pretrainer.collect_files(default_source=str(folder))
+        pretrainer.load_collected()
+    return hparams
+
+
+def load_model(
+    source: PathLike,
+    name: Optional[str] = None,
+    kind: Optional[str] = None,
+    ckpt_key: Optional[str] = None,
+    ckpt_key_max: bool = True,
+    device: Optional[Union[str, torch.device]] = None,
+) -> AnalysisModel:
+    """Loads a hub or experiment folder as an :class:`AnalysisModel`.
+
+    Arguments
+    ---------
+    source : str or os.PathLike
+        The folder.
+    name : str, optional
+        Label (default: the folder name).
+    kind : str, optional
+        Model type (default: detected).
+    ckpt_key : str, optional
+        Checkpoint ranking key for experiment folders.
+    ckpt_key_max : bool
+        Highest (True) or lowest ``ckpt_key``.
+    device : str or torch.device, optional
+        Defaults to CUDA when available.
+
+    Returns
+    -------
+    AnalysisModel
+        On ``device``, in evaluation mode.
+
+    Example
+    -------
+    >>> load_model("/nonexistent")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: model folder /nonexistent does not exist
+    """
+    folder = Path(source)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    if not (folder / "hyperparams.yaml").is_file():
+        raise FileNotFoundError(
+            f"{folder} has no hyperparams.yaml: give a hub folder or a "
+            "recipe's output folder"
+        )
+    if (folder / "save").is_dir():
+        hparams = load_experiment(folder, ckpt_key, ckpt_key_max)
+    else:
+        hparams = load_hub_folder(folder)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = analysis_model(hparams, name or folder.name, kind)
+    return model.to(device)

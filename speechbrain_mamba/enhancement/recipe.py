@@ -1,0 +1,207 @@
+"""The speech-enhancement recipe (``recipes/Voicebank/enhancement``).
+
+Enhancement is separation with one source: the recipe reuses the
+separation recipe's data handling, training loop and checkpointing
+(:class:`~speechbrain_mamba.separation.brain.SeparationBrain` with
+``num_spks: 1``: a mask network with one output and the SI-SNR loss), and
+replaces its test stage by :class:`EnhancementBrain`'s, which writes per
+utterance and on average SI-SNR, SI-SNR improvement, SDR (and improvement),
+wideband PESQ and STOI of the enhanced and of the noisy signal.
+
+Usage (from the recipe folder)::
+
+    python train.py hparams/mamba_tasnet_S.yaml --data_folder DATA
+
+Author
+------
+speechbrain-mamba developers
+"""
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional, Union
+
+import speechbrain as sb
+from speechbrain.utils.distributed import run_on_main
+
+from speechbrain_mamba.enhancement.metrics import (
+    ENHANCEMENT_METRICS,
+    enhancement_metrics,
+)
+from speechbrain_mamba.separation.brain import (
+    SeparationBrain,
+    reset_layer_recursively,
+)
+from speechbrain_mamba.separation.recipe import (
+    load_recipe_hparams,
+    make_datasets,
+)
+from speechbrain_mamba.separation.results import write_results_csv
+
+logger = logging.getLogger(__name__)
+
+
+class EnhancementBrain(SeparationBrain):
+    """:class:`SeparationBrain` with one source and enhancement metrics at
+    test time (``test_results_file``: :data:`ENHANCEMENT_METRICS`).
+
+    Example
+    -------
+    >>> import torch
+    >>> from speechbrain.lobes.models.dual_path import Decoder, Encoder
+    >>> from speechbrain_mamba.lobes.mamba_tasnet import MambaTasNetMaskNet
+    >>> modules = {
+    ...     "encoder": Encoder(kernel_size=16, out_channels=8),
+    ...     "masknet": MambaTasNetMaskNet(8, num_layers=1, num_spks=1),
+    ...     "decoder": Decoder(8, 1, kernel_size=16, stride=8, bias=False),
+    ... }
+    >>> brain = EnhancementBrain(
+    ...     modules, hparams={"num_spks": 1, "sample_rate": 16000},
+    ...     run_opts={"device": "cpu"},
+    ... )
+    >>> brain.separate(torch.randn(2, 800)).shape
+    torch.Size([2, 800, 1])
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if int(self.hparams.num_spks) != 1:
+            raise ValueError(
+                f"enhancement needs num_spks: 1, got {self.hparams.num_spks}"
+            )
+
+    def _test_metrics(self, batch, est, targets, mix) -> None:
+        _, lengths = batch.mix_sig
+        total = mix.shape[1]
+        for i, utt_id in enumerate(batch.id):
+            n = int(round(float(lengths[i]) * total))
+            row = {"snt_id": utt_id}
+            row.update(
+                enhancement_metrics(
+                    est[i, :n, 0],
+                    targets[i, :n, 0],
+                    mix[i, :n],
+                    self.hparams.sample_rate,
+                    compute_pesq=self._opt("compute_pesq", True),
+                    compute_stoi=self._opt("compute_stoi", True),
+                )
+            )
+            self._rows.append(row)
+            if self._opt("save_audio", False) and self._audio_saved < int(
+                self._opt("n_audio_to_save", 0)
+            ):
+                self.save_audio(utt_id, mix[i, :n], targets[i, :n], est[i, :n])
+                self._audio_saved += 1
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Training / validation as in separation; the test stage writes the
+        enhancement metrics."""
+        if stage != sb.Stage.TEST:
+            return super().on_stage_end(stage, stage_loss, epoch)
+        stats = {"loss": stage_loss}
+        if self._count:
+            stats["si-snr"] = self._sums["si-snr"] / self._count
+            stats["si-snr_i"] = self._sums["si-snr_i"] / self._count
+        self.test_stats = stats
+        train_logger = self._opt("train_logger")
+        if train_logger is not None:
+            counter = self._opt("epoch_counter")
+            train_logger.log_stats(
+                stats_meta={"Epoch loaded": getattr(counter, "current", None)},
+                test_stats=stats,
+            )
+        if sb.utils.distributed.if_main_process():
+            path = self._opt("test_results_file") or (
+                Path(self.hparams.output_folder) / "test_results.csv"
+            )
+            avg = write_results_csv(path, self._rows, ENHANCEMENT_METRICS)
+            self.test_results = avg
+            logger.info(
+                "test results (%d utterances) written to %s: %s",
+                len(self._rows),
+                path,
+                ", ".join(f"{k}={avg[k]:.3f}" for k in ENHANCEMENT_METRICS),
+            )
+
+
+def train_and_test(
+    hparams_file: Union[str, Path],
+    overrides: Union[str, dict, None] = None,
+    run_opts: Optional[dict] = None,
+    train: bool = True,
+    test: bool = True,
+) -> EnhancementBrain:
+    """Data preparation, training (resumable) and test of an enhancement
+    model.
+
+    Arguments
+    ---------
+    hparams_file : str or pathlib.Path
+        Recipe hparams file.
+    overrides : str or dict, optional
+        Hyperpyyaml overrides.
+    run_opts : dict, optional
+        SpeechBrain run options.
+    train : bool
+        Run the training stage.
+    test : bool
+        Run the test stage.
+
+    Returns
+    -------
+    EnhancementBrain
+        With ``valid_stats`` / ``test_stats`` / ``test_results``.
+    """
+    run_opts = dict(run_opts or {})
+    hparams = load_recipe_hparams(hparams_file, overrides)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=str(hparams_file),
+        overrides=overrides or {},
+    )
+    if "prepare_data" in hparams:
+        run_on_main(hparams["prepare_data"])
+    train_data, valid_data, test_data = make_datasets(hparams)
+    brain = EnhancementBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["optimizer"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    for module in brain.modules.values():
+        reset_layer_recursively(module)
+    eval_opts = hparams.get("eval_dataloader_opts", {"batch_size": 1})
+    if train:
+        brain.fit(
+            hparams["epoch_counter"],
+            train_data,
+            valid_data,
+            train_loader_kwargs=hparams.get(
+                "train_dataloader_opts", {"batch_size": 1}
+            ),
+            valid_loader_kwargs=eval_opts,
+        )
+    if test:
+        brain.evaluate(
+            test_data, min_key="loss", test_loader_kwargs=dict(eval_opts)
+        )
+    return brain
+
+
+def run_recipe(argv: Sequence[str]) -> EnhancementBrain:
+    """Command-line entry point: ``train.py <hparams.yaml> [--key value]``.
+
+    Arguments
+    ---------
+    argv : sequence of str
+        Command-line arguments (without the program name).
+
+    Returns
+    -------
+    EnhancementBrain
+    """
+    hparams_file, run_opts, overrides = sb.parse_arguments(list(argv))
+    return train_and_test(hparams_file, overrides, run_opts)
