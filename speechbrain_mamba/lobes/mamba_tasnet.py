@@ -1,0 +1,181 @@
+"""Mamba-TasNet mask network for time-domain speech separation.
+
+Mamba-TasNet (Jiang et al., 2024, "Speech Slytherin") keeps the TasNet
+encoder / mask / decoder pipeline and replaces the masking network by a single
+stack of bidirectional Mamba blocks that runs over the *whole* encoded
+sequence (no chunking). The mask network is
+
+    channel-wise LayerNorm -> 1x1 conv bottleneck
+    -> N pre-norm residual bidirectional Mamba blocks (RMSNorm, no FFN)
+    -> final norm -> 1x1 conv to ``num_spks * in_channels`` -> ReLU masks
+
+It has the call contract of SpeechBrain's ``Dual_Path_Model``: it takes the
+output of :class:`speechbrain.lobes.models.dual_path.Encoder` (``[B, N, L]``)
+and returns one mask per speaker (``[num_spks, B, N, L]``), so SpeechBrain's
+``Encoder`` / ``Decoder``, its separation recipes and its
+``SepformerSeparation`` inference interface work unchanged.
+
+Paper sizes (encoder kernel 16 / stride 8, ``d_state`` 16, ``expand`` 2,
+``d_conv`` 4; parameter counts include encoder and decoder):
+
+======  =====================  ============  ======
+size    in/out channels        num_layers    params
+======  =====================  ============  ======
+XS      128                    16            2.2 M
+S       256                    16            7.9 M
+M       256                    32            15.6 M
+L       512                    32            59.6 M
+======  =====================  ============  ======
+
+Author
+------
+speechbrain-mamba developers
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from speechbrain_mamba.nnet import MambaStack
+
+MASK_ACTIVATIONS = ("relu", "softmax")
+
+
+class MambaTasNetMaskNet(nn.Module):
+    """Mask network of Mamba-TasNet (drop-in for ``Dual_Path_Model``).
+
+    Arguments
+    ---------
+    in_channels : int
+        Number of encoder filters ``N`` (channels of the input and the masks).
+    out_channels : int, optional
+        Width of the Mamba stack (bottleneck). Defaults to ``in_channels``.
+    num_layers : int
+        Number of pre-norm residual Mamba blocks.
+    num_spks : int
+        Number of speakers (masks).
+    d_state : int
+        SSM state size of each Mamba mixer.
+    d_conv : int
+        Kernel size of the depthwise causal convolution of each mixer.
+    expand : int
+        Expansion factor of the mixers' inner width.
+    bidirectional : bool
+        If True, uses bidirectional ("bimamba v2") mixers.
+    norm : str
+        Normalisation inside the blocks, ``"rmsnorm"`` or ``"layernorm"``.
+    norm_eps : float
+        Epsilon of the block normalisations.
+    residual_in_fp32 : bool
+        Keeps the residual stream in float32 under mixed precision.
+    drop_path : float
+        Stochastic-depth rate of the blocks.
+    mask_activation : str
+        ``"relu"`` (paper) or ``"softmax"`` (over speakers).
+    layer_norm_eps : float
+        Epsilon of the input channel-wise LayerNorm.
+    **mixer_kwargs : dict
+        Further arguments of :class:`speechbrain_mamba.nnet.Mamba`
+        (e.g. ``dt_min``, ``dt_max``, ``backend``).
+
+    Example
+    -------
+    >>> masknet = MambaTasNetMaskNet(16, num_layers=2, num_spks=2)
+    >>> masks = masknet(torch.rand(3, 16, 50))
+    >>> masks.shape
+    torch.Size([2, 3, 16, 50])
+    >>> bool((masks >= 0).all())
+    True
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: Optional[int] = None,
+        num_layers: int = 16,
+        num_spks: int = 2,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        bidirectional: bool = True,
+        norm: str = "rmsnorm",
+        norm_eps: float = 1e-5,
+        residual_in_fp32: bool = True,
+        drop_path: float = 0.0,
+        mask_activation: str = "relu",
+        layer_norm_eps: float = 1e-8,
+        **mixer_kwargs,
+    ):
+        super().__init__()
+        if mask_activation not in MASK_ACTIVATIONS:
+            raise ValueError(
+                f"mask_activation must be one of {MASK_ACTIVATIONS}, "
+                f"got {mask_activation!r}"
+            )
+        if num_spks < 1:
+            raise ValueError(f"num_spks must be >= 1, got {num_spks}")
+        out_channels = in_channels if out_channels is None else out_channels
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.num_spks = num_spks
+        self.mask_activation = mask_activation
+
+        # Per-frame normalisation over the encoder channels.
+        self.layer_norm = nn.LayerNorm(in_channels, eps=layer_norm_eps)
+        self.bottleneck_conv1x1 = nn.Conv1d(
+            in_channels, out_channels, kernel_size=1, bias=False
+        )
+        self.mamba_net = MambaStack(
+            out_channels,
+            num_layers,
+            bidirectional=bidirectional,
+            norm=norm,
+            norm_eps=norm_eps,
+            residual_in_fp32=residual_in_fp32,
+            drop_path=drop_path,
+            final_norm=True,
+            d_state=d_state,
+            d_conv=d_conv,
+            expand=expand,
+            **mixer_kwargs,
+        )
+        self.mask_conv1x1 = nn.Conv1d(
+            out_channels, num_spks * in_channels, kernel_size=1, bias=False
+        )
+
+    def forward(
+        self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """Estimates one mask per speaker.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            Encoded mixture, ``[B, N, L]`` (``N == in_channels``).
+        lengths : torch.Tensor, optional
+            Relative valid lengths in (0, 1], ``[B]``. With ReLU masks, the
+            masks of padded frames are zero.
+
+        Returns
+        -------
+        torch.Tensor
+            Masks, ``[num_spks, B, N, L]``.
+        """
+        if x.dim() != 3 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                "MambaTasNetMaskNet expects the encoder output [B, N, L] with "
+                f"N={self.in_channels}, got shape {tuple(x.shape)}"
+            )
+        batch, channels, time = x.shape
+        y = self.layer_norm(x.transpose(1, 2)).transpose(1, 2)
+        y = self.bottleneck_conv1x1(y)
+        y = self.mamba_net(y.transpose(1, 2), lengths=lengths)
+        scores = self.mask_conv1x1(y.transpose(1, 2))
+        scores = scores.view(batch, self.num_spks, channels, time)
+        if self.mask_activation == "relu":
+            masks = F.relu(scores)
+        else:
+            masks = F.softmax(scores, dim=1)
+        return masks.transpose(0, 1)
