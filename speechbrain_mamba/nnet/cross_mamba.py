@@ -92,6 +92,45 @@ class CrossMamba(Mamba):
     torch.Size([2, 5, 16])
     """
 
+    def prime(
+        self,
+        memory: torch.Tensor,
+        cache: MambaCache,
+        memory_lengths: Optional[torch.Tensor] = None,
+    ) -> MambaCache:
+        """Consumes the memory into a cache, ready to decode the target.
+
+        Arguments
+        ---------
+        memory : torch.Tensor
+            [batch, memory_time, d_model].
+        cache : MambaCache
+            From :meth:`init_cache`; updated in place and marked primed.
+        memory_lengths : torch.Tensor, optional
+            Relative lengths in (0, 1]; the state is taken at each item's
+            true end.
+
+        Returns
+        -------
+        MambaCache
+            The same cache.
+
+        Example
+        -------
+        >>> layer = CrossMamba(8).eval()
+        >>> memory, target = torch.randn(1, 6, 8), torch.randn(1, 3, 8)
+        >>> cache = layer.prime(memory, layer.init_cache(1))
+        >>> steps = [layer(target[:, t : t + 1], None, cache=cache)
+        ...          for t in range(3)]
+        >>> torch.allclose(torch.cat(steps, 1), layer(target, memory),
+        ...                atol=1e-5)
+        True
+        """
+        check_sequence_input(memory, self.d_model, "memory")
+        super().forward(memory, memory_lengths, cache)
+        cache.primed = True
+        return cache
+
     def forward(
         self,
         target: torch.Tensor,
@@ -132,8 +171,7 @@ class CrossMamba(Mamba):
             )
         memory_time = memory.shape[1]
         if cache is not None:
-            super().forward(memory, memory_lengths, cache)
-            cache.primed = True
+            self.prime(memory, cache, memory_lengths)
             return super().forward(target, target_lengths, cache)
 
         memory_frames = lengths_to_frames(memory_lengths, batch, memory_time)
