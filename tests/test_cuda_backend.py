@@ -61,9 +61,7 @@ def test_cuda_path_equals_torch_path(cls, padded, dtype):
     inputs = [torch.randn(3, 200, 64, device="cuda")]
     if cls is CrossMamba:
         inputs.append(torch.randn(3, 200, 64, device="cuda"))
-    lengths = (
-        torch.tensor([1.0, 0.55, 0.8], device="cuda") if padded else None
-    )
+    lengths = torch.tensor([1.0, 0.55, 0.8], device="cuda") if padded else None
     out_cuda, g_cuda = run(module, "cuda", inputs, lengths, dtype)
     out_torch, g_torch = run(module, "torch", inputs, lengths, dtype)
     assert_close(out_cuda, out_torch, dtype, "output")
@@ -80,13 +78,9 @@ def test_state_dict_interchangeable_with_mamba_ssm():
     theirs.load_state_dict(ours.state_dict(), strict=True)
     x = torch.randn(2, 100, 64, device="cuda")
     with torch.no_grad():
-        torch.testing.assert_close(
-            ours(x), theirs(x), rtol=RTOL, atol=ATOL
-        )
+        torch.testing.assert_close(ours(x), theirs(x), rtol=RTOL, atol=ATOL)
         ours.backend = "torch"
-        torch.testing.assert_close(
-            ours(x), theirs(x), rtol=RTOL, atol=ATOL
-        )
+        torch.testing.assert_close(ours(x), theirs(x), rtol=RTOL, atol=ATOL)
     fresh = Mamba(64, d_state=16)
     fresh.load_state_dict(theirs.state_dict(), strict=True)
     with torch.no_grad():
@@ -102,6 +96,7 @@ def test_gpu_step_decoding_equals_full_forward():
     with torch.no_grad():
         full = layer(target, memory)
         cache = layer.init_cache(2)
-        steps = [layer(target[:, t : t + 1], memory, cache=cache)
-                 for t in range(9)]
+        steps = [
+            layer(target[:, t : t + 1], memory, cache=cache) for t in range(9)
+        ]
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=RTOL, atol=ATOL)

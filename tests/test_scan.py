@@ -19,8 +19,10 @@ def make_operands(batch=2, d_inner=24, d_state=8, time=130, groups=1):
     u = torch.randn(batch, d_inner, time, generator=g)
     delta = torch.randn(batch, d_inner, time, generator=g) - 1.0
     A = -torch.exp(torch.randn(d_inner, d_state, generator=g) * 0.5)
-    shape = (batch, d_state, time) if groups == 1 else (
-        batch, groups, d_state, time
+    shape = (
+        (batch, d_state, time)
+        if groups == 1
+        else (batch, groups, d_state, time)
     )
     B = torch.randn(*shape, generator=g)
     C = torch.randn(*shape, generator=g)
@@ -53,9 +55,7 @@ def test_torch_scan_gradients_equal_reference():
     def grads(scan, **kwargs):
         for t in operands:
             t.grad = None
-        y, h = scan(
-            u, delta, A, B, C, D, z, bias, True, h0, True, **kwargs
-        )
+        y, h = scan(u, delta, A, B, C, D, z, bias, True, h0, True, **kwargs)
         ((y * weights).sum() + h.pow(2).sum()).backward()
         return [t.grad.clone() for t in operands]
 
