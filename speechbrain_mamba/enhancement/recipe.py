@@ -37,7 +37,6 @@ from speechbrain_mamba.separation.recipe import (
     load_recipe_hparams,
     make_datasets,
 )
-from speechbrain_mamba.separation.results import write_results_csv
 
 logger = logging.getLogger(__name__)
 
@@ -103,26 +102,7 @@ class EnhancementBrain(SeparationBrain):
         if self._count:
             stats["si-snr"] = self._sums["si-snr"] / self._count
             stats["si-snr_i"] = self._sums["si-snr_i"] / self._count
-        self.test_stats = stats
-        train_logger = self._opt("train_logger")
-        if train_logger is not None:
-            counter = self._opt("epoch_counter")
-            train_logger.log_stats(
-                stats_meta={"Epoch loaded": getattr(counter, "current", None)},
-                test_stats=stats,
-            )
-        if sb.utils.distributed.if_main_process():
-            path = self._opt("test_results_file") or (
-                Path(self.hparams.output_folder) / "test_results.csv"
-            )
-            avg = write_results_csv(path, self._rows, ENHANCEMENT_METRICS)
-            self.test_results = avg
-            logger.info(
-                "test results (%d utterances) written to %s: %s",
-                len(self._rows),
-                path,
-                ", ".join(f"{k}={avg[k]:.3f}" for k in ENHANCEMENT_METRICS),
-            )
+        self.report_test(stats, ENHANCEMENT_METRICS)
 
 
 def train_and_test(

@@ -541,10 +541,24 @@ class SeparationBrain(sb.Brain):
                 )
             return
         # TEST
+        self.report_test(stats, METRICS)
+
+    def report_test(self, stats: dict, metrics) -> None:
+        """Logs the test statistics and writes the per-utterance metrics CSV
+        (with its average row) to ``test_results_file``.
+
+        Arguments
+        ---------
+        stats : dict
+            Test-stage statistics to log.
+        metrics : sequence of str
+            Metric columns of the CSV.
+        """
         self.test_stats = stats
-        if logger_ is not None:
+        train_logger = self._opt("train_logger")
+        if train_logger is not None:
             counter = self._opt("epoch_counter")
-            logger_.log_stats(
+            train_logger.log_stats(
                 stats_meta={"Epoch loaded": getattr(counter, "current", None)},
                 test_stats=stats,
             )
@@ -552,11 +566,11 @@ class SeparationBrain(sb.Brain):
             path = self._opt("test_results_file") or (
                 Path(self.hparams.output_folder) / "test_results.csv"
             )
-            avg = write_results_csv(path, self._rows, METRICS)
+            avg = write_results_csv(path, self._rows, metrics)
             self.test_results = avg
             logger.info(
                 "test results (%d utterances) written to %s: %s",
                 len(self._rows),
                 path,
-                ", ".join(f"{k}={avg[k]:.3f}" for k in METRICS),
+                ", ".join(f"{k}={avg[k]:.3f}" for k in metrics),
             )
