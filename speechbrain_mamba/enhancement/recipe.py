@@ -23,19 +23,14 @@ from pathlib import Path
 from typing import Optional, Union
 
 import speechbrain as sb
-from speechbrain.utils.distributed import run_on_main
 
 from speechbrain_mamba.enhancement.metrics import (
     ENHANCEMENT_METRICS,
     enhancement_metrics,
 )
+from speechbrain_mamba.separation import recipe as separation_recipe
 from speechbrain_mamba.separation.brain import (
     SeparationBrain,
-    reset_layer_recursively,
-)
-from speechbrain_mamba.separation.recipe import (
-    load_recipe_hparams,
-    make_datasets,
 )
 
 logger = logging.getLogger(__name__)
@@ -133,42 +128,14 @@ def train_and_test(
     EnhancementBrain
         With ``valid_stats`` / ``test_stats`` / ``test_results``.
     """
-    run_opts = dict(run_opts or {})
-    hparams = load_recipe_hparams(hparams_file, overrides)
-    sb.utils.distributed.ddp_init_group(run_opts)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=str(hparams_file),
-        overrides=overrides or {},
+    return separation_recipe.train_and_test(
+        hparams_file,
+        overrides,
+        run_opts,
+        train=train,
+        test=test,
+        brain_class=EnhancementBrain,
     )
-    if "prepare_data" in hparams:
-        run_on_main(hparams["prepare_data"])
-    train_data, valid_data, test_data = make_datasets(hparams)
-    brain = EnhancementBrain(
-        modules=hparams["modules"],
-        opt_class=hparams["optimizer"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
-    for module in brain.modules.values():
-        reset_layer_recursively(module)
-    eval_opts = hparams.get("eval_dataloader_opts", {"batch_size": 1})
-    if train:
-        brain.fit(
-            hparams["epoch_counter"],
-            train_data,
-            valid_data,
-            train_loader_kwargs=hparams.get(
-                "train_dataloader_opts", {"batch_size": 1}
-            ),
-            valid_loader_kwargs=eval_opts,
-        )
-    if test:
-        brain.evaluate(
-            test_data, min_key="loss", test_loader_kwargs=dict(eval_opts)
-        )
-    return brain
 
 
 def run_recipe(argv: Sequence[str]) -> EnhancementBrain:

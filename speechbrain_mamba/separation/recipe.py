@@ -164,6 +164,7 @@ def train_and_test(
     run_opts: Optional[dict] = None,
     train: bool = True,
     test: bool = True,
+    brain_class: type = SeparationBrain,
 ) -> SeparationBrain:
     """Runs the whole recipe (see the module docstring).
 
@@ -180,6 +181,8 @@ def train_and_test(
         Runs the training stage.
     test : bool
         Runs the test stage (metrics CSV).
+    brain_class : type
+        The Brain to run (a SeparationBrain subclass, e.g. enhancement's).
 
     Returns
     -------
@@ -203,7 +206,7 @@ def train_and_test(
         run_on_main(hparams["prepare_data"])
     train_data, valid_data, test_data = make_datasets(hparams)
 
-    brain = SeparationBrain(
+    brain = brain_class(
         modules=hparams["modules"],
         opt_class=hparams["optimizer"],
         hparams=hparams,
