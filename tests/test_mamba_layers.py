@@ -351,7 +351,7 @@ def test_bad_construction_raises_clear_errors():
     with pytest.raises(ValueError, match="too large for the mamba_ssm"):
         Mamba(16, d_state=512, backend="cuda")
     with pytest.raises(ValueError, match="backend must be one of"):
-        Mamba(16, backend="triton")
+        Mamba(16, backend="tensorrt")
     with pytest.raises(ValueError, match="d_model must be a positive int"):
         Mamba(0)
     with pytest.raises(ValueError, match="dt_init"):

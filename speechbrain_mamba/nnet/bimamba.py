@@ -26,7 +26,15 @@ from speechbrain_mamba.nnet.padding import (
     reverse_valid,
     zero_padding,
 )
-from speechbrain_mamba.ops.backend import cuda_kernels, use_cuda_kernels
+from speechbrain_mamba.ops.backend import (
+    cuda_kernels,
+    use_cuda_kernels,
+    use_triton_kernels,
+)
+from speechbrain_mamba.ops.triton_bidirectional_conv import (
+    bidirectional_conv_silu,
+)
+from speechbrain_mamba.ops.triton_bidirectional_scan import bidirectional_scan
 
 COMBINE_MODES = ("mean", "sum")
 
@@ -100,15 +108,68 @@ class BiMamba(Mamba):
         batch, time, _ = x.shape
         frames = lengths_to_frames(lengths, batch, time)
         x_in, z = self.in_proj(x).chunk(2, dim=-1)
-        if use_cuda_kernels(self.backend, x, self.d_state):
-            y = self._both_directions_cuda(x_in, z, frames)
+        scale = 0.5 if self.combine == "mean" else 1.0
+        if use_triton_kernels(self.backend, x):
+            y = self._both_directions_triton(x_in, z, frames, scale)
+        elif use_cuda_kernels(self.backend, x, self.d_state):
+            y = self._both_directions_cuda(x_in, z, frames) * scale
         else:
             forward = self._scan_direction(x_in, z, "", frames)
             backward = self._scan_direction(x_in, z, "_b", frames, reverse=True)
-            y = forward + backward
-        if self.combine == "mean":
-            y = y * 0.5
+            y = (forward + backward) * scale
         return zero_padding(self.out_proj(y), frames)
+
+    def _both_directions_triton(
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        frames: Optional[torch.Tensor],
+        scale: float,
+    ) -> torch.Tensor:
+        """Both directions with the fused Triton kernels: one convolution
+        kernel (causal + anti-causal), one chunk-parallel scan of both
+        directions with gating and combination inside; no reversed copies.
+        x, z: [batch, time, d_inner] views of the input projection;
+        returns ``scale * (y_forward + y_backward)``, [batch, time, d_inner].
+        """
+        batch, time, _ = x.shape
+        if frames is None:
+            frames = torch.full((batch,), time, device=x.device)
+        conv_bias = [self.conv1d.bias, self.conv1d_b.bias]
+        if conv_bias[0] is None:
+            conv_bias = [x.new_zeros(self.d_inner, dtype=torch.float32)] * 2
+        u = bidirectional_conv_silu(
+            x,
+            self.conv1d.weight,
+            conv_bias[0],
+            self.conv1d_b.weight,
+            conv_bias[1],
+            frames,
+        )
+        sizes = [self.dt_rank, self.d_state, self.d_state]
+        dt_f, B_f, C_f = self.x_proj(u[..., : self.d_inner]).split(sizes, -1)
+        dt_b, B_b, C_b = self.x_proj_b(u[..., self.d_inner :]).split(sizes, -1)
+        delta_raw = torch.cat(
+            [
+                F.linear(dt_f, self.dt_proj.weight),
+                F.linear(dt_b, self.dt_proj_b.weight),
+            ],
+            dim=-1,
+        )
+        return bidirectional_scan(
+            u,
+            delta_raw,
+            z,
+            -torch.exp(torch.cat([self.A_log, self.A_b_log]).float()),
+            B_f,
+            C_f,
+            B_b,
+            C_b,
+            torch.cat([self.D, self.D_b]),
+            torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]),
+            frames,
+            scale,
+        )
 
     def _both_directions_cuda(
         self,

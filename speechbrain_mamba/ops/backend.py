@@ -2,8 +2,14 @@
 
 ``backend="auto"`` uses mamba_ssm's ``selective_scan_fn`` (and
 causal_conv1d's ``causal_conv1d_fn`` when installed) for CUDA tensors when
-they can be imported, and the pure-PyTorch path otherwise. ``"torch"``
-always uses the pure-PyTorch path; ``"cuda"`` insists on the kernels. The
+they can be imported; without them, BiMamba layers on CUDA use this
+package's fused Triton kernels (:mod:`triton_bidirectional_scan`: both
+directions in one chunk-parallel scan, no reversed copies, about a quarter
+less training memory, but slower than mamba_ssm's scan: see the README's
+benchmark section), and everything else the pure-PyTorch path.
+``"torch"`` always uses the pure-PyTorch path; ``"cuda"`` insists on the
+mamba_ssm kernels; ``"triton"`` insists on the Triton kernels for BiMamba
+(other layers treat it as "auto"). The
 environment variable ``SBMAMBA_BACKEND`` overrides the argument of every
 layer (handy to compare both paths without touching a YAML file).
 
@@ -19,7 +25,7 @@ from typing import Optional
 
 import torch
 
-BACKENDS = ("auto", "torch", "cuda")
+BACKENDS = ("auto", "torch", "cuda", "triton")
 
 #: Largest d_state the mamba_ssm selective-scan kernel supports.
 MAX_CUDA_D_STATE = 256
@@ -171,6 +177,49 @@ def use_cuda_kernels(backend: str, x: torch.Tensor, d_state: int) -> bool:
         x.is_cuda
         and d_state <= MAX_CUDA_D_STATE
         and (cuda_kernels() is not None)
+    )
+
+
+def use_triton_kernels(backend: str, x: torch.Tensor) -> bool:
+    """Decides whether a BiMamba call runs on the fused Triton kernels.
+
+    Arguments
+    ---------
+    backend : str
+        The layer's backend.
+    x : torch.Tensor
+        The layer input (its device decides for "auto").
+
+    Returns
+    -------
+    bool
+
+    Example
+    -------
+    >>> use_triton_kernels("torch", torch.zeros(1))
+    False
+    """
+    from speechbrain_mamba.ops import triton_bidirectional_scan
+
+    backend = effective_backend(backend)
+    if backend == "triton":
+        if not triton_bidirectional_scan.available():
+            raise ImportError(
+                "backend='triton' needs Triton, which comes with the CUDA "
+                "builds of PyTorch; use backend='auto' or 'torch'."
+            )
+        if not x.is_cuda:
+            raise ValueError(
+                "backend='triton' needs CUDA tensors, got a tensor on "
+                f"{x.device}; move the model to the GPU or use "
+                "backend='auto'."
+            )
+        return True
+    return (
+        backend == "auto"
+        and x.is_cuda
+        and cuda_kernels() is None
+        and triton_bidirectional_scan.available()
     )
 
 

@@ -1,0 +1,178 @@
+"""The fused Triton BiMamba kernels (bidirectional conv + chunk-parallel
+bidirectional scan) against plain references: kernel level (loop-by-loop
+scan, reversed-copy convolution) and layer level (the pure-PyTorch BiMamba
+and the mamba_ssm path), outputs and gradients, with padding, several
+chunks and chunk blocks. Skipped without an NVIDIA GPU and Triton."""
+
+import pytest
+import torch
+
+from speechbrain_mamba.nnet import BiMamba, Mamba, MambaStack
+from speechbrain_mamba.ops import triton_bidirectional_conv as conv_ops
+from speechbrain_mamba.ops import triton_bidirectional_scan as scan_ops
+from speechbrain_mamba.ops.backend import cuda_kernels
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(
+        not (torch.cuda.is_available() and scan_ops.available()),
+        reason="needs an NVIDIA GPU and Triton",
+    ),
+]
+
+RTOL, ATOL = 6e-4, 2e-3
+
+
+def scan_inputs(batch, time, d_inner, d_state, lengths):
+    torch.manual_seed(0)
+
+    def make(*shape, scale=1.0):
+        return (torch.randn(*shape, device="cuda") * scale).requires_grad_()
+
+    x_dbl = [make(batch, time, 2 * d_state + 3) for _ in range(2)]
+    return {
+        "u": make(batch, time, 2 * d_inner),
+        "delta_raw": make(batch, time, 2 * d_inner),
+        "z": make(batch, time, d_inner),
+        "A": (-torch.rand(2 * d_inner, d_state, device="cuda") - 0.2)
+        .mul(3)
+        .requires_grad_(),
+        "x_dbl": x_dbl,
+        "D": make(2 * d_inner),
+        "delta_bias": make(2 * d_inner, scale=0.5),
+        "lengths": torch.tensor(lengths, device="cuda"),
+    }
+
+
+def call(function, inputs, d_state, scale):
+    B_f, C_f = inputs["x_dbl"][0][..., 3:].split(d_state, -1)
+    B_b, C_b = inputs["x_dbl"][1][..., 3:].split(d_state, -1)
+    return function(
+        inputs["u"],
+        inputs["delta_raw"],
+        inputs["z"],
+        inputs["A"],
+        B_f,
+        C_f,
+        B_b,
+        C_b,
+        inputs["D"],
+        inputs["delta_bias"],
+        inputs["lengths"],
+        scale,
+    )
+
+
+def leaves(inputs):
+    out = []
+    for value in inputs.values():
+        out.extend(value if isinstance(value, list) else [value])
+    return [t for t in out if t.requires_grad]
+
+
+@pytest.mark.parametrize(
+    "time,lengths,d_inner,d_state",
+    [(50, [50], 16, 4), (300, [300, 171, 64], 40, 16), (700, [700, 3], 8, 8)],
+)
+def test_scan_equals_loop_reference(time, lengths, d_inner, d_state):
+    inputs = scan_inputs(len(lengths), time, d_inner, d_state, lengths)
+    out = call(scan_ops.bidirectional_scan, inputs, d_state, 0.5)
+    ref = call(scan_ops.scan_reference, inputs, d_state, 0.5)
+    torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
+    weights = torch.randn_like(ref)
+    grads = torch.autograd.grad((out * weights).sum(), leaves(inputs))
+    ref_grads = torch.autograd.grad((ref * weights).sum(), leaves(inputs))
+    for got, expected in zip(grads, ref_grads):
+        torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_scan_carries_state_over_many_chunk_blocks():
+    """More chunks than one carry block: the state must cross blocks."""
+    chunks = scan_ops.CHUNK_BLOCK * 2 + 5
+    time = chunks * scan_ops.CHUNK
+    inputs = scan_inputs(1, time, 4, 2, [time - 7])
+    with torch.no_grad():  # slow decay so the state travels far
+        inputs["A"].mul_(1e-3)
+        inputs["delta_bias"].fill_(-4.0)
+    out = call(scan_ops.bidirectional_scan, inputs, 2, 1.0)
+    ref = call(scan_ops.scan_reference, inputs, 2, 1.0)
+    torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
+
+
+def test_conv_equals_reversed_copy_reference():
+    torch.manual_seed(0)
+    xz = torch.randn(3, 150, 2 * 70, device="cuda", requires_grad=True)
+    x = xz[..., :70]  # a strided view, as from the input projection
+    params = [
+        torch.randn(70, 1, 4, device="cuda", requires_grad=True)
+        if i % 2 == 0
+        else torch.randn(70, device="cuda", requires_grad=True)
+        for i in range(4)
+    ]
+    lengths = torch.tensor([150, 99, 2], device="cuda")
+    out = conv_ops.bidirectional_conv_silu(x, *params, lengths)
+    ref = conv_ops.conv_reference(x, *params, lengths)
+    valid = torch.arange(150, device="cuda")[None, :] < lengths[:, None]
+    mask = torch.ones_like(ref)
+    mask[..., 70:] *= valid[..., None]  # backward half: valid frames only
+    torch.testing.assert_close(out * mask, ref * mask, rtol=RTOL, atol=ATOL)
+    weights = torch.randn_like(ref) * mask
+    grads = torch.autograd.grad((out * weights).sum(), [xz, *params])
+    ref_grads = torch.autograd.grad((ref * weights).sum(), [xz, *params])
+    for got, expected in zip(grads, ref_grads):
+        torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
+
+
+def run_layer(module, backend, x, lengths, dtype):
+    module.zero_grad()
+    for layer in module.modules():
+        if isinstance(layer, Mamba):
+            layer.backend = backend
+    x = x.detach().clone().requires_grad_()
+    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        out = module(x, lengths)
+    weights = torch.linspace(-1, 1, out.numel(), device="cuda")
+    (out.float().flatten() * weights).sum().backward()
+    grads = {n: p.grad.float().clone() for n, p in module.named_parameters()}
+    grads["input"] = x.grad.float()
+    return out.float().detach(), grads
+
+
+def assert_same(a, b, dtype, what):
+    if dtype == torch.float32:
+        torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL, msg=what)
+    else:
+        rel = (a - b).norm() / b.norm().clamp_min(1e-6)
+        assert rel < 3e-2, f"{what}: relative error {rel:.3g}"
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("combine", ["mean", "sum"])
+def test_bimamba_triton_equals_torch_path(padded, dtype, combine):
+    torch.manual_seed(0)
+    module = BiMamba(64, d_state=16, combine=combine).cuda()
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.startswith("D") or "A_" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(3, 333, 64, device="cuda")
+    lengths = torch.tensor([1.0, 0.55, 0.8], device="cuda") if padded else None
+    out, grads = run_layer(module, "triton", x, lengths, dtype)
+    ref, ref_grads = run_layer(module, "torch", x, lengths, dtype)
+    assert_same(out, ref, dtype, "output")
+    for name in ref_grads:
+        assert_same(grads[name], ref_grads[name], dtype, name)
+
+
+@pytest.mark.skipif(cuda_kernels() is None, reason="needs mamba_ssm")
+def test_stack_triton_equals_mamba_ssm_on_a_long_sequence():
+    """Separation-like length (several chunk blocks), both GPU paths."""
+    torch.manual_seed(0)
+    stack = MambaStack(32, num_layers=2, bidirectional=True).cuda()
+    x = torch.randn(1, 9000, 32, device="cuda")
+    out, grads = run_layer(stack, "triton", x, None, torch.float32)
+    ref, ref_grads = run_layer(stack, "cuda", x, None, torch.float32)
+    assert_same(out, ref, torch.float32, "output")
+    for name in ref_grads:
+        assert_same(grads[name], ref_grads[name], torch.float32, name)
