@@ -28,15 +28,125 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
 import speechbrain_mamba  # noqa: F401
 from speechbrain_mamba.benchmarks.timing import synchronize
+from speechbrain_mamba.lobes.tts.ar import ARDecodingState
 from speechbrain_mamba.lobes.tts.factory import build_codec_lm, count_parameters
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def random_prompt(
+    ar: torch.nn.Module,
+    num_phonemes: int,
+    prompt_frames: int,
+    device: str = "cpu",
+    seed: int = 0,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Random phoneme ids and first-codebook prompt tokens (one item).
+
+    Arguments
+    ---------
+    ar : CodecAR
+        The AR model (its symbol table and codebook size are used).
+    num_phonemes : int
+        Phonemes of the input.
+    prompt_frames : int
+        Frames of the prompt.
+    device : str
+        Where the tensors go.
+    seed : int
+        Seed of the CPU generator drawing them.
+
+    Returns
+    -------
+    phonemes : torch.Tensor
+        [1, num_phonemes] long, in 1 .. num_symbols - 1.
+    prompt : torch.Tensor
+        [1, prompt_frames] long, in 0 .. codebook_size - 1.
+
+    Example
+    -------
+    >>> ar, _ = build_codec_lm("vallm", "tiny", num_symbols=20,
+    ...                        codebook_size=16, num_codebooks=2, d_state=8)
+    >>> phonemes, prompt = random_prompt(ar, 4, 6)
+    >>> phonemes.shape, prompt.shape
+    (torch.Size([1, 4]), torch.Size([1, 6]))
+    """
+    g = torch.Generator().manual_seed(seed)
+    phonemes = torch.randint(1, ar.num_symbols, (1, num_phonemes), generator=g)
+    prompt = torch.randint(0, ar.codebook_size, (1, prompt_frames), generator=g)
+    return phonemes.to(device), prompt.to(device)
+
+
+def prefill(
+    ar: torch.nn.Module, phonemes: torch.Tensor, prompt: torch.Tensor
+) -> Tuple[torch.Tensor, ARDecodingState]:
+    """Reads every phoneme and prompt token into the cache (one forward
+    pass through :meth:`CodecAR.start`, no padding).
+
+    Arguments
+    ---------
+    ar : CodecAR
+        The AR model.
+    phonemes : torch.Tensor
+        [batch, phonemes] long.
+    prompt : torch.Tensor
+        [batch, frames] first-codebook tokens.
+
+    Returns
+    -------
+    logits : torch.Tensor
+        [batch, codebook_size + 1]: the first new token's.
+    state : ARDecodingState
+        The filled cache, for :meth:`CodecAR.step`.
+
+    Example
+    -------
+    >>> ar, _ = build_codec_lm("valle", "tiny", num_symbols=20,
+    ...                        codebook_size=16, num_codebooks=2)
+    >>> logits, state = prefill(ar.eval(), *random_prompt(ar, 4, 6))
+    >>> logits.shape, len(state.cache)
+    (torch.Size([1, 17]), 11)
+    """
+    batch, device = phonemes.shape[0], phonemes.device
+    return ar.start(
+        phonemes,
+        torch.full((batch,), phonemes.shape[1], device=device),
+        prompt,
+        torch.full((batch,), prompt.shape[1], device=device),
+    )
+
+
+def greedy_token(ar: torch.nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """The most likely audio token, EOS excluded (so that generation runs
+    for a fixed number of tokens); masks EOS in ``logits`` in place.
+
+    Arguments
+    ---------
+    ar : CodecAR
+        The AR model (for its EOS index).
+    logits : torch.Tensor
+        [batch, codebook_size + 1].
+
+    Returns
+    -------
+    torch.Tensor
+        [batch] long.
+
+    Example
+    -------
+    >>> ar, _ = build_codec_lm("vallm", "tiny", num_symbols=20,
+    ...                        codebook_size=4, num_codebooks=2, d_state=8)
+    >>> greedy_token(ar, torch.tensor([[0.0, 2.0, 1.0, 0.0, 9.0]]))
+    tensor([1])
+    """
+    logits[:, ar.eos_index] = float("-inf")
+    return logits.argmax(-1)
 
 
 @torch.no_grad()
@@ -80,24 +190,17 @@ def step_latencies(
     >>> len(step_latencies(ar.eval(), 3, num_phonemes=4, prompt_frames=2))
     3
     """
-    g = torch.Generator().manual_seed(seed)
-    phonemes = torch.randint(1, ar.num_symbols, (1, num_phonemes), generator=g)
-    prompt = torch.randint(0, ar.codebook_size, (1, prompt_frames), generator=g)
-    phonemes, prompt = phonemes.to(device), prompt.to(device)
+    phonemes, prompt = random_prompt(
+        ar, num_phonemes, prompt_frames, device, seed
+    )
     use_autocast = (
         torch.device(device).type == "cuda" and dtype != torch.float32
     )
     times = []
     with torch.autocast("cuda", dtype=dtype, enabled=use_autocast):
-        logits, state = ar.start(
-            phonemes,
-            torch.tensor([num_phonemes], device=device),
-            prompt,
-            torch.tensor([prompt_frames], device=device),
-        )
+        logits, state = prefill(ar, phonemes, prompt)
         for _ in range(num_tokens):
-            logits[:, ar.eos_index] = float("-inf")
-            token = logits.argmax(-1)
+            token = greedy_token(ar, logits)
             synchronize(device)
             start = time.perf_counter()
             logits = ar.step(token, state)

@@ -2,21 +2,35 @@
 duration, Mamba models side by side with their SpeechBrain peers.
 
 For each task pair (separation: Mamba-TasNet vs SepFormer; recognition:
-ConMamba vs Conformer encoders) it measures, in one run, a training step
-(forward + backward) and inference (no-grad forward) for every duration and
-dtype: median time over several repetitions after warm-up (CUDA
-synchronised), peak CUDA memory, OOM recorded as such. It writes
+ConMamba vs Conformer encoders; synthesis: VALL-M vs VALL-E codec language
+models) it measures, in one run, for every duration and dtype:
+
+- ``train``: a training step (forward, loss, backward; for tts the joint
+  AR + NAR loss on random phonemes and 8-codebook codes at 75 frames/s),
+- ``infer``: inference (no-grad forward; for tts the NAR pass over the
+  whole duration),
+- ``ar-step`` (tts only): the per-token latency of AR generation at that
+  output length: the AR cache is filled with a prompt of that many seconds
+  of tokens in one forward pass, then single-token decoding steps are
+  timed (median), with the peak memory during the steps. Mamba carries a
+  fixed-size state, the Transformer a key/value cache that grows.
+
+Times are medians over several repetitions after warm-up (CUDA
+synchronised), memory is peak CUDA memory, OOM is recorded as such. It
+writes
 
 - ``results.csv`` / ``results.jsonl``: one row per measurement,
 - ``ratios.csv``: peer / Mamba time and memory ratios (> 1: Mamba better),
 - ``thresholds.json``: the shortest duration from which Mamba wins,
-- ``efficiency.png``: time and memory against duration, one column per task.
+- ``efficiency.png``: time and memory against duration, one panel per task
+  and metric (the AR step of tts in panels of its own).
 
 Usage::
 
     python -m speechbrain_mamba.benchmarks.efficiency --out results/eff \\
-        [--tasks separation asr] [--seconds 1 2 4 8 16 32 60] \\
-        [--modes train infer] [--dtypes float32 bfloat16] [--device cuda]
+        [--tasks separation asr tts] [--seconds 1 2 4 8 16 32 60] \\
+        [--modes train infer ar-step] [--dtypes float32 bfloat16] \\
+        [--device cuda] [--tts-size paper] [--ar-steps 50]
 
 Author
 ------
@@ -28,35 +42,152 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from speechbrain_mamba.benchmarks.models import TASKS
 from speechbrain_mamba.benchmarks.timing import measure
+from speechbrain_mamba.lobes.tts.factory import SIZES as TTS_SIZES
 
 DEFAULT_SECONDS = {
     "separation": [1, 2, 4, 8, 16, 32, 60],
     "asr": [5, 10, 20, 40, 80, 160, 320],
+    "tts": [3, 10, 30, 60],
 }
-DEFAULT_BATCH = {"separation": 1, "asr": 8}
+DEFAULT_BATCH = {"separation": 1, "asr": 8, "tts": 1}
+#: Every mode, and the modes each task has.
+MODES = ("train", "infer", "ar-step")
+TASK_MODES = {
+    "separation": ("train", "infer"),
+    "asr": ("train", "infer"),
+    "tts": MODES,
+}
+#: Untimed calls before the timed ones, per mode (the first AR steps grow
+#: the key/value buffers).
+WARMUP = {"train": 1, "infer": 1, "ar-step": 3}
+#: (task, mode) never put in a CUDA graph: the TTS models check their token
+#: ids on the host (a GPU sync, which a capture cannot hold).
+EAGER_ONLY = {("tts", "train"), ("tts", "infer")}
 
 
-def make_step(model, x, mode, dtype, device, for_graph=False):
-    """The callable that is timed: a training step or an inference call."""
-    model.train(mode == "train")
-    autocast = torch.autocast(
+def _autocast(device, dtype, for_graph=False):
+    """Autocast to ``dtype`` (off for fp32; no cast cache in CUDA graphs)."""
+    return torch.autocast(
         torch.device(device).type,
         dtype=dtype,
         enabled=dtype != torch.float32,
         cache_enabled=not for_graph,
     )
 
+
+def _state_slots(state):
+    """(holder, attribute, tensor) of each tensor of an AR decoding state."""
+    cache = state.cache if isinstance(state.cache, list) else [state.cache]
+    return [
+        (holder, name, value)
+        for holder in [state, *cache]
+        for name, value in vars(holder).items()
+        if isinstance(value, torch.Tensor)
+    ]
+
+
+def make_ar_step(
+    model: torch.nn.Module,
+    batch: Dict[str, torch.Tensor],
+    dtype: torch.dtype,
+    device,
+    for_graph: bool = False,
+) -> Callable[[], None]:
+    """Fills ``model.ar``'s cache with the batch's phonemes and first
+    codebook (one forward pass) and returns a callable that decodes one
+    more token (greedy, EOS excluded) through the cache.
+
+    With ``for_graph``, each step writes its logits and the new state
+    tensors back into the tensors the previous step read (static buffers,
+    so that a CUDA graph of one step can be replayed); a key/value cache
+    still writes the same slot on each replay, which costs what a step at
+    that length costs.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        A model with an AR decoder ``.ar`` (``CodecAR``), e.g.
+        :class:`~speechbrain_mamba.benchmarks.models.CodecLMPair`.
+    batch : dict
+        From :func:`~speechbrain_mamba.benchmarks.models.tts_batch`: its
+        phonemes and first codebook are the prompt.
+    dtype : torch.dtype
+        Autocast dtype (float32: none).
+    device : str or torch.device
+        Device of the model and batch.
+    for_graph : bool
+        Static buffers (see above) and no autocast cast cache.
+
+    Returns
+    -------
+    callable
+        One decoding step; its ``state`` attribute is the decoding state.
+
+    Example
+    -------
+    >>> from speechbrain_mamba.benchmarks.models import tts_batch, vall_m
+    >>> step = make_ar_step(vall_m("tiny"), tts_batch(0.1, 1, "cpu"),
+    ...                     torch.float32, "cpu")
+    >>> step(); step()
+    >>> int(step.state.next_position[0])  # BOS + 8 prompt frames + 2
+    11
+    """
+    from speechbrain_mamba.benchmarks.ar_latency import greedy_token, prefill
+
+    ar = getattr(model, "ar", None)
+    if ar is None:
+        raise ValueError(
+            "mode 'ar-step' needs a model with an AR decoder (.ar, task "
+            f"tts), got {type(model).__name__}"
+        )
+    model.eval()
+    autocast = _autocast(device, dtype, for_graph)
+    with torch.no_grad(), autocast:
+        logits, state = prefill(ar, batch["phonemes"], batch["codes"][:, 0])
+
+    def step():
+        nonlocal logits
+        slots = _state_slots(state) if for_graph else []
+        with torch.no_grad(), autocast:
+            new = ar.step(greedy_token(ar, logits), state)
+        if not for_graph:
+            logits = new
+            return
+        logits.copy_(new)
+        for holder, name, old in slots:
+            value = getattr(holder, name)
+            if value.shape == old.shape and value.data_ptr() != old.data_ptr():
+                old.copy_(value)
+                setattr(holder, name, old)
+
+    step.state = state
+    return step
+
+
+def make_step(model, x, mode, dtype, device, for_graph=False):
+    """The callable that is timed: a training step, an inference call or
+    (mode "ar-step") one AR decoding step after a prefill. A model whose
+    training forward returns a scalar is trained on it as the loss, any
+    other on the mean square of its output."""
+    if mode == "ar-step":
+        return make_ar_step(model, x, dtype, device, for_graph)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    model.train(mode == "train")
+    autocast = _autocast(device, dtype, for_graph)
+
     def step():
         if mode == "train":
             with autocast:
                 y = model(x)
-            y.float().pow(2).mean().backward()
+            loss = y.float() if y.dim() == 0 else y.float().pow(2).mean()
+            loss.backward()
             if not for_graph:
                 model.zero_grad(set_to_none=True)
         else:
@@ -80,30 +211,79 @@ def capture_graph(step):
     return graph.replay
 
 
-def measure_model(model, x, mode, dtype, device, repeats, graphed=False):
+def measure_model(
+    model, x, mode, dtype, device, repeats, graphed=False, warmup=1
+):
     """Times one model on one input; returns the measure() dict (and
-    whether a CUDA graph was used)."""
+    whether a CUDA graph was used). With ``graphed`` (CUDA), the step is
+    replayed from a CUDA graph, or timed eagerly (reason printed) when it
+    cannot be captured."""
     used_graph = False
-    step = make_step(model, x, mode, dtype, device)
+    step = None
     capture_peak = None
-    if graphed and torch.device(device).type == "cuda":
-        try:
+    try:
+        if graphed and torch.device(device).type == "cuda":
             model.zero_grad(set_to_none=True)
+            graph_step = make_step(model, x, mode, dtype, device, True)
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats(device)
-            step = capture_graph(make_step(model, x, mode, dtype, device, True))
-            capture_peak = torch.cuda.max_memory_allocated(device) / 2**20
-            used_graph = True
-        except (RuntimeError, torch.OutOfMemoryError) as err:
-            print(f"CUDA graph capture failed ({err}); timing eagerly")
-            torch.cuda.synchronize()
+            try:
+                step = capture_graph(graph_step)
+                capture_peak = torch.cuda.max_memory_allocated(device) / 2**20
+                used_graph = True
+            except (RuntimeError, torch.OutOfMemoryError) as err:
+                print(
+                    f"CUDA graph capture failed for {model_label(model)} "
+                    f"{mode} ({err}); timing eagerly"
+                )
+                del graph_step
+                torch.cuda.synchronize()
+                torch.cuda.empty_cache()
+        if step is None:
             step = make_step(model, x, mode, dtype, device)
-    result = measure(step, device=device, repeats=repeats, warmup=1)
+    except torch.OutOfMemoryError:  # e.g. the prefill of an AR step
+        torch.cuda.empty_cache()
+        return {
+            "seconds": None,
+            "runs": 0,
+            "peak_mib": None,
+            "oom": True,
+            "cuda_graph": False,
+        }
+    result = measure(step, device=device, repeats=repeats, warmup=warmup)
     if capture_peak is not None and result["peak_mib"] is not None:
         # the graph's memory pool was allocated while capturing
         result["peak_mib"] = max(result["peak_mib"], capture_peak)
     result["cuda_graph"] = used_graph
     return result
+
+
+def model_label(model: torch.nn.Module) -> str:
+    """Display name of a study model.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        A model of :data:`~speechbrain_mamba.benchmarks.models.TASKS`.
+
+    Returns
+    -------
+    str
+        Its ``name`` (tts), the class of its mask net (separation) or
+        encoder (asr), else its own class.
+
+    Example
+    -------
+    >>> model_label(torch.nn.Linear(2, 2))
+    'Linear'
+    """
+    if hasattr(model, "name"):
+        return model.name
+    if hasattr(model, "masknet"):
+        return type(model.masknet).__name__
+    if hasattr(model, "encoder"):
+        return type(model.encoder).__name__
+    return type(model).__name__
 
 
 def enable_checkpointing(model) -> int:
@@ -197,37 +377,74 @@ def ratio_rows(rows: List[Dict]) -> List[Dict]:
     )
 
 
+def panels(rows: List[Dict]) -> List[Tuple[str, str]]:
+    """The plot's columns: (task, "step") for the train / infer modes of a
+    task, (task, "ar-step") for its AR decoding steps.
+
+    Arguments
+    ---------
+    rows : list of dict
+        Result rows (task, mode).
+
+    Returns
+    -------
+    list of (str, str)
+        Column keys, by task, each task's "step" column first.
+
+    Example
+    -------
+    >>> panels([dict(task="tts", mode="ar-step"), dict(task="tts",
+    ...         mode="train"), dict(task="asr", mode="infer")])
+    [('asr', 'step'), ('tts', 'step'), ('tts', 'ar-step')]
+    """
+    keys = {
+        (r["task"], "ar-step" if r["mode"] == "ar-step" else "step")
+        for r in rows
+    }
+    return sorted(keys, key=lambda key: (key[0], key[1] == "ar-step"))
+
+
 def plot(rows: List[Dict], path: Path) -> None:
-    """Time and memory against duration, one column per task."""
+    """Time and memory against duration: one column per task (and one for
+    the AR steps of tts), time on top, memory below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = sorted({r["task"] for r in rows})
+    columns = panels(rows)
     fig, axes = plt.subplots(
-        2, len(tasks), figsize=(5 * len(tasks), 8), squeeze=False
+        2, len(columns), figsize=(5 * len(columns), 8), squeeze=False
     )
-    styles = {"train": "-", "infer": "--"}
-    for col, task in enumerate(tasks):
+    styles = {"train": "-", "infer": "--", "ar-step": "-."}
+    for col, (task, group) in enumerate(columns):
+        selected = [
+            r
+            for r in rows
+            if r["task"] == task
+            and (r["mode"] == "ar-step") == (group == "ar-step")
+        ]
+        per_token = group == "ar-step"
         for (metric, label), ax in zip(
-            [("seconds_median", "time (s)"), ("peak_mib", "peak memory (MiB)")],
+            [
+                (
+                    "seconds_median",
+                    "time per token (s)" if per_token else "time (s)",
+                ),
+                ("peak_mib", "peak memory (MiB)"),
+            ],
             axes[:, col],
         ):
             combos = sorted(
-                {
-                    (r["model"], r["mode"], r["dtype"])
-                    for r in rows
-                    if r["task"] == task
-                }
+                {(r["model"], r["mode"], r["dtype"]) for r in selected}
             )
             for model, mode, dtype in combos:
                 series = sorted(
                     (
                         r
-                        for r in rows
-                        if (r["task"], r["model"], r["mode"], r["dtype"])
-                        == (task, model, mode, dtype)
+                        for r in selected
+                        if (r["model"], r["mode"], r["dtype"])
+                        == (model, mode, dtype)
                         and r[metric]
                     ),
                     key=lambda r: r["seconds"],
@@ -242,11 +459,14 @@ def plot(rows: List[Dict], path: Path) -> None:
                     )
             ax.set_xscale("log")
             ax.set_yscale("log")
-            ax.set_xlabel("input duration (s)")
+            ax.set_xlabel(
+                "output length (s)" if per_token else "input duration (s)"
+            )
             ax.set_ylabel(label)
-            ax.set_title(task)
+            ax.set_title(f"{task} AR step" if per_token else task)
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=6)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120)
@@ -267,22 +487,62 @@ def write_csv(rows: List[Dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def plan(args: argparse.Namespace) -> List[Tuple]:
+    """The measurements of a run, the modes a task does not have left out
+    (with a note).
+
+    Arguments
+    ---------
+    args : argparse.Namespace
+        ``tasks``, ``seconds`` (None: each task's defaults), ``modes``
+        and ``dtypes`` (names).
+
+    Returns
+    -------
+    list of tuple
+        (task, role, seconds, mode, dtype) in measuring order.
+
+    Example
+    -------
+    >>> args = argparse.Namespace(tasks=["asr", "tts"], seconds=[1],
+    ...     modes=["ar-step"], dtypes=["float32"])
+    >>> plan(args)[0]
+    asr: no ar-step mode; skipped
+    ('tts', 'mamba', 1, 'ar-step', torch.float32)
+    """
+    dtypes = [getattr(torch, d) for d in args.dtypes]
+    jobs = []
+    for task in args.tasks:
+        seconds = args.seconds or DEFAULT_SECONDS[task]
+        modes = [m for m in args.modes if m in TASK_MODES[task]]
+        skipped = [m for m in args.modes if m not in TASK_MODES[task]]
+        if skipped:
+            print(f"{task}: no {', '.join(skipped)} mode; skipped")
+        for role in ("mamba", "peer"):
+            for s in seconds:
+                for mode in modes:
+                    for dtype in dtypes:
+                        jobs.append((task, role, s, mode, dtype))
+    if not jobs:
+        raise ValueError(
+            f"nothing to measure: tasks {args.tasks} have none of the "
+            f"modes {args.modes} ({TASK_MODES})"
+        )
+    return jobs
+
+
 def run(args) -> Dict:
     """Runs the study and writes its outputs; returns the thresholds."""
     from tqdm import tqdm
 
     device = args.device
-    dtypes = [getattr(torch, d) for d in args.dtypes]
+    cuda = torch.device(device).type == "cuda"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = []
-    for task in args.tasks:
-        seconds = args.seconds or DEFAULT_SECONDS[task]
-        for role in ("mamba", "peer"):
-            for s in seconds:
-                for mode in args.modes:
-                    for dtype in dtypes:
-                        jobs.append((task, role, s, mode, dtype))
+    jobs = plan(args)
+    eager_only = sorted({(t, m) for t, _, _, m, _ in jobs} & EAGER_ONLY)
+    if args.cuda_graphs != "none" and eager_only:
+        print(f"timed eagerly, no CUDA graph: {eager_only}")
     rows = []
     models = {}
     jsonl = open(out / "results.jsonl", "w")
@@ -290,11 +550,12 @@ def run(args) -> Dict:
         mamba_builder, peer_builder, make_input, _ = TASKS[task]
         if (task, role) not in models:
             models.clear()
-            if device == "cuda":
+            if cuda:
                 torch.cuda.empty_cache()
             builder = mamba_builder if role == "mamba" else peer_builder
             torch.manual_seed(0)
-            models[(task, role)] = builder().to(device)
+            model = builder(args.tts_size) if task == "tts" else builder()
+            models[(task, role)] = model.to(device)
             if role == "mamba" and args.checkpointing:
                 enable_checkpointing(models[(task, role)])
         model = models[(task, role)]
@@ -305,16 +566,18 @@ def run(args) -> Dict:
             mode,
             dtype,
             device,
-            args.repeats,
-            graphed=args.cuda_graphs == "both"
-            or (args.cuda_graphs == "mamba" and role == "mamba"),
+            args.ar_steps if mode == "ar-step" else args.repeats,
+            graphed=(task, mode) not in EAGER_ONLY
+            and (
+                args.cuda_graphs == "both"
+                or (args.cuda_graphs == "mamba" and role == "mamba")
+            ),
+            warmup=WARMUP[mode],
         )
         row = {
             "task": task,
             "role": role,
-            "model": type(model).__name__
-            if not hasattr(model, "masknet")
-            else f"{type(model.masknet).__name__}",
+            "model": model_label(model),
             "params_M": round(
                 sum(p.numel() for p in model.parameters()) / 1e6, 2
             ),
@@ -329,8 +592,6 @@ def run(args) -> Dict:
             "cuda_graph": result["cuda_graph"],
             "checkpointing": bool(args.checkpointing and role == "mamba"),
         }
-        if task == "asr":
-            row["model"] = type(model.encoder).__name__
         rows.append(row)
         jsonl.write(json.dumps(row) + "\n")
         jsonl.flush()
@@ -367,8 +628,10 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--modes",
         nargs="+",
-        default=["train", "infer"],
-        choices=["train", "infer"],
+        default=list(MODES),
+        choices=MODES,
+        help="ar-step: per-token AR decoding latency (tts only); a mode a "
+        "task does not have is skipped",
     )
     parser.add_argument(
         "--dtypes",
@@ -381,12 +644,25 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--batch", type=int)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--ar-steps",
+        type=int,
+        default=50,
+        help="timed decoding steps of the ar-step mode (median reported)",
+    )
+    parser.add_argument(
+        "--tts-size",
+        default="paper",
+        choices=sorted(TTS_SIZES),
+        help="size of VALL-M / VALL-E (factory sizes; paper: d_model 1024)",
+    )
     parser.add_argument("--threads", type=int)
     parser.add_argument(
         "--cuda-graphs",
         choices=["none", "mamba", "both"],
         default="none",
-        help="replay each step from a CUDA graph (static shapes)",
+        help="replay each step from a CUDA graph (static shapes; for "
+        "ar-step one decoding step with static state buffers)",
     )
     parser.add_argument(
         "--checkpointing",

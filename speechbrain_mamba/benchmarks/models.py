@@ -1,5 +1,7 @@
 """Model pairs of the efficiency study: each Mamba model and its SpeechBrain
-transformer peer, built at the sizes of the Speech Slytherin paper.
+transformer peer, built at the sizes of the Speech Slytherin paper
+(separation: Mamba-TasNet vs SepFormer; recognition: ConMamba vs Conformer
+encoders; synthesis: VALL-M vs VALL-E codec language models).
 
 Author
 ------
@@ -161,8 +163,183 @@ def conmamba_encoder(d_model=512, layers=12, d_ffn=2048):
     return EncoderOnly(ConMambaEncoder(layers, d_model, d_ffn, kernel_size=31))
 
 
+#: Codec frames per second (EnCodec 24 kHz).
+TTS_FRAME_RATE = 75.0
+#: Phonemes per second of speech in the random TTS inputs (read English).
+TTS_PHONEMES_PER_SECOND = 12.0
+#: Phoneme table, codebook size and codebooks of the TTS models.
+TTS_NUM_SYMBOLS, TTS_CODEBOOK_SIZE, TTS_NUM_CODEBOOKS = 128, 1024, 8
+
+
+class CodecLMPair(nn.Module):
+    """The AR and NAR models of VALL-E or VALL-M as one module.
+
+    In training mode the forward pass returns the joint AR + NAR training
+    loss (a scalar, as in ``tts_train_compare``); in eval mode it returns
+    the NAR logits of one stage over the whole utterance (the NAR pass of
+    inference). The AR model alone is reached as ``.ar`` (decoding).
+
+    Arguments
+    ---------
+    ar : CodecAR
+        The AR model.
+    nar : CodecNAR
+        The NAR model.
+    name : str
+        Display name ("VALL-M", "VALL-E").
+
+    Example
+    -------
+    >>> model = vall_m("tiny")
+    >>> batch = tts_batch(0.1, 1, "cpu")
+    >>> model(batch).dim()
+    0
+    >>> model.eval()(batch).shape
+    torch.Size([1, 8, 1024])
+    """
+
+    def __init__(self, ar: nn.Module, nar: nn.Module, name: str):
+        super().__init__()
+        self.ar = ar
+        self.nar = nar
+        self.name = name
+
+    def forward(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Training loss (train mode) or NAR logits (eval mode) of a batch
+        from :func:`tts_batch`."""
+        if self.training:
+            from speechbrain_mamba.benchmarks.tts_train_compare import (
+                joint_loss,
+            )
+
+            return joint_loss(
+                self.ar,
+                self.nar,
+                batch,
+                prompt=batch["prompt_frames"],
+                stage=batch["stage"],
+            )
+        return self.nar(
+            batch["phonemes"],
+            batch["codes"],
+            batch["prompt_frames"],
+            batch["stage"],
+        )
+
+
+def codec_lm_pair(kind: str, size: str = "paper") -> CodecLMPair:
+    """VALL-M ("vallm") or VALL-E ("valle") of a factory size, without
+    dropout, 8 codebooks of 1024 entries.
+
+    Arguments
+    ---------
+    kind : str
+        "vallm" or "valle".
+    size : str
+        A size of :data:`speechbrain_mamba.lobes.tts.factory.SIZES`.
+
+    Returns
+    -------
+    CodecLMPair
+
+    Example
+    -------
+    >>> codec_lm_pair("valle", "tiny").name
+    'VALL-E'
+    """
+    from speechbrain_mamba.lobes.tts.factory import build_codec_lm
+
+    names = {"vallm": "VALL-M", "valle": "VALL-E"}
+    if kind not in names:
+        raise ValueError(f"kind must be one of {sorted(names)}, got {kind!r}")
+    ar, nar = build_codec_lm(
+        kind,
+        size,
+        num_symbols=TTS_NUM_SYMBOLS,
+        codebook_size=TTS_CODEBOOK_SIZE,
+        num_codebooks=TTS_NUM_CODEBOOKS,
+        dropout=0.0,
+    )
+    return CodecLMPair(ar, nar, names[kind])
+
+
+def vall_m(size: str = "paper") -> CodecLMPair:
+    """VALL-M (Mamba AR + BiMamba NAR) of a size."""
+    return codec_lm_pair("vallm", size)
+
+
+def vall_e(size: str = "paper") -> CodecLMPair:
+    """VALL-E (Transformer AR with key/value cache + NAR) of a size."""
+    return codec_lm_pair("valle", size)
+
+
+def tts_batch(
+    seconds: float, batch: int, device, seed: int = 0
+) -> Dict[str, torch.Tensor]:
+    """Random phonemes and codec tokens of ``seconds`` of speech.
+
+    Arguments
+    ---------
+    seconds : float
+        Duration: ``75 * seconds`` codec frames (at least 2) and
+        ``12 * seconds`` phonemes (at least 1).
+    batch : int
+        Items (all of the same length).
+    device : str or torch.device
+        Where the tensors go.
+    seed : int
+        Seed of the CPU generator.
+
+    Returns
+    -------
+    dict
+        ``phonemes`` [batch, phonemes], ``codes`` [batch, 8, frames],
+        ``phoneme_lens`` / ``code_lens`` (relative, all 1),
+        ``code_frames``, and the NAR's ``prompt_frames`` (a quarter to a
+        half of the frames, at most 3 s) and ``stage`` (1 .. 7), [batch].
+
+    Example
+    -------
+    >>> b = tts_batch(2.0, 3, "cpu")
+    >>> b["codes"].shape, b["phonemes"].shape
+    (torch.Size([3, 8, 150]), torch.Size([3, 24]))
+    >>> bool((b["prompt_frames"] >= 37).all() and (b["stage"] >= 1).all())
+    True
+    """
+    from speechbrain_mamba.tts.brain import sample_prompt_frames
+
+    if seconds <= 0 or batch < 1:
+        raise ValueError(
+            f"need seconds > 0 and batch >= 1, got {seconds} and {batch}"
+        )
+    g = torch.Generator().manual_seed(seed)
+    frames = max(2, round(TTS_FRAME_RATE * seconds))
+    num_phonemes = max(1, round(TTS_PHONEMES_PER_SECOND * seconds))
+    code_frames = torch.full((batch,), frames)
+    out = {
+        "phonemes": torch.randint(
+            1, TTS_NUM_SYMBOLS, (batch, num_phonemes), generator=g
+        ),
+        "codes": torch.randint(
+            0,
+            TTS_CODEBOOK_SIZE,
+            (batch, TTS_NUM_CODEBOOKS, frames),
+            generator=g,
+        ),
+        "phoneme_lens": torch.ones(batch),
+        "code_lens": torch.ones(batch),
+        "code_frames": code_frames,
+        "prompt_frames": sample_prompt_frames(
+            code_frames, 0.25, 0.5, round(3 * TTS_FRAME_RATE), g
+        ),
+        "stage": torch.randint(1, TTS_NUM_CODEBOOKS, (batch,), generator=g),
+    }
+    return {key: value.to(device) for key, value in out.items()}
+
+
 #: task -> (mamba builder, peer builder, input maker(seconds, batch, device),
-#: tokens per second of the model's input sequence)
+#: tokens per second of the model's input sequence). The tts builders take
+#: a size (see :data:`speechbrain_mamba.lobes.tts.factory.SIZES`).
 TASKS: Dict[str, Tuple[Callable, Callable, Callable, float]] = {
     "separation": (
         mamba_tasnet,
@@ -180,4 +357,5 @@ TASKS: Dict[str, Tuple[Callable, Callable, Callable, float]] = {
         ),
         25.0,
     ),
+    "tts": (vall_m, vall_e, tts_batch, TTS_FRAME_RATE),
 }

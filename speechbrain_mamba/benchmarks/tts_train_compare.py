@@ -144,8 +144,16 @@ def collate(batch: List[Item], device) -> Dict[str, torch.Tensor]:
     }
 
 
-def joint_loss(ar, nar, batch, generator=None) -> torch.Tensor:
-    """AR + NAR cross-entropy of one batch (random NAR stage and prompt)."""
+def joint_loss(
+    ar,
+    nar,
+    batch,
+    generator=None,
+    prompt: Optional[torch.Tensor] = None,
+    stage: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """AR + NAR cross-entropy of one batch; the NAR prompt frames and stage
+    ([batch] long each) are drawn at random unless given."""
     from speechbrain_mamba.tts.brain import nar_targets, sample_prompt_frames
     from speechbrain_mamba.tts.metrics import token_nll
 
@@ -158,10 +166,12 @@ def joint_loss(ar, nar, batch, generator=None) -> torch.Tensor:
     )
     loss = token_nll(ar_logits, ar.targets(codes[:, 0], batch["code_lens"]))
     frames = batch["code_frames"]
-    prompt = sample_prompt_frames(frames, 0.25, 0.5, 225, generator)
-    stage = torch.randint(
-        1, nar.num_codebooks, (codes.shape[0],), generator=generator
-    ).to(codes.device)
+    if prompt is None:
+        prompt = sample_prompt_frames(frames, 0.25, 0.5, 225, generator)
+    if stage is None:
+        stage = torch.randint(
+            1, nar.num_codebooks, (codes.shape[0],), generator=generator
+        ).to(codes.device)
     nar_logits = nar(
         batch["phonemes"],
         codes,
