@@ -31,6 +31,12 @@ from speechbrain_mamba.ops.backend import (
     use_cuda_kernels,
     use_triton_kernels,
 )
+from speechbrain_mamba.ops.bimamba_inner import (
+    BiMambaInnerFunction,
+    causal_conv1d_silu,
+    prepare_scan_inputs,
+    torch_conv1d_silu,
+)
 from speechbrain_mamba.ops.triton_bidirectional_conv import (
     bidirectional_conv_silu,
 )
@@ -48,6 +54,10 @@ class BiMamba(Mamba):
         Input and output feature size.
     combine : str
         How the two directions are merged: "mean" (default) or "sum".
+    low_memory : bool
+        On the mamba_ssm path, recompute the cheap activations before the
+        scan in backward instead of keeping them (about half the layer's
+        training memory for about 10% more step time; same numbers).
     **kwargs
         Every other argument of :class:`speechbrain_mamba.nnet.Mamba`
         (d_state, d_conv, expand, dt_rank, dt_min, dt_max, dt_init,
@@ -65,13 +75,20 @@ class BiMamba(Mamba):
 
     directions = ("", "_b")
 
-    def __init__(self, d_model: int, combine: str = "mean", **kwargs):
+    def __init__(
+        self,
+        d_model: int,
+        combine: str = "mean",
+        low_memory: bool = True,
+        **kwargs,
+    ):
         if combine not in COMBINE_MODES:
             raise ValueError(
                 f"combine must be one of {COMBINE_MODES}, got {combine!r}"
             )
         super().__init__(d_model, **kwargs)
         self.combine = combine
+        self.low_memory = low_memory
 
     def init_cache(self, *args, **kwargs):
         """Not available: a bidirectional layer needs the whole sequence."""
@@ -112,7 +129,7 @@ class BiMamba(Mamba):
         if use_triton_kernels(self.backend, x):
             y = self._both_directions_triton(x_in, z, frames, scale)
         elif use_cuda_kernels(self.backend, x, self.d_state):
-            y = self._both_directions_cuda(x_in, z, frames) * scale
+            y = self._both_directions_cuda(x_in, z, frames, scale)
         else:
             forward = self._scan_direction(x_in, z, "", frames)
             backward = self._scan_direction(x_in, z, "_b", frames, reverse=True)
@@ -176,63 +193,57 @@ class BiMamba(Mamba):
         x: torch.Tensor,
         z: torch.Tensor,
         frames: Optional[torch.Tensor],
+        scale: float,
     ) -> torch.Tensor:
-        """Both directions in one conv and one selective-scan kernel call.
+        """Both directions in one conv and one mamba_ssm selective-scan call.
 
         The backward direction becomes d_inner extra channels holding the
         (per-item) reversed sequence, with its own B/C as a second group of
-        the scan. x, z: [batch, time, d_inner]; returns the sum of the two
+        the scan; with ``low_memory`` the part before the scan is recomputed
+        in backward rather than stored
+        (:mod:`speechbrain_mamba.ops.bimamba_inner`). x, z:
+        [batch, time, d_inner]; returns ``scale`` times the sum of the two
         gated directions, [batch, time, d_inner].
         """
-        kernels = cuda_kernels()
-        d_inner, time = self.d_inner, x.shape[1]
-        both = torch.cat([x, reverse_valid(x, frames)], dim=-1).transpose(1, 2)
-        gate = torch.cat([z, reverse_valid(z, frames)], dim=-1).transpose(1, 2)
-        weight = torch.cat([self.conv1d.weight, self.conv1d_b.weight], 0)
-        bias = None
+        conv_bias = None
         if self.conv1d.bias is not None:
-            bias = torch.cat([self.conv1d.bias, self.conv1d_b.bias])
-        if kernels.causal_conv1d_fn is not None:
-            both = kernels.causal_conv1d_fn(
-                both.contiguous(), weight.squeeze(1), bias, activation="silu"
-            )
-        else:
-            both = F.conv1d(
-                both, weight, bias, padding=self.d_conv - 1, groups=2 * d_inner
-            )
-            both = F.silu(both[..., :time])
-        sizes = [self.dt_rank, self.d_state, self.d_state]
-        dt_f, B_f, C_f = self.x_proj(both[:, :d_inner].transpose(1, 2)).split(
-            sizes, dim=-1
+            conv_bias = torch.cat([self.conv1d.bias, self.conv1d_b.bias])
+        conv_silu = (
+            causal_conv1d_silu
+            if cuda_kernels().causal_conv1d_fn is not None
+            else torch_conv1d_silu
         )
-        dt_b, B_b, C_b = self.x_proj_b(both[:, d_inner:].transpose(1, 2)).split(
-            sizes, dim=-1
-        )
-        delta = torch.cat(
-            [
-                F.linear(dt_f, self.dt_proj.weight),
-                F.linear(dt_b, self.dt_proj_b.weight),
-            ],
-            dim=-1,
-        ).transpose(1, 2)
-        B = torch.stack([B_f, B_b], dim=1).transpose(-1, -2).contiguous()
-        C = torch.stack([C_f, C_b], dim=1).transpose(-1, -2).contiguous()
+        conv_weight = torch.cat([self.conv1d.weight, self.conv1d_b.weight], 0)
         A = -torch.exp(torch.cat([self.A_log, self.A_b_log]).float())
-        y = kernels.selective_scan_fn(
-            both,
-            delta,
-            A,
-            B,
-            C,
-            torch.cat([self.D, self.D_b]).float(),
-            z=gate,
-            delta_bias=torch.cat(
-                [self.dt_proj.bias, self.dt_proj_b.bias]
-            ).float(),
+        D = torch.cat([self.D, self.D_b]).float()
+        delta_bias = torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]).float()
+        projections = (
+            (self.x_proj.weight, self.x_proj_b.weight),
+            (self.dt_proj.weight, self.dt_proj_b.weight),
+        )
+        sizes = (self.d_inner, self.dt_rank, self.d_state)
+        if self.low_memory:
+            return BiMambaInnerFunction.apply(
+                x, z, conv_weight, conv_bias, *projections[0],
+                *projections[1], A, D, delta_bias, frames, sizes,
+                conv_silu, scale,
+            )  # fmt: skip
+        u, delta, B, C, gate = prepare_scan_inputs(
+            x, z, frames, conv_weight, conv_bias, *projections, sizes,
+            conv_silu,
+        )  # fmt: skip
+        y = cuda_kernels().selective_scan_fn(
+            u, delta, A, B, C, D, z=gate, delta_bias=delta_bias,
             delta_softplus=True,
-        ).transpose(1, 2)
-        return y[..., :d_inner] + reverse_valid(y[..., d_inner:], frames)
+        ).transpose(1, 2)  # fmt: skip
+        both = y[..., : self.d_inner] + reverse_valid(
+            y[..., self.d_inner :], frames
+        )
+        return both * scale if scale != 1.0 else both
 
     def extra_repr(self) -> str:
         """Shown by print(module)."""
-        return f"{super().extra_repr()}, combine={self.combine}"
+        return (
+            f"{super().extra_repr()}, combine={self.combine}, "
+            f"low_memory={self.low_memory}"
+        )
