@@ -14,7 +14,7 @@ Author
 speechbrain-mamba developers
 """
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,10 @@ from speechbrain_mamba.ops.triton_bidirectional_scan import bidirectional_scan
 
 COMBINE_MODES = ("mean", "sum")
 
+#: Inputs of at least this many frames (batch x time) recompute the
+#: pre-scan activations in backward when ``low_memory="auto"``.
+LOW_MEMORY_FRAMES = 16384
+
 
 class BiMamba(Mamba):
     """Bidirectional Mamba: forward and backward selective scans.
@@ -54,10 +58,14 @@ class BiMamba(Mamba):
         Input and output feature size.
     combine : str
         How the two directions are merged: "mean" (default) or "sum".
-    low_memory : bool
+    low_memory : bool or "auto"
         On the mamba_ssm path, recompute the cheap activations before the
-        scan in backward instead of keeping them (about half the layer's
-        training memory for about 10% more step time; same numbers).
+        scan in backward instead of keeping them: about half the layer's
+        training memory for about 10% more step time, same numbers.
+        "auto" (default) does so for inputs of at least
+        ``LOW_MEMORY_FRAMES`` frames (batch x time), where memory is large
+        and the step is GPU-bound; shorter ones are launch-bound and the
+        recompute would cost more host time than it saves.
     **kwargs
         Every other argument of :class:`speechbrain_mamba.nnet.Mamba`
         (d_state, d_conv, expand, dt_rank, dt_min, dt_max, dt_init,
@@ -79,12 +87,16 @@ class BiMamba(Mamba):
         self,
         d_model: int,
         combine: str = "mean",
-        low_memory: bool = True,
+        low_memory: Union[bool, str] = "auto",
         **kwargs,
     ):
         if combine not in COMBINE_MODES:
             raise ValueError(
                 f"combine must be one of {COMBINE_MODES}, got {combine!r}"
+            )
+        if low_memory not in (True, False, "auto"):
+            raise ValueError(
+                f"low_memory must be True, False or 'auto', got {low_memory!r}"
             )
         super().__init__(d_model, **kwargs)
         self.combine = combine
@@ -222,7 +234,12 @@ class BiMamba(Mamba):
             (self.dt_proj.weight, self.dt_proj_b.weight),
         )
         sizes = (self.d_inner, self.dt_rank, self.d_state)
-        if self.low_memory:
+        lean = self.low_memory
+        if lean == "auto":
+            lean = torch.is_grad_enabled() and (
+                x.shape[0] * x.shape[1] >= LOW_MEMORY_FRAMES
+            )
+        if lean:
             return BiMambaInnerFunction.apply(
                 x, z, conv_weight, conv_bias, *projections[0],
                 *projections[1], A, D, delta_bias, frames, sizes,

@@ -16,6 +16,8 @@ from typing import Optional
 
 import torch
 
+from speechbrain_mamba.utils.value_checks import check_once
+
 
 def check_sequence_input(x: torch.Tensor, d_model: int, name: str = "x"):
     """Raises ValueError unless x is a float [batch, time, d_model] tensor.
@@ -53,6 +55,29 @@ def check_sequence_input(x: torch.Tensor, d_model: int, name: str = "x"):
     if not torch.is_floating_point(x):
         raise ValueError(
             f"{name} must be a floating-point tensor, got dtype {x.dtype}"
+        )
+
+
+def check_relative_lengths(lengths: torch.Tensor) -> None:
+    """Raises ValueError unless every relative length is in (0, 1].
+
+    Arguments
+    ---------
+    lengths : torch.Tensor
+        Relative lengths, [batch].
+
+    Example
+    -------
+    >>> check_relative_lengths(torch.tensor([1.0, 0.3]))
+    >>> check_relative_lengths(torch.tensor([0.0]))
+    Traceback (most recent call last):
+    ...
+    ValueError: lengths must be relative lengths in (0, 1], got values [0.0]
+    """
+    if bool(((lengths <= 0) | (lengths > 1 + 1e-6)).any()):
+        raise ValueError(
+            "lengths must be relative lengths in (0, 1], got values "
+            f"{lengths.tolist()}"
         )
 
 
@@ -95,11 +120,7 @@ def lengths_to_frames(
             "lengths must be relative lengths in (0, 1] (a float tensor, "
             f"like wav_lens), got dtype {lengths.dtype}"
         )
-    if bool(((lengths <= 0) | (lengths > 1 + 1e-6)).any()):
-        raise ValueError(
-            "lengths must be relative lengths in (0, 1], got values "
-            f"{lengths.tolist()}"
-        )
+    check_once(lengths, "relative lengths", check_relative_lengths)
     frames = torch.round(lengths.float() * time).long()
     return frames.clamp(1, time)
 

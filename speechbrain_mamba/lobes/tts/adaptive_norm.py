@@ -9,6 +9,8 @@ speechbrain-mamba developers
 import torch
 from torch import nn
 
+from speechbrain_mamba.utils.value_checks import check_once
+
 
 class AdaptiveLayerNorm(nn.Module):
     """``AdaLN(h, c) = a_c * LayerNorm(h) + b_c``.
@@ -74,6 +76,14 @@ class AdaptiveLayerNorm(nn.Module):
                 f"condition must have shape [batch={x.shape[0]}], got "
                 f"{tuple(condition.shape)}"
             )
+        check_once(
+            condition, ("condition", self.num_conditions), self._check_condition
+        )
+        gain, bias = self.affine(condition)[:, None, :].chunk(2, dim=-1)
+        normed = nn.functional.layer_norm(x, (self.d_model,), eps=self.eps)
+        return normed * gain.to(normed.dtype) + bias.to(normed.dtype)
+
+    def _check_condition(self, condition: torch.Tensor) -> None:
         if bool((condition < 0).any()) or bool(
             (condition >= self.num_conditions).any()
         ):
@@ -81,9 +91,6 @@ class AdaptiveLayerNorm(nn.Module):
                 f"condition must be in [0, {self.num_conditions}), got "
                 f"{condition.tolist()}"
             )
-        gain, bias = self.affine(condition)[:, None, :].chunk(2, dim=-1)
-        normed = nn.functional.layer_norm(x, (self.d_model,), eps=self.eps)
-        return normed * gain.to(normed.dtype) + bias.to(normed.dtype)
 
     def extra_repr(self) -> str:
         """Shown by print(module)."""

@@ -10,6 +10,9 @@ from typing import Optional
 
 import torch
 
+from speechbrain_mamba.nnet.padding import check_relative_lengths
+from speechbrain_mamba.utils.value_checks import check_once
+
 #: Sequence models the codec language models can be built on.
 BACKBONES = ("transformer", "mamba")
 
@@ -81,8 +84,7 @@ def frames_of(
             "lengths must be relative lengths in (0, 1] (float), got dtype "
             f"{lengths.dtype}"
         )
-    if bool(((lengths <= 0) | (lengths > 1 + 1e-6)).any()):
-        raise ValueError(f"lengths must be in (0, 1], got {lengths.tolist()}")
+    check_once(lengths, "relative lengths", check_relative_lengths)
     return torch.round(lengths.float() * time).long().clamp(1, time)
 
 
