@@ -302,3 +302,20 @@ def test_helpers_and_errors(data, tmp_path):
     utts = list_utterances(root / "data.csv")
     with pytest.raises(ValueError, match="pass --resample"):
         collect_layer_states(model, utts)
+
+
+def test_asr_normalizer_statistics_follow_the_model_device(data, tmp_path):
+    # InputNormalization keeps its global statistics in plain attributes,
+    # which nn.Module.to does not move: on a GPU they stayed on the CPU and
+    # the ASR analysis failed with "Expected all tensors to be on the same
+    # device". The meta device stands in for a GPU here.
+    hub = make_hub(tmp_path / "asr", ASR_YAML.format(encoder="conmamba"))
+    model = load_model(hub, device="cpu")
+    normalize = model.modules["normalize"]
+    mean = normalize.glob_mean.clone()
+    assert mean.numel() == 20
+    model.to("meta")
+    assert normalize.glob_mean.device.type == "meta"
+    assert normalize.glob_std.device.type == "meta"
+    assert next(model.modules.parameters()).device.type == "meta"
+    assert normalize.glob_mean.shape == mean.shape

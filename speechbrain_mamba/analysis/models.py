@@ -85,8 +85,18 @@ class AnalysisModel:
     frame_lengths: Optional[Callable[[Any, torch.Tensor], torch.Tensor]] = None
 
     def to(self, device: Union[str, torch.device]) -> "AnalysisModel":
-        """Moves the model to ``device`` and sets evaluation mode."""
+        """Moves the model to ``device`` and sets evaluation mode.
+
+        ``nn.Module.to`` moves parameters and buffers only, and does not
+        call the ``to`` of sub-modules. Sub-modules that keep tensors in
+        plain attributes and move them in their own ``to`` (SpeechBrain's
+        ``InputNormalization`` keeps its global mean and standard deviation
+        that way) would stay on the CPU; their ``to`` is called here.
+        """
         self.modules.to(device).eval()
+        for module in self.modules.modules():
+            if type(module).to is not nn.Module.to:
+                module.to(device)
         return self
 
     @property
