@@ -141,3 +141,26 @@ def test_bimamba_low_memory_keeps_less_for_backward():
         out.float().sum().backward()
         del out
     assert kept["auto"] < 0.6 * kept[False], kept
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_gpu_step_equals_full_forward(dtype):
+    """Decoding one frame at a time (mamba_ssm's fused state update on the
+    GPU) gives the full-sequence outputs of a causal stack."""
+    torch.manual_seed(0)
+    stack = randomise(MambaStack(64, num_layers=2, bidirectional=False))
+    stack = stack.cuda().eval()
+    x = torch.randn(2, 40, 64, device="cuda")
+    with (
+        torch.no_grad(),
+        torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32),
+    ):
+        full = stack(x).float()
+        cache = stack.init_cache(2)
+        steps = [stack(x[:, t : t + 1], cache=cache) for t in range(40)]
+    steps = torch.cat(steps, 1).float()
+    if dtype == torch.float32:
+        torch.testing.assert_close(steps, full, rtol=RTOL, atol=ATOL)
+    else:
+        rel = (steps - full).norm() / full.norm()
+        assert rel < 3e-2, rel

@@ -34,6 +34,7 @@ from speechbrain_mamba.ops.backend import (
     check_backend,
     cuda_kernels,
     effective_backend,
+    state_update_kernel,
     use_cuda_kernels,
 )
 from speechbrain_mamba.ops.depthwise_conv import depthwise_conv_channels_last
@@ -306,6 +307,15 @@ class Mamba(nn.Module):
         batch, time, _ = x.shape
         on_cuda = use_cuda_kernels(self.backend, x, self.d_state)
         kernels = cuda_kernels() if on_cuda else None
+        if (
+            on_cuda
+            and cache is not None
+            and time == 1
+            and frames is None
+            and not needs_grad
+            and state_update_kernel() is not None
+        ):
+            return self._step_cuda(x[:, 0], z[:, 0], suffix, cache, A, D)
 
         if cache is not None:
             x_cf = x.transpose(1, 2)  # [batch, d_inner, time]
@@ -426,6 +436,47 @@ class Mamba(nn.Module):
         if cache is not None:
             cache.ssm = state
         return y
+
+    def _step_cuda(
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        suffix: str,
+        cache: MambaCache,
+        A: torch.Tensor,
+        D: torch.Tensor,
+    ) -> torch.Tensor:
+        """One decoding step on the GPU with few kernels: the conv window
+        as one product, mamba_ssm's fused state update (softplus, decay,
+        input, readout, skip and gate in one Triton kernel). x, z:
+        [batch, d_inner]; updates ``cache`` in place; returns
+        [batch, 1, d_inner]."""
+        conv = getattr(self, f"conv1d{suffix}")
+        dt_proj = getattr(self, f"dt_proj{suffix}")
+        window = torch.cat([cache.conv.to(x.dtype), x[..., None]], dim=-1)
+        x_conv = (window * conv.weight[:, 0].to(x.dtype)).sum(-1)
+        if conv.bias is not None:
+            x_conv = x_conv + conv.bias.to(x.dtype)
+        x_conv = F.silu(x_conv)
+        cache.conv.copy_(window[..., 1:])
+        dt, B, C = torch.split(
+            getattr(self, f"x_proj{suffix}")(x_conv),
+            [self.dt_rank, self.d_state, self.d_state],
+            dim=-1,
+        )
+        y = state_update_kernel()(
+            cache.ssm,
+            x_conv,
+            F.linear(dt, dt_proj.weight),
+            A,
+            B,
+            C,
+            D,
+            z=z,
+            dt_bias=dt_proj.bias.float(),
+            dt_softplus=True,
+        )
+        return y[:, None].to(x.dtype)
 
     def _check_cache(self, cache: MambaCache, batch: int) -> None:
         if not isinstance(cache, MambaCache):

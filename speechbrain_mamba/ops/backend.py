@@ -224,6 +224,33 @@ def use_triton_kernels(backend: str, x: torch.Tensor) -> bool:
 
 
 @functools.lru_cache(maxsize=1)
+def state_update_kernel():
+    """mamba_ssm's fused one-step state update (Triton), or None.
+
+    Returns
+    -------
+    callable or None
+        ``selective_state_update(state, x, dt, A, B, C, D, z, dt_bias,
+        dt_softplus)``; updates ``state`` in place.
+
+    Example
+    -------
+    >>> fn = state_update_kernel()
+    >>> fn is None or callable(fn)
+    True
+    """
+    if cuda_kernels() is None:
+        return None
+    try:
+        from mamba_ssm.ops.triton.selective_state_update import (
+            selective_state_update,
+        )
+    except (ImportError, OSError):
+        return None
+    return selective_state_update
+
+
+@functools.lru_cache(maxsize=1)
 def fused_add_norm():
     """mamba_ssm's Triton fused residual-add + (RMS/Layer)Norm, or None.
 
