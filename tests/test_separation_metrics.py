@@ -108,6 +108,45 @@ def test_separation_metrics_against_references():
     assert m_off["sdr"] == m["sdr"]
 
 
+def test_separation_metrics_single_source():
+    import mir_eval
+    from pesq import pesq
+    from pystoi import stoi
+
+    rate = 8000
+    speech = torch.from_numpy(_speechlike(3.0, rate, 3))
+    noise = torch.from_numpy(_speechlike(3.0, rate, 4))
+    mix = speech + 0.5 * noise
+    est = speech + 0.1 * noise
+    m = separation_metrics(est[:, None], speech[:, None], mix, rate)
+    assert all(np.isfinite(list(m.values())))
+
+    def bss_sdr(signal):
+        sdr, _, _, perm = mir_eval.separation.bss_eval_sources(
+            speech[None].double().numpy(), signal[None].double().numpy()
+        )
+        assert perm.tolist() == [0]
+        return float(sdr[0])
+
+    si_snr = _si_snr(est.double(), speech.double())
+    si_snr_mix = _si_snr(mix.double(), speech.double())
+    assert m["si-snr"] == pytest.approx(si_snr, abs=1e-3)
+    assert m["si-snr_i"] == pytest.approx(si_snr - si_snr_mix, abs=1e-3)
+    assert m["si-snr_i"] > 10
+    assert m["sdr"] == pytest.approx(bss_sdr(est), abs=0.05)
+    assert m["sdr_i"] == pytest.approx(bss_sdr(est) - bss_sdr(mix), abs=0.05)
+    ref, out = speech.numpy(), est.numpy()
+    assert m["pesq"] == pytest.approx(pesq(rate, ref, out, "nb"), abs=1e-4)
+    assert m["stoi"] == pytest.approx(stoi(ref, out, rate), abs=1e-4)
+    # The estimate is the mixture: no improvement
+    m_mix = separation_metrics(mix[:, None], speech[:, None], mix, rate)
+    assert abs(m_mix["si-snr_i"]) < 1e-3 and abs(m_mix["sdr_i"]) < 1e-6
+    # One source: PIT keeps the estimate as it is
+    value, ordered = pit_si_snr(est[:, None], speech[:, None])
+    assert value == pytest.approx(si_snr, abs=1e-3)
+    torch.testing.assert_close(ordered, est[:, None])
+
+
 def test_pesq_modes_and_failures():
     ref16 = _speechlike(3.0, 16000, 4)
     deg16 = ref16 + 0.02 * np.random.RandomState(0).randn(ref16.size)

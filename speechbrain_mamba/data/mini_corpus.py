@@ -279,6 +279,70 @@ def _librispeech_ids(
     return ids
 
 
+#: Speaker group (:attr:`PseudoSpeaker.subset`) of the first, second and
+#: third subset of every corpus.
+_SUBSET_GROUPS = ("train", "dev", "test")
+
+
+def _start_planning(
+    corpus: str,
+    seed: int,
+    num_utterances: int,
+    weights: Sequence[int],
+    max_words: int,
+) -> tuple:
+    """Splits ``num_utterances`` over the subsets (checking it first) and
+    seeds the random draws of one corpus.
+
+    Returns ``(counts, rng, sentences)``: the count of each subset, the
+    corpus's generator and a sentence generator drawing from it.
+    """
+    what = "build_" + corpus.replace("-", "_")
+    counts = _split_counts(num_utterances, weights, what)
+    rng = _rng(seed, corpus)
+    return counts, rng, SentenceGenerator(rng, 4, max_words)
+
+
+def _plan_subsets(
+    rng: np.random.Generator,
+    sentences: SentenceGenerator,
+    subsets: Sequence[str],
+    counts: Sequence[int],
+    train_chapters: int = 1,
+    min_count: int = 1,
+) -> Iterable[tuple]:
+    """Plans the utterances of each subset, with its own speakers.
+
+    A generator: the utterances of a subset are drawn when the caller asks
+    for it, so draws the caller makes between two subsets (paragraphs,
+    pairs, gains) keep their place in the random stream.
+
+    Yields ``(subset, count, plans, ids)``: ``max(count, min_count)``
+    plans spread over the speakers of the subset's group and their
+    LibriSpeech style ``(speaker, chapter, index)`` IDs, with
+    ``train_chapters`` chapters per training speaker and one otherwise.
+    """
+    for subset, count, group in zip(subsets, counts, _SUBSET_GROUPS):
+        plans = _plan_utterances(
+            rng, _speakers_of(group), max(min_count, count), sentences
+        )
+        chapters = train_chapters if group == "train" else 1
+        yield subset, count, plans, _librispeech_ids(plans, chapters)
+
+
+def _corpus_params(
+    corpus: str, seed: int, num_utterances: int, max_words: int, **extra
+) -> dict:
+    """Parameters recorded in (and compared with) a corpus's marker."""
+    return {
+        "corpus": corpus,
+        "seed": int(seed),
+        "num_utterances": int(num_utterances),
+        "max_words": max_words,
+        **extra,
+    }
+
+
 # ---------------------------------------------------------------------------
 # Rendering and writing
 # ---------------------------------------------------------------------------
@@ -345,6 +409,112 @@ def _speakers_txt(
             f"{minutes[spk]:5.2f} | {PSEUDO_SPEAKERS[int(spk) - 1001].voice}"
         )
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class _ChapterLayout:
+    """File names and contents of a LibriSpeech style corpus.
+
+    Arguments
+    ---------
+    rate : int
+        Sampling rate of the audio files.
+    audio_ext : str
+        Audio file extension (``"flac"`` or ``"wav"``).
+    transcript_name : callable
+        ``(speaker, chapter) -> file name`` of a chapter's transcript.
+    transcript_line : callable
+        ``(utt_id, sentence) -> line`` of the transcript.
+    title : str
+        Corpus name in ``SPEAKERS.txt``.
+    side_texts : tuple of str
+        Sentence attributes also written next to each audio file, as
+        ``utt_id.{attribute}.txt``.
+    """
+
+    rate: int
+    audio_ext: str
+    transcript_name: Callable[[str, str], str]
+    transcript_line: Callable[[str, Sentence], str]
+    title: str
+    side_texts: tuple = ()
+
+
+def _write_chapters(
+    tmp: Path,
+    jobs: Sequence[tuple],
+    binary: str,
+    workers: int,
+    layout: _ChapterLayout,
+) -> int:
+    """Writes a LibriSpeech style corpus of read speech.
+
+    Each job ``(subset, speaker, chapter, utt_id, plan)`` becomes
+    ``tmp/subset/speaker/chapter/utt_id.{layout.audio_ext}`` (plus its
+    ``layout.side_texts``); each chapter gets a transcript with one line
+    per utterance, sorted, and ``tmp/SPEAKERS.txt`` lists the speakers.
+    Returns the number of files written.
+    """
+    rate = layout.rate
+
+    def one(job: tuple) -> int:
+        subset, spk, chap, utt, plan = job
+        folder = tmp / subset / spk / chap
+        wav = _render(plan, (rate,), binary)[rate]
+        _write_audio(folder / f"{utt}.{layout.audio_ext}", wav, rate)
+        for name in layout.side_texts:
+            text = getattr(plan.sentence, name)
+            _write_text(folder / f"{utt}.{name}.txt", text)
+        return len(wav)
+
+    lengths = _parallel(one, jobs, workers)
+    chapters, minutes, subset_of, gender_of = {}, {}, {}, {}
+    for (subset, spk, chap, utt, plan), n in zip(jobs, lengths):
+        chapters.setdefault((subset, spk, chap), []).append(
+            layout.transcript_line(utt, plan.sentence)
+        )
+        minutes[spk] = minutes.get(spk, 0.0) + n / rate / 60
+        subset_of[spk] = subset
+        gender_of[spk] = plan.speaker.gender
+    for (subset, spk, chap), lines in chapters.items():
+        _write_text(
+            tmp / subset / spk / chap / layout.transcript_name(spk, chap),
+            "\n".join(sorted(lines)) + "\n",
+        )
+    _write_text(
+        tmp / "SPEAKERS.txt",
+        _speakers_txt(layout.title, minutes, subset_of, gender_of),
+    )
+    return (1 + len(layout.side_texts)) * len(jobs) + len(chapters) + 1
+
+
+def _write_mixtures(
+    root: Path,
+    subset: str,
+    name: str,
+    rates: Sequence[int],
+    modes: Sequence[str],
+    inputs: Callable[[int], tuple],
+    mix_folder: str,
+    peak: Optional[float] = MAX_AMPLITUDE,
+) -> dict:
+    """Mixes two sources at every rate and mode and writes the results.
+
+    ``inputs(rate)`` gives ``(sources, gains)`` for :func:`mix_sources`;
+    the mixture and the two scaled sources go to
+    ``root/wav{rate // 1000}k/mode/subset/{mix_folder,s1,s2}/name.wav``.
+    Returns the mixture length in samples per ``(rate, mode)``.
+    """
+    lengths = {}
+    for rate in rates:
+        sources, gains = inputs(rate)
+        for mode in modes:
+            folder = root / f"wav{rate // 1000}k" / mode / subset
+            m, (s1, s2) = mix_sources(sources, gains, mode, peak=peak)
+            for sub, wav in ((mix_folder, m), ("s1", s1), ("s2", s2)):
+                _write_audio(folder / sub / f"{name}.wav", wav, rate)
+            lengths[(rate, mode)] = len(m)
+    return lengths
 
 
 # ---------------------------------------------------------------------------
@@ -477,6 +647,16 @@ def _draw_pairs(
 # ---------------------------------------------------------------------------
 LIBRISPEECH_SUBSETS = ("train-clean-100", "dev-clean", "test-clean")
 
+_LIBRISPEECH_LAYOUT = _ChapterLayout(
+    rate=16000,
+    audio_ext="flac",
+    transcript_name=lambda spk, chap: f"{spk}-{chap}.trans.txt",
+    transcript_line=lambda utt, sentence: (
+        f"{utt} {librispeech_text(sentence.normalized)}"
+    ),
+    title="Mini LibriSpeech",
+)
+
 
 def build_librispeech(
     out_dir: PathLike,
@@ -536,55 +716,38 @@ def build_librispeech(
     >>> sorted(p.name for p in root.iterdir())  # doctest: +SKIP
     ['SPEAKERS.txt', 'dev-clean', 'test-clean', 'train-clean-100']
     """
-    counts = _split_counts(num_utterances, (8, 1, 1), "build_librispeech")
-    rng = _rng(seed, "librispeech")
-    sentences = SentenceGenerator(rng, 4, max_words)
+    counts, rng, sentences = _start_planning(
+        "librispeech", seed, num_utterances, (8, 1, 1), max_words
+    )
     jobs = []  # (subset, speaker, chapter, utt_id, plan)
-    for subset, count, group in zip(
-        LIBRISPEECH_SUBSETS, counts, ("train", "dev", "test")
+    for subset, _, plans, ids in _plan_subsets(
+        rng, sentences, LIBRISPEECH_SUBSETS, counts, train_chapters=2
     ):
-        plans = _plan_utterances(rng, _speakers_of(group), count, sentences)
-        ids = _librispeech_ids(plans, 2 if group == "train" else 1)
         for plan, (spk, chap, k) in zip(plans, ids):
             jobs.append((subset, spk, chap, f"{spk}-{chap}-{k:04d}", plan))
 
     def write(tmp: Path, final: Path, binary: str, workers: int) -> int:
-        def one(job):
-            subset, spk, chap, utt, plan = job
-            wav = _render(plan, (16000,), binary)[16000]
-            _write_audio(tmp / subset / spk / chap / f"{utt}.flac", wav, 16000)
-            return len(wav)
+        return _write_chapters(tmp, jobs, binary, workers, _LIBRISPEECH_LAYOUT)
 
-        lengths = _parallel(one, jobs, workers)
-        transcripts, minutes, subset_of, gender_of = {}, {}, {}, {}
-        for (subset, spk, chap, utt, plan), n in zip(jobs, lengths):
-            key = (subset, spk, chap)
-            text = plan.sentence.normalized
-            transcripts.setdefault(key, []).append(
-                f"{utt} {librispeech_text(text)}"
-            )
-            minutes[spk] = minutes.get(spk, 0.0) + n / 16000 / 60
-            subset_of[spk] = subset
-            gender_of[spk] = plan.speaker.gender
-        for (subset, spk, chap), lines in transcripts.items():
-            _write_text(
-                tmp / subset / spk / chap / f"{spk}-{chap}.trans.txt",
-                "\n".join(sorted(lines)) + "\n",
-            )
-        _write_text(
-            tmp / "SPEAKERS.txt",
-            _speakers_txt("Mini LibriSpeech", minutes, subset_of, gender_of),
-        )
-        return len(jobs) + len(transcripts) + 1
-
-    params = {"corpus": "librispeech", "seed": int(seed)}
-    params.update(num_utterances=int(num_utterances), max_words=max_words)
+    params = _corpus_params("librispeech", seed, num_utterances, max_words)
     return _atomic_build(out_dir, params, force, espeak, write, num_workers)
 
 
 # ---------------------------------------------------------------------------
 # LibriTTS
 # ---------------------------------------------------------------------------
+_LIBRITTS_LAYOUT = _ChapterLayout(
+    rate=24000,
+    audio_ext="wav",
+    transcript_name=lambda spk, chap: f"{spk}_{chap}.trans.tsv",
+    transcript_line=lambda utt, sentence: (
+        f"{utt}\t{sentence.original}\t{sentence.normalized}"
+    ),
+    title="Mini LibriTTS",
+    side_texts=("normalized", "original"),
+)
+
+
 def build_libritts(
     out_dir: PathLike,
     seed: int = 0,
@@ -637,15 +800,13 @@ def build_libritts(
     >>> root = build_libritts(tmp_dir / "LibriTTS", num_utterances=4)
     ... # doctest: +SKIP
     """
-    counts = _split_counts(num_utterances, (8, 1, 1), "build_libritts")
-    rng = _rng(seed, "libritts")
-    sentences = SentenceGenerator(rng, 4, max_words)
+    counts, rng, sentences = _start_planning(
+        "libritts", seed, num_utterances, (8, 1, 1), max_words
+    )
     jobs = []  # (subset, speaker, chapter, utt_id, plan)
-    for subset, count, group in zip(
-        LIBRISPEECH_SUBSETS, counts, ("train", "dev", "test")
+    for subset, _, plans, ids in _plan_subsets(
+        rng, sentences, LIBRISPEECH_SUBSETS, counts, train_chapters=2
     ):
-        plans = _plan_utterances(rng, _speakers_of(group), count, sentences)
-        ids = _librispeech_ids(plans, 2 if group == "train" else 1)
         paragraph = {}  # chapter -> (paragraph, sentence, left in paragraph)
         for plan, (spk, chap, _) in zip(plans, ids):
             par, sent, left = paragraph.get(chap, (-1, 0, 0))
@@ -658,40 +819,9 @@ def build_libritts(
             jobs.append((subset, spk, chap, utt, plan))
 
     def write(tmp: Path, final: Path, binary: str, workers: int) -> int:
-        def one(job):
-            subset, spk, chap, utt, plan = job
-            folder = tmp / subset / spk / chap
-            wav = _render(plan, (24000,), binary)[24000]
-            _write_audio(folder / f"{utt}.wav", wav, 24000)
-            _write_text(
-                folder / f"{utt}.normalized.txt", plan.sentence.normalized
-            )
-            _write_text(folder / f"{utt}.original.txt", plan.sentence.original)
-            return len(wav)
+        return _write_chapters(tmp, jobs, binary, workers, _LIBRITTS_LAYOUT)
 
-        lengths = _parallel(one, jobs, workers)
-        rows, minutes, subset_of, gender_of = {}, {}, {}, {}
-        for (subset, spk, chap, utt, plan), n in zip(jobs, lengths):
-            s = plan.sentence
-            rows.setdefault((subset, spk, chap), []).append(
-                f"{utt}\t{s.original}\t{s.normalized}"
-            )
-            minutes[spk] = minutes.get(spk, 0.0) + n / 24000 / 60
-            subset_of[spk] = subset
-            gender_of[spk] = plan.speaker.gender
-        for (subset, spk, chap), lines in rows.items():
-            _write_text(
-                tmp / subset / spk / chap / f"{spk}_{chap}.trans.tsv",
-                "\n".join(sorted(lines)) + "\n",
-            )
-        _write_text(
-            tmp / "SPEAKERS.txt",
-            _speakers_txt("Mini LibriTTS", minutes, subset_of, gender_of),
-        )
-        return 3 * len(jobs) + len(rows) + 1
-
-    params = {"corpus": "libritts", "seed": int(seed)}
-    params.update(num_utterances=int(num_utterances), max_words=max_words)
+    params = _corpus_params("libritts", seed, num_utterances, max_words)
     return _atomic_build(out_dir, params, force, espeak, write, num_workers)
 
 
@@ -777,11 +907,9 @@ def build_wsj0_2mix(
     """
     rates = _check_rates(sample_rates, "build_wsj0_2mix")
     modes = _check_modes(modes, "build_wsj0_2mix")
-    n_tr, n_cv, n_tt = _split_counts(
-        num_utterances, (5, 1, 1), "build_wsj0_2mix"
+    (n_tr, n_cv, n_tt), rng, sentences = _start_planning(
+        "wsj0-2mix", seed, num_utterances, (5, 1, 1), max_words
     )
-    rng = _rng(seed, "wsj0-2mix")
-    sentences = SentenceGenerator(rng, 4, max_words)
 
     # Source pools: si_tr_s for tr/cv, si_dt_05 + si_et_05 for tt.
     pools = {
@@ -841,16 +969,13 @@ def build_wsj0_2mix(
             subset, name, a, b, snr1 = mixture
             w1 = 10 ** (float(snr1) / 20)
             w2 = 10 ** (float(_negate_snr(snr1)) / 20)
-            for rate in rates:
-                (x1, x2) = rendered[a][0][rate], rendered[b][0][rate]
-                g1 = w1 / rendered[a][1][rate]
-                g2 = w2 / rendered[b][1][rate]
-                for mode in modes:
-                    folder = tmp / f"wav{rate // 1000}k" / mode / subset
-                    m, (s1, s2) = mix_sources([x1, x2], [g1, g2], mode)
-                    _write_audio(folder / "mix" / f"{name}.wav", m, rate)
-                    _write_audio(folder / "s1" / f"{name}.wav", s1, rate)
-                    _write_audio(folder / "s2" / f"{name}.wav", s2, rate)
+
+            def inputs(rate):
+                sources = [rendered[a][0][rate], rendered[b][0][rate]]
+                gains = [w1 / rendered[a][1][rate], w2 / rendered[b][1][rate]]
+                return sources, gains
+
+            _write_mixtures(tmp, subset, name, rates, modes, inputs, "mix")
 
         _parallel(mix, mixtures, workers)
         for subset in WSJ0_2MIX_SUBSETS:
@@ -864,12 +989,13 @@ def build_wsj0_2mix(
             )
         return len(sources) + 3 * len(mixtures) * len(rates) * len(modes) + 3
 
-    params = {"corpus": "wsj0-2mix", "seed": int(seed)}
-    params.update(
-        num_utterances=int(num_utterances),
+    params = _corpus_params(
+        "wsj0-2mix",
+        seed,
+        num_utterances,
+        max_words,
         sample_rates=list(rates),
         modes=list(modes),
-        max_words=max_words,
     )
     return _atomic_build(out_dir, params, force, espeak, write, num_workers)
 
@@ -958,18 +1084,14 @@ def build_librimix(
             f"be at most 16000, got {rates}"
         )
     modes = _check_modes(modes, "build_librimix")
-    counts = _split_counts(num_utterances, (5, 1, 1), "build_librimix")
-    rng = _rng(seed, "librimix")
-    sentences = SentenceGenerator(rng, 4, max_words)
+    counts, rng, sentences = _start_planning(
+        "librimix", seed, num_utterances, (5, 1, 1), max_words
+    )
     sources = []  # (utt id, plan)
     mixtures = []  # (subset, mixture id, src index 1, src index 2, gains dB)
-    for subset, count, group in zip(
-        LIBRIMIX_SUBSETS, counts, ("train", "dev", "test")
+    for subset, count, plans, ids in _plan_subsets(
+        rng, sentences, LIBRIMIX_SUBSETS, counts, min_count=2
     ):
-        plans = _plan_utterances(
-            rng, _speakers_of(group), max(2, count), sentences
-        )
-        ids = _librispeech_ids(plans, 1)
         offset = len(sources)
         for plan, (spk, chap, k) in zip(plans, ids):
             sources.append((f"{spk}-{chap}-{k:04d}", plan))
@@ -1007,18 +1129,19 @@ def build_librimix(
             )
             if peak > MAX_AMPLITUDE:
                 gains = [g * MAX_AMPLITUDE / peak for g in gains]
-            lengths = {}
-            for rate in rates:
-                s = (rendered[a][0][rate], rendered[b][0][rate])
-                for mode in modes:
-                    folder = tmp / "Libri2Mix" / f"wav{rate // 1000}k"
-                    folder = folder / mode / subset
-                    m, (s1, s2) = mix_sources(s, gains, mode, peak=None)
-                    _write_audio(folder / "mix_clean" / f"{name}.wav", m, rate)
-                    _write_audio(folder / "s1" / f"{name}.wav", s1, rate)
-                    _write_audio(folder / "s2" / f"{name}.wav", s2, rate)
-                    lengths[(rate, mode)] = len(m)
-            return lengths
+            return _write_mixtures(
+                tmp / "Libri2Mix",
+                subset,
+                name,
+                rates,
+                modes,
+                lambda rate: (
+                    (rendered[a][0][rate], rendered[b][0][rate]),
+                    gains,
+                ),
+                "mix_clean",
+                peak=None,
+            )
 
         lengths = _parallel(mix, mixtures, workers)
         for rate in rates:
@@ -1052,12 +1175,13 @@ def build_librimix(
         n_variants = len(rates) * len(modes)
         return n_variants * (3 * len(mixtures) + len(LIBRIMIX_SUBSETS))
 
-    params = {"corpus": "librimix", "seed": int(seed)}
-    params.update(
-        num_utterances=int(num_utterances),
+    params = _corpus_params(
+        "librimix",
+        seed,
+        num_utterances,
+        max_words,
         sample_rates=list(rates),
         modes=list(modes),
-        max_words=max_words,
     )
     root = _atomic_build(out_dir, params, force, espeak, write, num_workers)
     return root / "Libri2Mix"

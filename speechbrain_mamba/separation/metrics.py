@@ -74,11 +74,23 @@ def pit_si_snr(
 
 
 def _bss_sdr(targets: torch.Tensor, estimates: torch.Tensor) -> float:
+    """Mean BSS-eval SDR (512-tap distortion filter) over the sources.
+
+    Several sources are matched by the permutation that maximises the SIR
+    (as ``mir_eval``). A single source needs no permutation and has no
+    interference: its SIR is infinite, which ``fast_bss_eval``'s
+    permutation search cannot handle, so its SDR is computed directly
+    (as the one pair of a pairwise computation: fast_bss_eval's
+    non-pairwise path fails with NumPy 2).
+    """
     import fast_bss_eval
 
     ref = targets.t().double().cpu().numpy()
     est = estimates.t().double().cpu().numpy()
     with np.errstate(all="ignore"):
+        if ref.shape[0] == 1:
+            neg_sdr = fast_bss_eval.sdr_loss(est, ref, pairwise=True)
+            return -float(neg_sdr[0, 0])
         sdr, _, _, _ = fast_bss_eval.bss_eval_sources(
             ref, est, compute_permutation=True
         )
@@ -202,7 +214,8 @@ def separation_metrics(
     Arguments
     ---------
     estimates : torch.Tensor
-        ``[T, num_spks]`` estimated sources (any order).
+        ``[T, num_spks]`` estimated sources (any order); ``num_spks`` may
+        be 1 (no permutation).
     targets : torch.Tensor
         ``[T, num_spks]`` reference sources.
     mixture : torch.Tensor

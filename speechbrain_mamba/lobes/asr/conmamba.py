@@ -23,6 +23,7 @@ Author
 speechbrain-mamba developers
 """
 
+from functools import partial
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -31,6 +32,7 @@ from speechbrain.nnet.attention import PositionalwiseFeedForward
 from speechbrain.nnet.normalization import LayerNorm
 from torch import nn
 
+from speechbrain_mamba.lobes.asr.layer_stack import NormedLayerStack
 from speechbrain_mamba.nnet import BiMamba, Mamba
 
 MambaConfig = Optional[Dict[str, Any]]
@@ -299,7 +301,7 @@ class ConMambaEncoderLayer(nn.Module):
         return x, None
 
 
-class ConMambaEncoder(nn.Module):
+class ConMambaEncoder(NormedLayerStack):
     """Stack of :class:`ConMambaEncoderLayer` with a final LayerNorm, with the
     interface of SpeechBrain's ``ConformerEncoder``.
 
@@ -354,25 +356,18 @@ class ConMambaEncoder(nn.Module):
         output_hidden_states: bool = False,
         layerdrop_prob: float = 0.0,
     ):
-        super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1; got {num_layers}")
-        self.layers = nn.ModuleList(
-            [
-                ConMambaEncoderLayer(
-                    d_model=d_model,
-                    d_ffn=d_ffn,
-                    kernel_size=kernel_size,
-                    activation=activation,
-                    bias=bias,
-                    dropout=dropout,
-                    causal=causal,
-                    mamba_config=mamba_config,
-                )
-                for _ in range(num_layers)
-            ]
+        make_layer = partial(
+            ConMambaEncoderLayer,
+            d_model=d_model,
+            d_ffn=d_ffn,
+            kernel_size=kernel_size,
+            activation=activation,
+            bias=bias,
+            dropout=dropout,
+            causal=causal,
+            mamba_config=mamba_config,
         )
-        self.norm = LayerNorm(d_model, eps=1e-6)
+        super().__init__(num_layers, d_model, make_layer, norm_eps=1e-6)
         self.output_hidden_states = output_hidden_states
         self.layerdrop_prob = layerdrop_prob
 
@@ -421,22 +416,16 @@ class ConMambaEncoder(nn.Module):
                 "Dynamic chunk training is not supported by the ConMamba "
                 "encoder."
             )
-        output = src
-        attention_lst: List[None] = []
-        hidden_state_lst = [output]
+        keep = None
         if self.training and self.layerdrop_prob > 0.0:
-            keep = torch.rand(len(self.layers)) > self.layerdrop_prob
-        else:
-            keep = torch.ones(len(self.layers), dtype=torch.bool)
-        for layer, keep_layer in zip(self.layers, keep.tolist()):
-            if not keep_layer:
-                continue
-            output, attention = layer(
-                output, src_key_padding_mask=src_key_padding_mask
-            )
-            attention_lst.append(attention)
-            hidden_state_lst.append(output)
-        output = self.norm(output)
+            keep = (torch.rand(len(self.layers)) > self.layerdrop_prob).tolist()
+        output, attention_lst, hidden_state_lst = self.run_layers(
+            src,
+            lambda _, layer, x: layer(
+                x, src_key_padding_mask=src_key_padding_mask
+            ),
+            keep,
+        )
         if src_key_padding_mask is not None:
             output = output.masked_fill(
                 src_key_padding_mask.bool().unsqueeze(-1), 0.0

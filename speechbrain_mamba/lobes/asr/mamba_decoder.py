@@ -21,6 +21,7 @@ speechbrain-mamba developers
 """
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -29,6 +30,7 @@ from speechbrain.nnet.normalization import LayerNorm
 from torch import nn
 
 from speechbrain_mamba.lobes.asr.conmamba import key_padding_mask_to_lengths
+from speechbrain_mamba.lobes.asr.layer_stack import NormedLayerStack
 from speechbrain_mamba.nnet import CrossMamba, Mamba, MambaCache
 
 
@@ -260,7 +262,7 @@ class MambaDecoderLayer(nn.Module):
         return self._sublayer(x, self.norm3, self.dropout3, self.pos_ffn)
 
 
-class MambaDecoder(nn.Module):
+class MambaDecoder(NormedLayerStack):
     """Stack of :class:`MambaDecoderLayer` with a final LayerNorm, with the
     interface of SpeechBrain's ``TransformerDecoder`` plus recurrent
     decoding.
@@ -303,23 +305,16 @@ class MambaDecoder(nn.Module):
         normalize_before: bool = True,
         mamba_config: Optional[Dict[str, Any]] = None,
     ):
-        super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1; got {num_layers}")
-        self.layers = nn.ModuleList(
-            [
-                MambaDecoderLayer(
-                    d_model=d_model,
-                    d_ffn=d_ffn,
-                    activation=activation,
-                    dropout=dropout,
-                    normalize_before=normalize_before,
-                    mamba_config=mamba_config,
-                )
-                for _ in range(num_layers)
-            ]
+        make_layer = partial(
+            MambaDecoderLayer,
+            d_model=d_model,
+            d_ffn=d_ffn,
+            activation=activation,
+            dropout=dropout,
+            normalize_before=normalize_before,
+            mamba_config=mamba_config,
         )
-        self.norm = LayerNorm(d_model, eps=1e-6)
+        super().__init__(num_layers, d_model, make_layer, norm_eps=1e-6)
 
     def forward(
         self,
@@ -362,11 +357,11 @@ class MambaDecoder(nn.Module):
         if memory_mask is not None:
             raise ValueError("memory_mask is not supported by MambaDecoder")
         memory_lengths = key_padding_mask_to_lengths(memory_key_padding_mask)
-        output = tgt
-        for layer in self.layers:
-            output, _, _ = layer(output, memory, memory_lengths)
+        output, _, _ = self.run_layers(
+            tgt, lambda _, layer, x: (layer(x, memory, memory_lengths)[0], None)
+        )
         nones = [None] * len(self.layers)
-        return self.norm(output), nones, list(nones)
+        return output, nones, list(nones)
 
     def init_cache(
         self,
@@ -423,10 +418,12 @@ class MambaDecoder(nn.Module):
                 f"cache holds {cache.batch_size} hypotheses but the input "
                 f"has {tgt.shape[0]}"
             )
-        output = tgt
-        for layer, self_cache, cross_cache in zip(
-            self.layers, cache.self_caches, cache.cross_caches
-        ):
-            output = layer.step(output, self_cache, cross_cache)
+        output, _, _ = self.run_layers(
+            tgt,
+            lambda i, layer, x: (
+                layer.step(x, cache.self_caches[i], cache.cross_caches[i]),
+                None,
+            ),
+        )
         cache.position += 1
-        return self.norm(output), cache
+        return output, cache
