@@ -318,6 +318,245 @@ def _dv_bound(critic, x, y, gen, chunk=8192, shuffles=4) -> float:
         return float(joint.double().mean() - _log_mean_exp(marg))
 
 
+class _NeuralEstimator:
+    """Training loop shared by the neural estimators.
+
+    The constructor standardises the samples, splits off the held-out part,
+    builds the seeded critic and its Adam optimiser. :meth:`run` then takes
+    ``steps`` optimiser steps, each on a batch drawn from the training part
+    by :meth:`objective`, logs the training bound every ``log_every`` steps,
+    calls :meth:`after_step` after each step and returns :meth:`estimate`.
+    All randomness after the critic's initialisation comes from one
+    generator seeded with ``seed``. Subclasses define the bound.
+
+    Arguments
+    ---------
+    x, y : numpy.ndarray or torch.Tensor
+        Paired samples, ``[N, Dx]`` and ``[N, Dy]``.
+    critic_class : type
+        :class:`ConcatCritic` or :class:`SeparableCritic`.
+    steps, batch_size, lr, hidden, layers, holdout, seed, device, log_every
+        As in :func:`mine` (``log_every`` 0 keeps no history); the batch
+        size is capped at the number of training samples.
+
+    Example
+    -------
+    >>> x, y = correlated_gaussians(64, 1, 0.5)
+    >>> est = _InfoNCEEstimator(x, y, steps=3, batch_size=16, lr=1e-3,
+    ...                         hidden=8, layers=1, holdout=0.25, seed=0,
+    ...                         device="cpu", log_every=1)
+    >>> est.batch_size, len(est.run().train_history)
+    (16, 3)
+    """
+
+    def __init__(
+        self,
+        x: ArrayLike,
+        y: ArrayLike,
+        critic_class: type,
+        *,
+        steps: int,
+        batch_size: int,
+        lr: float,
+        hidden: int,
+        layers: int,
+        holdout: float,
+        seed: int,
+        device: Optional[Union[str, torch.device]],
+        log_every: int,
+    ):
+        self.xt, self.yt, self.gen, self.dev = _prepare_neural(
+            x, y, seed, device
+        )
+        self.train_idx, self.eval_idx = _split(
+            self.xt.shape[0], holdout, self.gen
+        )
+        self.critic = _make_critic(
+            critic_class,
+            self.xt.shape[1],
+            self.yt.shape[1],
+            hidden,
+            layers,
+            seed,
+            self.dev,
+        )
+        self.opt = torch.optim.Adam(self.critic.parameters(), lr=lr)
+        self.n_train = self.train_idx.shape[0]
+        self.batch_size = min(batch_size, self.n_train)
+        self.steps = steps
+        self.log_every = log_every
+
+    def objective(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Draws a training batch; returns the loss to minimise and the
+        bound to log (a scalar tensor each)."""
+        raise NotImplementedError
+
+    def after_step(self, step: int) -> None:
+        """Runs after the optimiser step ``step`` (nothing by default)."""
+
+    def estimate(self) -> float:
+        """The final estimate of I(x; y) in nats."""
+        raise NotImplementedError
+
+    def run(self) -> NeuralMIResult:
+        """Trains the critic and returns the estimate with the history."""
+        history: List[float] = []
+        for step in range(self.steps):
+            loss, bound = self.objective()
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            if self.log_every and step % self.log_every == 0:
+                history.append(float(bound.detach()))
+            self.after_step(step)
+        return NeuralMIResult(self.estimate(), history)
+
+
+class _MineEstimator(_NeuralEstimator):
+    """MINE on the shared loop: bias-corrected Donsker-Varadhan training,
+    held-out bound averaged over ``eval_points`` steps of the last fifth
+    of training (see :func:`mine` for the arguments).
+
+    Arguments
+    ---------
+    x, y : numpy.ndarray or torch.Tensor
+        Paired samples.
+    ma_rate : float
+        Rate of the moving average of the gradient correction.
+    eval_points : int
+        Number of evaluations averaged into the estimate.
+    **kwargs
+        The keyword arguments of :class:`_NeuralEstimator`.
+
+    Example
+    -------
+    >>> x, y = correlated_gaussians(64, 1, 0.5)
+    >>> est = _MineEstimator(x, y, ma_rate=0.01, eval_points=2, steps=10,
+    ...                      batch_size=16, lr=1e-3, hidden=8, layers=1,
+    ...                      holdout=0.25, seed=0, device="cpu", log_every=5)
+    >>> sorted(est.eval_steps)
+    [7, 9]
+    """
+
+    def __init__(
+        self,
+        x: ArrayLike,
+        y: ArrayLike,
+        ma_rate: float,
+        eval_points: int,
+        **kwargs,
+    ):
+        super().__init__(x, y, ConcatCritic, **kwargs)
+        steps = self.steps
+        if steps < 1 or eval_points < 1:
+            raise ValueError("steps and eval_points must be positive")
+        self.ma_rate = ma_rate
+        self.log_ma: Optional[torch.Tensor] = None
+        last = steps - 1
+        first_eval = last - (steps // 5)
+        self.eval_steps = set(
+            np.linspace(
+                first_eval, last, min(eval_points, last - first_eval + 1)
+            )
+            .round()
+            .astype(int)
+            .tolist()
+        )
+        self.estimates: List[float] = []
+
+    def objective(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Joint and marginal batches (drawn with replacement); the loss
+        has the gradient ``E[dT_joint] - E[exp(T_marg) dT_marg] / MA``."""
+        n_train, bs, dev = self.n_train, self.batch_size, self.dev
+        joint_idx = self.train_idx[
+            torch.randint(n_train, (bs,), generator=self.gen)
+        ]
+        marg_idx = self.train_idx[
+            torch.randint(n_train, (bs,), generator=self.gen)
+        ]
+        xb = self.xt[joint_idx.to(dev)]
+        t_joint = self.critic(xb, self.yt[joint_idx.to(dev)])
+        t_marg = self.critic(xb, self.yt[marg_idx.to(dev)])
+        batch_log = _log_mean_exp(t_marg).detach()
+        if self.log_ma is None:
+            self.log_ma = batch_log
+        else:
+            self.log_ma = torch.logaddexp(
+                self.log_ma + math.log(1.0 - self.ma_rate),
+                batch_log + math.log(self.ma_rate),
+            )
+        corrected = torch.exp(t_marg - self.log_ma).mean()
+        loss = -(t_joint.mean() - corrected)
+        return loss, t_joint.mean().detach() - batch_log
+
+    def after_step(self, step: int) -> None:
+        """Evaluates the bound on the held-out samples at the evaluation
+        steps."""
+        if step in self.eval_steps:
+            ev = self.eval_idx.to(self.dev)
+            self.estimates.append(
+                _dv_bound(self.critic, self.xt[ev], self.yt[ev], self.gen)
+            )
+
+    def estimate(self) -> float:
+        """Mean of the held-out bounds."""
+        return float(np.mean(self.estimates))
+
+
+class _InfoNCEEstimator(_NeuralEstimator):
+    """InfoNCE on the shared loop, with a separable critic; the estimate
+    averages the bound over held-out batches (see :func:`infonce`).
+
+    Arguments
+    ---------
+    x, y : numpy.ndarray or torch.Tensor
+        Paired samples.
+    **kwargs
+        The keyword arguments of :class:`_NeuralEstimator`.
+
+    Example
+    -------
+    >>> x, y = correlated_gaussians(64, 1, 0.5)
+    >>> est = _InfoNCEEstimator(x, y, steps=0, batch_size=16, lr=1e-3,
+    ...                         hidden=8, layers=1, holdout=0.25, seed=0,
+    ...                         device="cpu", log_every=1)
+    >>> est.estimate() < math.log(16)
+    True
+    """
+
+    def __init__(self, x: ArrayLike, y: ArrayLike, **kwargs):
+        super().__init__(x, y, SeparableCritic, **kwargs)
+
+    def bound(self, idx: torch.Tensor) -> torch.Tensor:
+        """InfoNCE bound of the batch of samples ``idx``."""
+        idx = idx.to(self.dev)
+        scores = self.critic.pairwise(self.xt[idx], self.yt[idx])
+        log_norm = torch.logsumexp(scores, dim=1) - math.log(idx.shape[0])
+        return (scores.diagonal() - log_norm).mean()
+
+    def objective(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """A batch drawn without replacement; the loss is minus the bound."""
+        perm = torch.randperm(self.n_train, generator=self.gen)
+        value = self.bound(self.train_idx[perm[: self.batch_size]])
+        return -value, value
+
+    def estimate(self) -> float:
+        """Mean bound over 4 shuffles of the held-out samples, in batches
+        of the training batch size (at most the held-out count)."""
+        self.critic.eval()
+        n_eval = self.eval_idx.shape[0]
+        eval_bs = min(self.batch_size, n_eval)
+        values = []
+        with torch.no_grad():
+            for _ in range(4):
+                perm = self.eval_idx[torch.randperm(n_eval, generator=self.gen)]
+                for start in range(0, n_eval - eval_bs + 1, eval_bs):
+                    values.append(
+                        float(self.bound(perm[start : start + eval_bs]))
+                    )
+        return float(np.mean(values))
+
+
 def mine(
     x: ArrayLike,
     y: ArrayLike,
@@ -383,53 +622,21 @@ def mine(
     >>> abs(res.mi - gaussian_mi(0.9, 1)) < 0.2
     True
     """
-    xt, yt, gen, dev = _prepare_neural(x, y, seed, device)
-    train_idx, eval_idx = _split(xt.shape[0], holdout, gen)
-    critic = _make_critic(
-        ConcatCritic, xt.shape[1], yt.shape[1], hidden, layers, seed, dev
-    )
-    opt = torch.optim.Adam(critic.parameters(), lr=lr)
-    n_train = train_idx.shape[0]
-    bs = min(batch_size, n_train)
-    log_ma: Optional[torch.Tensor] = None
-    history: List[float] = []
-    if steps < 1 or eval_points < 1:
-        raise ValueError("steps and eval_points must be positive")
-    last = steps - 1
-    first_eval = last - (steps // 5)
-    eval_steps = set(
-        np.linspace(first_eval, last, min(eval_points, last - first_eval + 1))
-        .round()
-        .astype(int)
-        .tolist()
-    )
-    ev = eval_idx.to(dev)
-    estimates: List[float] = []
-    for step in range(steps):
-        joint_idx = train_idx[torch.randint(n_train, (bs,), generator=gen)]
-        marg_idx = train_idx[torch.randint(n_train, (bs,), generator=gen)]
-        xb = xt[joint_idx.to(dev)]
-        t_joint = critic(xb, yt[joint_idx.to(dev)])
-        t_marg = critic(xb, yt[marg_idx.to(dev)])
-        log_mean = _log_mean_exp(t_marg)
-        batch_log = log_mean.detach()
-        if log_ma is None:
-            log_ma = batch_log
-        else:
-            log_ma = torch.logaddexp(
-                log_ma + math.log(1.0 - ma_rate), batch_log + math.log(ma_rate)
-            )
-        # Gradient: E[dT_joint] - E[exp(T_marg) dT_marg] / moving average.
-        corrected = torch.exp(t_marg - log_ma).mean()
-        loss = -(t_joint.mean() - corrected)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if log_every and step % log_every == 0:
-            history.append(float(t_joint.mean().detach() - batch_log))
-        if step in eval_steps:
-            estimates.append(_dv_bound(critic, xt[ev], yt[ev], gen))
-    return NeuralMIResult(float(np.mean(estimates)), history)
+    return _MineEstimator(
+        x,
+        y,
+        ma_rate=ma_rate,
+        eval_points=eval_points,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        hidden=hidden,
+        layers=layers,
+        holdout=holdout,
+        seed=seed,
+        device=device,
+        log_every=log_every,
+    ).run()
 
 
 def infonce(
@@ -485,40 +692,19 @@ def infonce(
     >>> abs(res.mi - gaussian_mi(0.9, 1)) < 0.2
     True
     """
-    xt, yt, gen, dev = _prepare_neural(x, y, seed, device)
-    train_idx, eval_idx = _split(xt.shape[0], holdout, gen)
-    critic = _make_critic(
-        SeparableCritic, xt.shape[1], yt.shape[1], hidden, layers, seed, dev
-    )
-    opt = torch.optim.Adam(critic.parameters(), lr=lr)
-    n_train = train_idx.shape[0]
-    bs = min(batch_size, n_train)
-
-    def bound(idx: torch.Tensor) -> torch.Tensor:
-        idx = idx.to(dev)
-        scores = critic.pairwise(xt[idx], yt[idx])
-        log_norm = torch.logsumexp(scores, dim=1) - math.log(idx.shape[0])
-        return (scores.diagonal() - log_norm).mean()
-
-    history: List[float] = []
-    for step in range(steps):
-        idx = train_idx[torch.randperm(n_train, generator=gen)[:bs]]
-        value = bound(idx)
-        opt.zero_grad(set_to_none=True)
-        (-value).backward()
-        opt.step()
-        if log_every and step % log_every == 0:
-            history.append(float(value.detach()))
-    critic.eval()
-    n_eval = eval_idx.shape[0]
-    eval_bs = min(bs, n_eval)
-    values = []
-    with torch.no_grad():
-        for _ in range(4):
-            perm = eval_idx[torch.randperm(n_eval, generator=gen)]
-            for start in range(0, n_eval - eval_bs + 1, eval_bs):
-                values.append(float(bound(perm[start : start + eval_bs])))
-    return NeuralMIResult(float(np.mean(values)), history)
+    return _InfoNCEEstimator(
+        x,
+        y,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        hidden=hidden,
+        layers=layers,
+        holdout=holdout,
+        seed=seed,
+        device=device,
+        log_every=log_every,
+    ).run()
 
 
 # ---------------------------------------------------------------------------

@@ -23,13 +23,13 @@ from torch import nn
 
 from speechbrain_mamba.lobes.tts.common import (
     IGNORE_INDEX,
-    check_backbone,
+    backbone_defaults,
     check_tokens,
     frames_of,
     prefix_lm_mask,
 )
+from speechbrain_mamba.lobes.tts.inputs import CodecLMInputs
 from speechbrain_mamba.lobes.tts.packing import pack_segments, unpack_second
-from speechbrain_mamba.lobes.tts.positional import ScaledSinusoidalPositions
 from speechbrain_mamba.lobes.tts.transformer import KVCache, TransformerStack
 from speechbrain_mamba.nnet import MambaCache, MambaStack
 
@@ -58,7 +58,7 @@ class ARDecodingState:
         return ARDecodingState(cache, self.next_position[index])
 
 
-class CodecAR(nn.Module):
+class CodecAR(CodecLMInputs):
     """AR model over ``[phonemes ; first-codebook tokens]``.
 
     Token ids: audio tokens are ``0 .. codebook_size - 1``, EOS is
@@ -129,11 +129,9 @@ class CodecAR(nn.Module):
         mamba_backend: str = "auto",
     ):
         super().__init__()
-        check_backbone(backbone)
-        if positional is None:
-            positional = backbone == "transformer"
-        if d_ffn is None:
-            d_ffn = 4 * d_model
+        positional, d_ffn = backbone_defaults(
+            backbone, d_model, positional, d_ffn
+        )
         if text_encoder_layers and backbone != "mamba":
             raise ValueError(
                 "text_encoder_layers is a VALL-M option (backbone='mamba'); "
@@ -157,18 +155,14 @@ class CodecAR(nn.Module):
             norm_eps=norm_eps,
             mamba_backend=mamba_backend,
         )
-        self.num_symbols = num_symbols
         self.codebook_size = codebook_size
         self.eos_index = codebook_size
         self.bos_index = codebook_size + 1
         self.backbone_type = backbone
-        self.text_embedding = nn.Embedding(num_symbols, d_model)
-        self.audio_embedding = nn.Embedding(codebook_size + 2, d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.text_positions = self.audio_positions = None
-        if positional:
-            self.text_positions = ScaledSinusoidalPositions(d_model)
-            self.audio_positions = ScaledSinusoidalPositions(d_model)
+        # audio tokens, EOS and BOS
+        self.build_inputs(
+            num_symbols, codebook_size + 2, d_model, dropout, positional
+        )
         mixer = dict(
             d_state=d_state, d_conv=d_conv, expand=expand, backend=mamba_backend
         )
@@ -199,12 +193,7 @@ class CodecAR(nn.Module):
     def _embed_text(
         self, phonemes: torch.Tensor, frames: torch.Tensor
     ) -> torch.Tensor:
-        check_tokens(phonemes, "phonemes", self.num_symbols, 2)
-        x = self.text_embedding(phonemes)
-        if self.text_positions is not None:
-            positions = torch.arange(phonemes.shape[1], device=x.device)
-            x = self.text_positions(x, positions[None, :])
-        x = self.dropout(x)
+        x = self.embed_phonemes(phonemes)
         if self.text_encoder is not None:
             x = self.text_encoder(x, lengths=frames.float() / x.shape[1])
         return x
@@ -212,10 +201,20 @@ class CodecAR(nn.Module):
     def _embed_audio(
         self, tokens: torch.Tensor, positions: torch.Tensor
     ) -> torch.Tensor:
-        x = self.audio_embedding(tokens)
-        if self.audio_positions is not None:
-            x = self.audio_positions(x, positions)
-        return self.dropout(x)
+        return self.prepare_audio(self.audio_embedding(tokens), positions)
+
+    def _embed_after_bos(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Embeds ``[BOS, tokens]`` ([batch, frames]) at audio positions
+        0 .. frames."""
+        bos = torch.full(
+            (tokens.shape[0], 1),
+            self.bos_index,
+            dtype=torch.long,
+            device=tokens.device,
+        )
+        audio_in = torch.cat([bos, tokens.long()], dim=1)
+        positions = torch.arange(audio_in.shape[1], device=tokens.device)
+        return self._embed_audio(audio_in, positions[None, :])
 
     def _run(
         self,
@@ -265,16 +264,12 @@ class CodecAR(nn.Module):
             :meth:`targets`.
         """
         check_tokens(codes, "codes", self.codebook_size, 2)
-        batch, time = codes.shape
-        text_frames = frames_of(
-            phoneme_lens, batch, phonemes.shape[1], phonemes.device
+        time = codes.shape[1]
+        text_frames, code_frames = self.segment_frames(
+            phonemes, codes, phoneme_lens, code_lens
         )
-        code_frames = frames_of(code_lens, batch, time, codes.device)
-        bos = torch.full_like(codes[:, :1], self.bos_index)
-        audio_in = torch.cat([bos, codes], dim=1)
-        positions = torch.arange(time + 1, device=codes.device)[None, :]
         text = self._embed_text(phonemes, text_frames)
-        audio = self._embed_audio(audio_in, positions)
+        audio = self._embed_after_bos(codes)
         h, _ = self._run(text, text_frames, audio, code_frames + 1)
         return self.head(unpack_second(h, text_frames, time + 1))
 
@@ -334,13 +329,8 @@ class CodecAR(nn.Module):
         """
         check_tokens(prompt, "prompt", self.codebook_size, 2)
         batch = phonemes.shape[0]
-        bos = torch.full(
-            (batch, 1), self.bos_index, dtype=torch.long, device=prompt.device
-        )
-        audio_in = torch.cat([bos, prompt.long()], dim=1)
-        positions = torch.arange(audio_in.shape[1], device=prompt.device)
         text = self._embed_text(phonemes, phoneme_frames)
-        audio = self._embed_audio(audio_in, positions[None, :])
+        audio = self._embed_after_bos(prompt)
         if self.backbone_type == "transformer":
             cache = KVCache(len(self.backbone.layers))
         else:

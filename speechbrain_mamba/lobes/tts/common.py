@@ -1,12 +1,13 @@
 """Helpers shared by the AR and NAR codec language models: backbone
-choice, frame counts from relative lengths, attention masks.
+choice and its defaults, frame counts from relative lengths, attention
+masks.
 
 Author
 ------
 speechbrain-mamba developers
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -42,6 +43,47 @@ def check_backbone(backbone: str) -> str:
             f"backbone must be one of {BACKBONES}, got {backbone!r}"
         )
     return backbone
+
+
+def backbone_defaults(
+    backbone: str,
+    d_model: int,
+    positional: Optional[bool] = None,
+    d_ffn: Optional[int] = None,
+) -> Tuple[bool, int]:
+    """Checks ``backbone`` and fills the options whose default depends on
+    it: sinusoidal positions for the Transformer only (Mamba is ordered by
+    its scan) and a feed-forward size of ``4 * d_model``.
+
+    Arguments
+    ---------
+    backbone : str
+        "transformer" (VALL-E) or "mamba" (VALL-M).
+    d_model : int
+        Model width.
+    positional : bool, optional
+        Given value, or None for the backbone's default.
+    d_ffn : int, optional
+        Given value, or None for ``4 * d_model``.
+
+    Returns
+    -------
+    positional : bool
+    d_ffn : int
+
+    Example
+    -------
+    >>> backbone_defaults("mamba", 16)
+    (False, 64)
+    >>> backbone_defaults("transformer", 16, d_ffn=32)
+    (True, 32)
+    """
+    check_backbone(backbone)
+    if positional is None:
+        positional = backbone == "transformer"
+    if d_ffn is None:
+        d_ffn = 4 * d_model
+    return positional, d_ffn
 
 
 def frames_of(

@@ -18,18 +18,17 @@ import torch
 from torch import nn
 
 from speechbrain_mamba.lobes.tts.common import (
-    check_backbone,
+    backbone_defaults,
     check_tokens,
-    frames_of,
     padding_mask,
 )
+from speechbrain_mamba.lobes.tts.inputs import CodecLMInputs
 from speechbrain_mamba.lobes.tts.mamba_backbone import AdaptiveMambaStack
 from speechbrain_mamba.lobes.tts.packing import pack_segments, unpack_second
-from speechbrain_mamba.lobes.tts.positional import ScaledSinusoidalPositions
 from speechbrain_mamba.lobes.tts.transformer import TransformerStack
 
 
-class CodecNAR(nn.Module):
+class CodecNAR(CodecLMInputs):
     """NAR model predicting codebooks 2 .. N from codebook 1.
 
     Arguments
@@ -93,15 +92,13 @@ class CodecNAR(nn.Module):
         mamba_backend: str = "auto",
     ):
         super().__init__()
-        check_backbone(backbone)
+        positional, d_ffn = backbone_defaults(
+            backbone, d_model, positional, d_ffn
+        )
         if num_codebooks < 2:
             raise ValueError(
                 f"the NAR model needs num_codebooks >= 2, got {num_codebooks}"
             )
-        if positional is None:
-            positional = backbone == "transformer"
-        if d_ffn is None:
-            d_ffn = 4 * d_model
         #: Constructor arguments (what export writes into the hub YAML).
         self.config: Dict[str, Any] = dict(
             num_symbols=num_symbols,
@@ -120,21 +117,18 @@ class CodecNAR(nn.Module):
             norm_eps=norm_eps,
             mamba_backend=mamba_backend,
         )
-        self.num_symbols = num_symbols
         self.codebook_size = codebook_size
         self.num_codebooks = num_codebooks
         self.num_stages = num_codebooks - 1
         self.backbone_type = backbone
-        self.text_embedding = nn.Embedding(num_symbols, d_model)
-        # one table, codebook k at rows k * codebook_size ...
-        self.audio_embedding = nn.Embedding(
-            num_codebooks * codebook_size, d_model
+        # one audio table, codebook k at rows k * codebook_size ...
+        self.build_inputs(
+            num_symbols,
+            num_codebooks * codebook_size,
+            d_model,
+            dropout,
+            positional,
         )
-        self.dropout = nn.Dropout(dropout)
-        self.text_positions = self.audio_positions = None
-        if positional:
-            self.text_positions = ScaledSinusoidalPositions(d_model)
-            self.audio_positions = ScaledSinusoidalPositions(d_model)
         if backbone == "transformer":
             self.backbone = TransformerStack(
                 d_model,
@@ -248,21 +242,15 @@ class CodecNAR(nn.Module):
             raise ValueError(
                 f"stage must be in [1, {self.num_stages}], got {stage.tolist()}"
             )
-        text_frames = frames_of(
-            phoneme_lens, batch, phonemes.shape[1], phonemes.device
+        text_frames, code_frames = self.segment_frames(
+            phonemes, codes, phoneme_lens, code_lens
         )
-        code_frames = frames_of(code_lens, batch, time, codes.device)
-        check_tokens(phonemes, "phonemes", self.num_symbols, 2)
-        text = self.text_embedding(phonemes)
-        audio = self.audio_inputs(codes, prompt_frames, stage)
-        if self.text_positions is not None:
-            tpos = torch.arange(phonemes.shape[1], device=text.device)
-            apos = torch.arange(time, device=text.device)
-            text = self.text_positions(text, tpos[None, :])
-            audio = self.audio_positions(audio, apos[None, :])
-        x, total = pack_segments(
-            self.dropout(text), text_frames, self.dropout(audio), code_frames
+        text = self.embed_phonemes(phonemes)
+        audio = self.prepare_audio(
+            self.audio_inputs(codes, prompt_frames, stage),
+            torch.arange(time, device=codes.device)[None, :],
         )
+        x, total = pack_segments(text, text_frames, audio, code_frames)
         condition = stage - 1
         if self.backbone_type == "transformer":
             mask = padding_mask(total, x.shape[1])
