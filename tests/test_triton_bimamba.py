@@ -176,3 +176,38 @@ def test_stack_triton_equals_mamba_ssm_on_a_long_sequence():
     assert_same(out, ref, torch.float32, "output")
     for name in ref_grads:
         assert_same(grads[name], ref_grads[name], torch.float32, name)
+
+
+@pytest.mark.parametrize(
+    "time,lengths,d_inner,d_state",
+    [(50, [50], 16, 4), (700, [700, 311, 5], 24, 12), (20000, [19999], 32, 16)],
+)
+def test_inference_scan_equals_loop_reference(time, lengths, d_inner, d_state):
+    """The state-in-registers inference kernel (odd channel counts, a
+    d_state that is not a power of two, short and long chunks)."""
+    from speechbrain_mamba.ops.triton_sequential_scan import (
+        bidirectional_scan_inference,
+    )
+
+    inputs = scan_inputs(len(lengths), time, d_inner, d_state, lengths)
+    with torch.no_grad():
+        out = call(bidirectional_scan_inference, inputs, d_state, 0.5)
+        if time > 5000:  # the loop reference is slow: compare with Triton's
+            ref = call(scan_ops.bidirectional_scan, inputs, d_state, 0.5)
+        else:
+            ref = call(scan_ops.scan_reference, inputs, d_state, 0.5)
+    torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_bimamba_triton_inference_equals_torch_path(padded):
+    torch.manual_seed(0)
+    module = BiMamba(64, d_state=16).cuda().eval()
+    x = torch.randn(3, 333, 64, device="cuda")
+    lengths = torch.tensor([1.0, 0.55, 0.8], device="cuda") if padded else None
+    with torch.no_grad():
+        module.backend = "triton"
+        out = module(x, lengths)
+        module.backend = "torch"
+        ref = module(x, lengths)
+    torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)

@@ -41,6 +41,9 @@ from speechbrain_mamba.ops.triton_bidirectional_conv import (
     bidirectional_conv_silu,
 )
 from speechbrain_mamba.ops.triton_bidirectional_scan import bidirectional_scan
+from speechbrain_mamba.ops.triton_sequential_scan import (
+    bidirectional_scan_inference,
+)
 
 COMBINE_MODES = ("mean", "sum")
 
@@ -138,7 +141,11 @@ class BiMamba(Mamba):
         frames = lengths_to_frames(lengths, batch, time)
         x_in, z = self.in_proj(x).chunk(2, dim=-1)
         scale = 0.5 if self.combine == "mean" else 1.0
-        if use_triton_kernels(self.backend, x):
+        inference = not (
+            torch.is_grad_enabled()
+            and (x.requires_grad or self.in_proj.weight.requires_grad)
+        )
+        if use_triton_kernels(self.backend, x, inference):
             y = self._both_directions_triton(x_in, z, frames, scale)
         elif use_cuda_kernels(self.backend, x, self.d_state):
             y = self._both_directions_cuda(x_in, z, frames, scale)
@@ -185,7 +192,12 @@ class BiMamba(Mamba):
             ],
             dim=-1,
         )
-        return bidirectional_scan(
+        scan = bidirectional_scan
+        if not (
+            torch.is_grad_enabled() and (u.requires_grad or z.requires_grad)
+        ):
+            scan = bidirectional_scan_inference
+        return scan(
             u,
             delta_raw,
             z,

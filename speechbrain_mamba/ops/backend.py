@@ -2,14 +2,15 @@
 
 ``backend="auto"`` uses mamba_ssm's ``selective_scan_fn`` (and
 causal_conv1d's ``causal_conv1d_fn`` when installed) for CUDA tensors when
-they can be imported; without them, BiMamba layers on CUDA use this
-package's fused Triton kernels (:mod:`triton_bidirectional_scan`: both
-directions in one chunk-parallel scan, no reversed copies, about a quarter
-less training memory, but slower than mamba_ssm's scan: see the README's
-benchmark section), and everything else the pure-PyTorch path.
-``"torch"`` always uses the pure-PyTorch path; ``"cuda"`` insists on the
-mamba_ssm kernels; ``"triton"`` insists on the Triton kernels for BiMamba
-(other layers treat it as "auto"). The
+they can be imported. BiMamba layers on CUDA use this package's Triton
+kernels instead (no reversed copies; see :mod:`triton_bidirectional_scan`
+and :mod:`triton_sequential_scan`) when mamba_ssm is missing, and, without
+gradients, for inputs of at least ``TRITON_INFERENCE_FRAMES`` frames, where
+the state-in-registers inference scan is faster than mamba_ssm's path (its
+training scan is slower than mamba_ssm's). Everything else runs the
+pure-PyTorch path. ``"torch"`` always uses the pure-PyTorch path;
+``"cuda"`` insists on the mamba_ssm kernels; ``"triton"`` insists on the
+Triton kernels for BiMamba (other layers treat it as "auto"). The
 environment variable ``SBMAMBA_BACKEND`` overrides the argument of every
 layer (handy to compare both paths without touching a YAML file).
 
@@ -180,7 +181,16 @@ def use_cuda_kernels(backend: str, x: torch.Tensor, d_state: int) -> bool:
     )
 
 
-def use_triton_kernels(backend: str, x: torch.Tensor) -> bool:
+#: Without gradients, BiMamba inputs of at least this many frames (batch x
+#: time) run on the Triton inference scan even when mamba_ssm is installed:
+#: it is faster there (Mamba-TasNet-M, 60 s on an H200: 76 ms against 172
+#: ms), while shorter inputs are launch-bound and mamba_ssm's path wins.
+TRITON_INFERENCE_FRAMES = 8192
+
+
+def use_triton_kernels(
+    backend: str, x: torch.Tensor, inference: bool = False
+) -> bool:
     """Decides whether a BiMamba call runs on the fused Triton kernels.
 
     Arguments
@@ -188,7 +198,10 @@ def use_triton_kernels(backend: str, x: torch.Tensor) -> bool:
     backend : str
         The layer's backend.
     x : torch.Tensor
-        The layer input (its device decides for "auto").
+        The layer input [batch, time, ...] (its device decides for "auto").
+    inference : bool
+        Whether no gradient is needed (then "auto" prefers Triton for long
+        inputs, see ``TRITON_INFERENCE_FRAMES``).
 
     Returns
     -------
@@ -215,12 +228,13 @@ def use_triton_kernels(backend: str, x: torch.Tensor) -> bool:
                 "backend='auto'."
             )
         return True
-    return (
-        backend == "auto"
-        and x.is_cuda
-        and cuda_kernels() is None
-        and triton_bidirectional_scan.available()
-    )
+    if backend != "auto" or not x.is_cuda:
+        return False
+    if not triton_bidirectional_scan.available():
+        return False
+    if cuda_kernels() is None:
+        return True
+    return inference and x.shape[0] * x.shape[1] >= TRITON_INFERENCE_FRAMES
 
 
 @functools.lru_cache(maxsize=1)

@@ -653,9 +653,34 @@ if triton is not None:
             )
 
 
-def _carry(sum_a, sum_h, first_half_reverse: bool) -> torch.Tensor:
-    """States entering each chunk, from the chunk summaries
-    [batch, chunks, 2 d, n]."""
+def carry_chunk_states(
+    sum_a: torch.Tensor, sum_h: torch.Tensor, first_half_reverse: bool
+) -> torch.Tensor:
+    """States entering each chunk, from the chunk summaries.
+
+    Arguments
+    ---------
+    sum_a : torch.Tensor
+        Each chunk's total decay, [batch, chunks, 2 d, n] (fp32).
+    sum_h : torch.Tensor
+        Each chunk's end state from a zero start, same shape.
+    first_half_reverse : bool
+        Whether the first d channels carry right to left (the second half
+        always goes the other way).
+
+    Returns
+    -------
+    torch.Tensor
+        The state entering each chunk, same shape (0 for the first chunk
+        of each direction).
+
+    Example
+    -------
+    >>> if torch.cuda.is_available() and available():
+    ...     a = torch.ones(1, 3, 2, 1, device="cuda")
+    ...     hin = carry_chunk_states(a, a, False)
+    ...     assert hin[0, :, 0, 0].tolist() == [0.0, 1.0, 2.0]
+    """
     batch, chunks, channels, d_state = sum_a.shape
     e_half = channels // 2 * d_state
     hin = torch.empty_like(sum_h)
@@ -673,7 +698,33 @@ def _carry(sum_a, sum_h, first_half_reverse: bool) -> torch.Tensor:
     return hin
 
 
-def _check_inputs(u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd, lengths):
+def check_scan_inputs(
+    u: torch.Tensor,
+    delta_raw: torch.Tensor,
+    z: torch.Tensor,
+    A: torch.Tensor,
+    B_fwd: torch.Tensor,
+    C_fwd: torch.Tensor,
+    B_bwd: torch.Tensor,
+    C_bwd: torch.Tensor,
+    lengths: torch.Tensor,
+) -> None:
+    """Raises a clear error for inputs the Triton scans cannot take.
+
+    Arguments
+    ---------
+    u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd, lengths
+        As in :func:`bidirectional_scan`.
+
+    Example
+    -------
+    >>> x = torch.zeros(1, 4, 6)
+    >>> try:
+    ...     check_scan_inputs(x, x, x, x, x, x, x, x, x)
+    ... except (ImportError, ValueError):  # no Triton, or not CUDA tensors
+    ...     print("rejected")
+    rejected
+    """
     if triton is None:
         raise ImportError(
             "The fused bidirectional scan needs Triton (it comes with the "
@@ -725,7 +776,9 @@ class BidirectionalScanFunction(torch.autograd.Function):
         lengths,
         scale,
     ):
-        _check_inputs(u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd, lengths)
+        check_scan_inputs(
+            u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd, lengths
+        )
         u = u.contiguous()
         delta_raw = delta_raw.contiguous()
         if z.stride(-1) != 1:
@@ -789,7 +842,7 @@ class BidirectionalScanFunction(torch.autograd.Function):
             BD=CHANNEL_BLOCK,
             num_warps=FORWARD_WARPS,
         )
-        hin = _carry(sum_a, sum_h, first_half_reverse=False)
+        hin = carry_chunk_states(sum_a, sum_h, first_half_reverse=False)
         _scan_forward_kernel[grid](
             *args,
             hin,
@@ -899,7 +952,7 @@ class BidirectionalScanFunction(torch.autograd.Function):
             BD=CHANNEL_BLOCK,
             num_warps=BACKWARD_WARPS,
         )
-        gin = _carry(sum_a, sum_g, first_half_reverse=True)
+        gin = carry_chunk_states(sum_a, sum_g, first_half_reverse=True)
         _scan_backward_kernel[grid](
             *args,
             hin,
