@@ -45,57 +45,45 @@ if available():
         return tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
 
     @triton.jit
+    def _tap(
+        x_ptr, b, t, c, c_ok, k, L, length, s_xb, s_xl,
+        BACKWARD_DIRECTION: tl.constexpr, K: tl.constexpr,
+    ):  # fmt: skip
+        """The input tap k of each output frame sees ([BT, BC] tile)."""
+        if BACKWARD_DIRECTION:  # anti-causal, zeros after the item's end
+            return _shifted(x_ptr, b, t, c, K - 1 - k, s_xb, s_xl, length, c_ok)
+        return _shifted(x_ptr, b, t, c, k - (K - 1), s_xb, s_xl, L, c_ok)
+
+    @triton.jit
     def _pre_activation(
-        x_ptr,
-        w_ptr,
-        bias_ptr,
-        b,
-        t,
-        c,
-        c_ok,
-        L,
-        length,
-        s_xb,
-        s_xl,
-        BACKWARD_DIRECTION: tl.constexpr,
-        K: tl.constexpr,
-        BT: tl.constexpr,
-        BC: tl.constexpr,
-    ):
-        acc = tl.zeros([BT, BC], tl.float32)
-        acc += tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[
-            None, :
-        ]
+        x_ptr, wf_ptr, bf_ptr, wb_ptr, bb_ptr, b, t, c, c_ok, L, length,
+        s_xb, s_xl, BACKWARD_DIRECTION: tl.constexpr, K: tl.constexpr,
+        BT: tl.constexpr, BC: tl.constexpr,
+    ):  # fmt: skip
+        """Bias + depthwise convolution of one direction, [BT, BC] fp32."""
+        if BACKWARD_DIRECTION:
+            w_ptr = wb_ptr
+            bias_ptr = bb_ptr
+        else:
+            w_ptr = wf_ptr
+            bias_ptr = bf_ptr
+        bias = tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+        acc = tl.zeros([BT, BC], tl.float32) + bias[None, :]
         for k in tl.static_range(K):
             w = tl.load(w_ptr + c * K + k, mask=c_ok, other=0.0).to(tl.float32)
-            if BACKWARD_DIRECTION:
-                x = _shifted(
-                    x_ptr, b, t, c, K - 1 - k, s_xb, s_xl, length, c_ok
-                )
-            else:
-                x = _shifted(x_ptr, b, t, c, k - (K - 1), s_xb, s_xl, L, c_ok)
+            x = _tap(
+                x_ptr, b, t, c, c_ok, k, L, length, s_xb, s_xl,
+                BACKWARD_DIRECTION, K,
+            )  # fmt: skip
             acc += w[None, :] * x
         return acc
 
     @triton.jit
     def _conv_forward_kernel(
-        x_ptr,
-        wf_ptr,
-        bf_ptr,
-        wb_ptr,
-        bb_ptr,
-        len_ptr,
-        out_ptr,
-        L,
-        DI,
-        s_xb,
-        s_xl,
-        s_ob,
-        s_ol,
-        K: tl.constexpr,
-        BT: tl.constexpr,
-        BC: tl.constexpr,
-    ):
+        x_ptr, wf_ptr, bf_ptr, wb_ptr, bb_ptr, len_ptr, out_ptr,
+        L, DI, s_xb, s_xl, s_ob, s_ol,
+        K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    ):  # fmt: skip
         b = tl.program_id(2)
         length = tl.load(len_ptr + b)
         t = tl.program_id(0) * BT + tl.arange(0, BT)
@@ -104,42 +92,10 @@ if available():
         mask = (t < L)[:, None] & c_ok[None, :]
         offs = b * s_ob + t[:, None] * s_ol + c[None, :]
         for direction in tl.static_range(2):
-            if direction == 0:
-                pre = _pre_activation(
-                    x_ptr,
-                    wf_ptr,
-                    bf_ptr,
-                    b,
-                    t,
-                    c,
-                    c_ok,
-                    L,
-                    length,
-                    s_xb,
-                    s_xl,
-                    False,
-                    K,
-                    BT,
-                    BC,
-                )
-            else:
-                pre = _pre_activation(
-                    x_ptr,
-                    wb_ptr,
-                    bb_ptr,
-                    b,
-                    t,
-                    c,
-                    c_ok,
-                    L,
-                    length,
-                    s_xb,
-                    s_xl,
-                    True,
-                    K,
-                    BT,
-                    BC,
-                )
+            pre = _pre_activation(
+                x_ptr, wf_ptr, bf_ptr, wb_ptr, bb_ptr, b, t, c, c_ok, L,
+                length, s_xb, s_xl, direction == 1, K, BT, BC,
+            )  # fmt: skip
             out = pre * tl.sigmoid(pre)
             tl.store(
                 out_ptr + offs + direction * DI,
@@ -149,26 +105,10 @@ if available():
 
     @triton.jit
     def _conv_grad_pre_kernel(
-        x_ptr,
-        wf_ptr,
-        bf_ptr,
-        wb_ptr,
-        bb_ptr,
-        len_ptr,
-        dout_ptr,
-        dpre_ptr,
-        dw_ptr,
-        db_ptr,
-        L,
-        DI,
-        s_xb,
-        s_xl,
-        s_ob,
-        s_ol,
-        K: tl.constexpr,
-        BT: tl.constexpr,
-        BC: tl.constexpr,
-    ):
+        x_ptr, wf_ptr, bf_ptr, wb_ptr, bb_ptr, len_ptr, dout_ptr, dpre_ptr,
+        dw_ptr, db_ptr, L, DI, s_xb, s_xl, s_ob, s_ol,
+        K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    ):  # fmt: skip
         """Gradient of the pre-activation (fp32, [batch, time, 2 d]) and
         per-program partial weight and bias gradients."""
         b = tl.program_id(2)
@@ -180,60 +120,23 @@ if available():
         mask = (t < L)[:, None] & c_ok[None, :]
         offs = b * s_ob + t[:, None] * s_ol + c[None, :]
         for direction in tl.static_range(2):
-            if direction == 0:
-                pre = _pre_activation(
-                    x_ptr,
-                    wf_ptr,
-                    bf_ptr,
-                    b,
-                    t,
-                    c,
-                    c_ok,
-                    L,
-                    length,
-                    s_xb,
-                    s_xl,
-                    False,
-                    K,
-                    BT,
-                    BC,
-                )
-            else:
-                pre = _pre_activation(
-                    x_ptr,
-                    wb_ptr,
-                    bb_ptr,
-                    b,
-                    t,
-                    c,
-                    c_ok,
-                    L,
-                    length,
-                    s_xb,
-                    s_xl,
-                    True,
-                    K,
-                    BT,
-                    BC,
-                )
+            pre = _pre_activation(
+                x_ptr, wf_ptr, bf_ptr, wb_ptr, bb_ptr, b, t, c, c_ok, L,
+                length, s_xb, s_xl, direction == 1, K, BT, BC,
+            )  # fmt: skip
             gate = tl.sigmoid(pre)
             dout = tl.load(
                 dout_ptr + offs + direction * DI, mask=mask, other=0.0
             ).to(tl.float32)
             dpre = dout * gate * (1 + pre * (1 - gate))
             tl.store(dpre_ptr + offs + direction * DI, dpre, mask=mask)
-            channel = c + direction * DI
-            part = tile * 2 * DI + channel
+            part = tile * 2 * DI + c + direction * DI
             tl.store(db_ptr + part, tl.sum(dpre, axis=0), mask=c_ok)
             for k in tl.static_range(K):
-                if direction == 0:
-                    x = _shifted(
-                        x_ptr, b, t, c, k - (K - 1), s_xb, s_xl, L, c_ok
-                    )
-                else:
-                    x = _shifted(
-                        x_ptr, b, t, c, K - 1 - k, s_xb, s_xl, length, c_ok
-                    )
+                x = _tap(
+                    x_ptr, b, t, c, c_ok, k, L, length, s_xb, s_xl,
+                    direction == 1, K,
+                )  # fmt: skip
                 tl.store(
                     dw_ptr + part * K + k, tl.sum(dpre * x, axis=0), mask=c_ok
                 )

@@ -93,6 +93,26 @@ if triton is not None:
         return tl.sum(tl.where(pick[None, :], tile, 0.0), axis=1)
 
     @triton.jit
+    def _direction_pointers(f1, f2, b1, b2, REVERSE: tl.constexpr):
+        """The backward direction's pair when REVERSE, else the forward's."""
+        if REVERSE:
+            return b1, b2
+        return f1, f2
+
+    @triton.jit
+    def _chunk_tile(len_ptr, DI, CH: tl.constexpr, BD: tl.constexpr):
+        """Indices of this program's [BD channels, CH frames] tile."""
+        k = tl.program_id(0)
+        b = tl.program_id(2)
+        length = tl.load(len_ptr + b)
+        rows = tl.arange(0, CH)
+        t = k * CH + rows
+        d = tl.program_id(1) * BD + tl.arange(0, BD)
+        d_ok = d < DI
+        valid = (t < length)[None, :] & d_ok[:, None]
+        return k, b, length, rows, t, d, d_ok, valid
+
+    @triton.jit
     def _load_delta(
         draw_ptr,
         bias,
@@ -109,8 +129,10 @@ if triton is not None:
         A_ptr,
         D_ptr,
         bias_ptr,
-        B_ptr,
-        C_ptr,
+        Bf_ptr,
+        Cf_ptr,
+        Bb_ptr,
+        Cb_ptr,
         hin_ptr,
         sum_a_ptr,
         sum_h_ptr,
@@ -137,6 +159,9 @@ if triton is not None:
     ):
         """One direction of one chunk: its summary (scan end state and
         decay) or its output y = C h + D u, [BD, CH]."""
+        B_ptr, C_ptr = _direction_pointers(
+            Bf_ptr, Cf_ptr, Bb_ptr, Cb_ptr, REVERSE
+        )
         c = d + channel_offset
         offs = b * s_ub + t[None, :] * s_ul + c[:, None]
         u = tl.load(u_ptr + offs, mask=valid, other=0.0).to(tl.float32)
@@ -207,82 +232,20 @@ if triton is not None:
         CH: tl.constexpr,
         BD: tl.constexpr,
     ):
-        k = tl.program_id(0)
-        b = tl.program_id(2)
-        length = tl.load(len_ptr + b)
-        rows = tl.arange(0, CH)
-        t = k * CH + rows
-        d = tl.program_id(1) * BD + tl.arange(0, BD)
-        d_ok = d < DI
-        valid = (t < length)[None, :] & d_ok[:, None]
-        y_fwd = _direction_forward(
-            u_ptr,
-            draw_ptr,
-            A_ptr,
-            D_ptr,
-            bias_ptr,
-            Bf_ptr,
-            Cf_ptr,
-            hin_ptr,
-            sum_a_ptr,
-            sum_h_ptr,
-            b,
-            k,
-            t,
-            rows,
-            d,
-            valid,
-            d_ok,
-            0,
-            NC,
-            2 * DI,
-            s_ub,
-            s_ul,
-            s_bb,
-            s_bl,
-            s_bn,
-            N,
-            False,
-            WRITE_OUT,
-            CH,
-            BD,
-        )
-        y_bwd = _direction_forward(
-            u_ptr,
-            draw_ptr,
-            A_ptr,
-            D_ptr,
-            bias_ptr,
-            Bb_ptr,
-            Cb_ptr,
-            hin_ptr,
-            sum_a_ptr,
-            sum_h_ptr,
-            b,
-            k,
-            t,
-            rows,
-            d,
-            valid,
-            d_ok,
-            DI,
-            NC,
-            2 * DI,
-            s_ub,
-            s_ul,
-            s_bb,
-            s_bl,
-            s_bn,
-            N,
-            True,
-            WRITE_OUT,
-            CH,
-            BD,
-        )
+        k, b, length, rows, t, d, d_ok, valid = _chunk_tile(len_ptr, DI, CH, BD)
+        y = tl.zeros([BD, CH], tl.float32)
+        for direction in tl.static_range(2):
+            y += _direction_forward(
+                u_ptr, draw_ptr, A_ptr, D_ptr, bias_ptr,
+                Bf_ptr, Cf_ptr, Bb_ptr, Cb_ptr, hin_ptr, sum_a_ptr, sum_h_ptr,
+                b, k, t, rows, d, valid, d_ok, direction * DI, NC, 2 * DI,
+                s_ub, s_ul, s_bb, s_bl, s_bn, N, direction == 1, WRITE_OUT,
+                CH, BD,
+            )  # fmt: skip
         if WRITE_OUT:
             z_offs = b * s_zb + t[None, :] * s_zl + d[:, None]
             z = tl.load(z_ptr + z_offs, mask=valid, other=0.0).to(tl.float32)
-            out = scale * (y_fwd + y_bwd) * z * tl.sigmoid(z)
+            out = scale * y * z * tl.sigmoid(z)
             out = tl.where(valid, out, 0.0)
             in_range = (t < L)[None, :] & d_ok[:, None]
             tl.store(
@@ -353,16 +316,20 @@ if triton is not None:
         A_ptr,
         D_ptr,
         bias_ptr,
-        B_ptr,
-        C_ptr,
+        Bf_ptr,
+        Cf_ptr,
+        Bb_ptr,
+        Cb_ptr,
         hin_ptr,
         gin_ptr,
         sum_a_ptr,
         sum_g_ptr,
         du_ptr,
         ddraw_ptr,
-        dB_ptr,
-        dC_ptr,
+        dBf_ptr,
+        dCf_ptr,
+        dBb_ptr,
+        dCb_ptr,
         dA_ptr,
         dD_ptr,
         dbias_ptr,
@@ -392,6 +359,12 @@ if triton is not None:
     ):
         """One direction of one chunk in the backward pass: the adjoint
         summary (FINAL=False) or all gradients; returns y = C h + D u."""
+        B_ptr, C_ptr = _direction_pointers(
+            Bf_ptr, Cf_ptr, Bb_ptr, Cb_ptr, REVERSE
+        )
+        dB_ptr, dC_ptr = _direction_pointers(
+            dBf_ptr, dCf_ptr, dBb_ptr, dCb_ptr, REVERSE
+        )
         c = d + channel_offset
         offs = b * s_ub + t[None, :] * s_ul + c[:, None]
         bias = tl.load(bias_ptr + c, mask=d_ok, other=0.0)
@@ -541,14 +514,7 @@ if triton is not None:
         CH: tl.constexpr,
         BD: tl.constexpr,
     ):
-        k = tl.program_id(0)
-        b = tl.program_id(2)
-        length = tl.load(len_ptr + b)
-        rows = tl.arange(0, CH)
-        t = k * CH + rows
-        d = tl.program_id(1) * BD + tl.arange(0, BD)
-        d_ok = d < DI
-        valid = (t < length)[None, :] & d_ok[:, None]
+        k, b, length, rows, t, d, d_ok, valid = _chunk_tile(len_ptr, DI, CH, BD)
         z_offs = b * s_zb + t[None, :] * s_zl + d[:, None]
         z = tl.load(z_ptr + z_offs, mask=valid, other=0.0).to(tl.float32)
         dout = tl.load(
@@ -558,94 +524,19 @@ if triton is not None:
         ).to(tl.float32)
         gate = tl.sigmoid(z)
         dy = dout * scale * z * gate
-        y_fwd = _direction_backward(
-            u_ptr,
-            draw_ptr,
-            A_ptr,
-            D_ptr,
-            bias_ptr,
-            Bf_ptr,
-            Cf_ptr,
-            hin_ptr,
-            gin_ptr,
-            sum_a_ptr,
-            sum_g_ptr,
-            du_ptr,
-            ddraw_ptr,
-            dBf_ptr,
-            dCf_ptr,
-            dA_ptr,
-            dD_ptr,
-            dbias_ptr,
-            dy,
-            b,
-            k,
-            t,
-            rows,
-            d,
-            valid,
-            d_ok,
-            length,
-            0,
-            L,
-            NC,
-            2 * DI,
-            s_ub,
-            s_ul,
-            s_bb,
-            s_bl,
-            s_bn,
-            N,
-            False,
-            FINAL,
-            CH,
-            BD,
-        )
-        y_bwd = _direction_backward(
-            u_ptr,
-            draw_ptr,
-            A_ptr,
-            D_ptr,
-            bias_ptr,
-            Bb_ptr,
-            Cb_ptr,
-            hin_ptr,
-            gin_ptr,
-            sum_a_ptr,
-            sum_g_ptr,
-            du_ptr,
-            ddraw_ptr,
-            dBb_ptr,
-            dCb_ptr,
-            dA_ptr,
-            dD_ptr,
-            dbias_ptr,
-            dy,
-            b,
-            k,
-            t,
-            rows,
-            d,
-            valid,
-            d_ok,
-            length,
-            DI,
-            L,
-            NC,
-            2 * DI,
-            s_ub,
-            s_ul,
-            s_bb,
-            s_bl,
-            s_bn,
-            N,
-            True,
-            FINAL,
-            CH,
-            BD,
-        )
+        y = tl.zeros([BD, CH], tl.float32)
+        for direction in tl.static_range(2):
+            y += _direction_backward(
+                u_ptr, draw_ptr, A_ptr, D_ptr, bias_ptr,
+                Bf_ptr, Cf_ptr, Bb_ptr, Cb_ptr,
+                hin_ptr, gin_ptr, sum_a_ptr, sum_g_ptr, du_ptr, ddraw_ptr,
+                dBf_ptr, dCf_ptr, dBb_ptr, dCb_ptr, dA_ptr, dD_ptr, dbias_ptr,
+                dy, b, k, t, rows, d, valid, d_ok, length, direction * DI,
+                L, NC, 2 * DI, s_ub, s_ul, s_bb, s_bl, s_bn, N,
+                direction == 1, FINAL, CH, BD,
+            )  # fmt: skip
         if FINAL:
-            d_z = dout * scale * (y_fwd + y_bwd) * gate * (1 + z * (1 - gate))
+            d_z = dout * scale * y * gate * (1 + z * (1 - gate))
             tl.store(
                 dz_ptr + b * s_dzb + t[None, :] * s_dzl + d[:, None],
                 tl.where(valid, d_z, 0.0).to(dz_ptr.dtype.element_ty),
@@ -757,6 +648,57 @@ def check_scan_inputs(
         raise ValueError(f"lengths must be [batch], got {lengths.shape}")
 
 
+def kernel_layout(u, delta_raw, z, A, D, delta_bias, lengths) -> tuple:
+    """The memory layout and dtypes the Triton scans read.
+
+    Arguments
+    ---------
+    u, delta_raw, z, A, D, delta_bias, lengths
+        As in :func:`bidirectional_scan`.
+
+    Returns
+    -------
+    tuple
+        u and delta_raw contiguous, z with unit channel stride, A, D and
+        delta_bias fp32 contiguous, lengths int32.
+
+    Example
+    -------
+    >>> out = kernel_layout(*[torch.zeros(2, 3)] * 6, torch.tensor([3, 2]))
+    >>> out[-1].dtype, out[3].dtype
+    (torch.int32, torch.float32)
+    """
+    if z.stride(-1) != 1:
+        z = z.contiguous()
+    return (
+        u.contiguous(),
+        delta_raw.contiguous(),
+        z,
+        A.float().contiguous(),
+        D.float().contiguous(),
+        delta_bias.float().contiguous(),
+        lengths.to(torch.int32).contiguous(),
+    )
+
+
+def _launch_arguments(
+    u, delta_raw, z, out, A, D, delta_bias, B_fwd, C_fwd, B_bwd, C_bwd,
+    lengths, chunks, scale,
+):  # fmt: skip
+    """Tensor arguments and sizes/strides shared by the chunk kernels
+    (``out`` is the output in forward, its gradient in backward)."""
+    args = [
+        u, delta_raw, z, out, A, D, delta_bias, B_fwd, C_fwd, B_bwd, C_bwd,
+        lengths,
+    ]  # fmt: skip
+    sizes = [
+        u.shape[1], u.shape[2] // 2, chunks, u.stride(0), u.stride(1),
+        z.stride(0), z.stride(1), out.stride(0), out.stride(1),
+        B_fwd.stride(0), B_fwd.stride(1), B_fwd.stride(2), scale,
+    ]  # fmt: skip
+    return args, sizes
+
+
 class BidirectionalScanFunction(torch.autograd.Function):
     """Autograd wrapper of the Triton kernels (see the module docstring)."""
 
@@ -779,14 +721,9 @@ class BidirectionalScanFunction(torch.autograd.Function):
         check_scan_inputs(
             u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd, lengths
         )
-        u = u.contiguous()
-        delta_raw = delta_raw.contiguous()
-        if z.stride(-1) != 1:
-            z = z.contiguous()
-        A = A.float().contiguous()
-        D = D.float().contiguous()
-        delta_bias = delta_bias.float().contiguous()
-        lengths = lengths.to(torch.int32).contiguous()
+        u, delta_raw, z, A, D, delta_bias, lengths = kernel_layout(
+            u, delta_raw, z, A, D, delta_bias, lengths
+        )
         batch, time, channels = u.shape
         d_inner, d_state = channels // 2, A.shape[1]
         chunks = triton.cdiv(time, CHUNK)
@@ -801,35 +738,10 @@ class BidirectionalScanFunction(torch.autograd.Function):
         sum_h = torch.empty_like(sum_a)
         out = torch.empty(batch, time, d_inner, device=u.device, dtype=u.dtype)
         grid = (chunks, triton.cdiv(d_inner, CHANNEL_BLOCK), batch)
-        args = [
-            u,
-            delta_raw,
-            z,
-            out,
-            A,
-            D,
-            delta_bias,
-            B_fwd,
-            C_fwd,
-            B_bwd,
-            C_bwd,
-            lengths,
-        ]
-        sizes = [
-            time,
-            d_inner,
-            chunks,
-            u.stride(0),
-            u.stride(1),
-            z.stride(0),
-            z.stride(1),
-            out.stride(0),
-            out.stride(1),
-            B_fwd.stride(0),
-            B_fwd.stride(1),
-            B_fwd.stride(2),
-            float(scale),
-        ]
+        args, sizes = _launch_arguments(
+            u, delta_raw, z, out, A, D, delta_bias, B_fwd, C_fwd, B_bwd,
+            C_bwd, lengths, chunks, float(scale),
+        )  # fmt: skip
         _scan_forward_kernel[grid](
             *args,
             sum_a,
@@ -906,37 +818,11 @@ class BidirectionalScanFunction(torch.autograd.Function):
             batch, chunks, channels, device=u.device, dtype=torch.float32
         )
         dbias = torch.empty_like(dD)
-        args = [
-            u,
-            delta_raw,
-            z,
-            dout,
-            A,
-            D,
-            delta_bias,
-            B_fwd,
-            C_fwd,
-            B_bwd,
-            C_bwd,
-            lengths,
-        ]
-        sizes = [
-            time,
-            d_inner,
-            chunks,
-            u.stride(0),
-            u.stride(1),
-            z.stride(0),
-            z.stride(1),
-            dout.stride(0),
-            dout.stride(1),
-            B_fwd.stride(0),
-            B_fwd.stride(1),
-            B_fwd.stride(2),
-            dz.stride(0),
-            dz.stride(1),
-            ctx.scale,
-        ]
+        args, sizes = _launch_arguments(
+            u, delta_raw, z, dout, A, D, delta_bias, B_fwd, C_fwd, B_bwd,
+            C_bwd, lengths, chunks, ctx.scale,
+        )  # fmt: skip
+        sizes[-1:-1] = [dz.stride(0), dz.stride(1)]
         grads = [du, ddelta, dz, *grads_bc, dA, dD, dbias]
         _scan_backward_kernel[grid](
             *args,

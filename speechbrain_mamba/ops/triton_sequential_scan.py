@@ -24,6 +24,7 @@ from speechbrain_mamba.ops.triton_bidirectional_scan import (
     available,
     carry_chunk_states,
     check_scan_inputs,
+    kernel_layout,
 )
 
 if available():
@@ -157,12 +158,9 @@ def bidirectional_scan_inference(
     ...     assert y.shape == (1, 10, 4)
     """
     check_scan_inputs(u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd, lengths)
-    u = u.contiguous()
-    delta_raw = delta_raw.contiguous()
-    A = A.float().contiguous()
-    D = D.float().contiguous()
-    delta_bias = delta_bias.float().contiguous()
-    lengths = lengths.to(torch.int32).contiguous()
+    u, delta_raw, z, A, D, delta_bias, lengths = kernel_layout(
+        u, delta_raw, z, A, D, delta_bias, lengths
+    )
     batch, time, channels = u.shape
     d_inner, d_state = channels // 2, A.shape[1]
     block = _channel_block(d_inner)
