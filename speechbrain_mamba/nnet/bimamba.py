@@ -146,9 +146,9 @@ class BiMamba(Mamba):
             and (x.requires_grad or self.in_proj.weight.requires_grad)
         )
         if use_triton_kernels(self.backend, x, inference):
-            y = self._both_directions_triton(x_in, z, frames, scale)
+            y = self._both_directions_triton(x_in, z, frames, scale, inference)
         elif use_cuda_kernels(self.backend, x, self.d_state):
-            y = self._both_directions_cuda(x_in, z, frames, scale)
+            y = self._both_directions_cuda(x_in, z, frames, scale, inference)
         else:
             forward = self._scan_direction(x_in, z, "", frames)
             backward = self._scan_direction(x_in, z, "_b", frames, reverse=True)
@@ -161,12 +161,15 @@ class BiMamba(Mamba):
         z: torch.Tensor,
         frames: Optional[torch.Tensor],
         scale: float,
+        inference: bool,
     ) -> torch.Tensor:
         """Both directions with the fused Triton kernels: one convolution
-        kernel (causal + anti-causal), one chunk-parallel scan of both
-        directions with gating and combination inside; no reversed copies.
-        x, z: [batch, time, d_inner] views of the input projection;
-        returns ``scale * (y_forward + y_backward)``, [batch, time, d_inner].
+        kernel (causal + anti-causal), one scan of both directions with
+        gating and combination inside (the state-in-registers kernel for
+        ``inference``, the differentiable chunk-parallel one otherwise); no
+        reversed copies. x, z: [batch, time, d_inner] views of the input
+        projection; returns ``scale * (y_forward + y_backward)``,
+        [batch, time, d_inner].
         """
         batch, time, _ = x.shape
         if frames is None:
@@ -192,11 +195,7 @@ class BiMamba(Mamba):
             ],
             dim=-1,
         )
-        scan = bidirectional_scan
-        if not (
-            torch.is_grad_enabled() and (u.requires_grad or z.requires_grad)
-        ):
-            scan = bidirectional_scan_inference
+        scan = bidirectional_scan_inference if inference else bidirectional_scan
         return scan(
             u,
             delta_raw,
@@ -218,6 +217,7 @@ class BiMamba(Mamba):
         z: torch.Tensor,
         frames: Optional[torch.Tensor],
         scale: float,
+        inference: bool,
     ) -> torch.Tensor:
         """Both directions in one conv and one mamba_ssm selective-scan call.
 
@@ -248,10 +248,8 @@ class BiMamba(Mamba):
         sizes = (self.d_inner, self.dt_rank, self.d_state)
         lean = self.low_memory
         if lean == "auto":
-            lean = torch.is_grad_enabled() and (
-                x.shape[0] * x.shape[1] >= LOW_MEMORY_FRAMES
-            )
-        if lean:
+            lean = x.shape[0] * x.shape[1] >= LOW_MEMORY_FRAMES
+        if lean and not inference:
             return BiMambaInnerFunction.apply(
                 x, z, conv_weight, conv_bias, *projections[0],
                 *projections[1], A, D, delta_bias, frames, sizes,
