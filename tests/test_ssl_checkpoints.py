@@ -7,6 +7,7 @@ import torch
 
 from speechbrain_mamba.ssl.checkpoints import (
     COMPLETE_MARKER,
+    SAVING_MARKER,
     CompleteCheckpointer,
 )
 
@@ -21,6 +22,7 @@ def test_resume_skips_a_half_written_checkpoint(tmp_path):
     # a newer checkpoint whose model file was cut short by a kill
     broken = ckpter.save_checkpoint(meta={"step": 2})
     (broken.path / COMPLETE_MARKER).unlink()
+    (broken.path / SAVING_MARKER).write_text("")  # the save never finished
     data = (broken.path / "model.ckpt").read_bytes()
     (broken.path / "model.ckpt").write_bytes(data[: len(data) // 3])
     with torch.no_grad():

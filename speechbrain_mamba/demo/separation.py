@@ -116,7 +116,7 @@ modules:
     encoder: !ref <Encoder>
     masknet: !ref <MaskNet>
     decoder: !ref <Decoder>
-checkpointer: !new:speechbrain.utils.checkpoints.Checkpointer
+checkpointer: !new:speechbrain_mamba.utils.checkpoints.CompleteCheckpointer
     checkpoints_dir: !ref <save_folder>
     recoverables:
         encoder: !ref <Encoder>

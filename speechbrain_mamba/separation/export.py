@@ -187,7 +187,10 @@ def model_nodes_from_hparams(hparams_file: PathLike) -> tuple[dict, dict]:
 
 def best_checkpoint(save_folder: PathLike, min_key: str = "loss") -> Path:
     """Finds the checkpoint with the lowest ``min_key`` (or the latest one
-    when no checkpoint has that key).
+    when no checkpoint has that key). Saves interrupted by a kill are
+    skipped; folders without a completion marker (written by SpeechBrain's
+    ``Checkpointer``) count when their files are whole (see
+    :mod:`speechbrain_mamba.utils.checkpoints`).
 
     Arguments
     ---------
@@ -201,12 +204,13 @@ def best_checkpoint(save_folder: PathLike, min_key: str = "loss") -> Path:
     pathlib.Path
         The ``CKPT+...`` folder.
     """
-    from speechbrain.utils.checkpoints import Checkpointer
+    from speechbrain_mamba.utils.checkpoints import CompleteCheckpointer
 
     save_folder = Path(save_folder)
     if not save_folder.is_dir():
         raise FileNotFoundError(f"checkpoint folder not found: {save_folder}")
-    checkpointer = Checkpointer(save_folder)
+    # skips saves a kill interrupted; marker-less (legacy) folders count
+    checkpointer = CompleteCheckpointer(save_folder)
     ckpts = checkpointer.list_checkpoints()
     if not ckpts:
         raise FileNotFoundError(f"no checkpoint (CKPT+*) in {save_folder}")
