@@ -25,8 +25,11 @@ channels): forward 8 ms and forward + backward 32 ms, against 2.4 ms and
 9.8 ms for mamba_ssm's CUDA kernel (which runs each channel's chunks one
 after another, work-efficiently): Triton's ``associative_scan`` costs more
 than the parallelism across chunks gains. The kernels are kept for what they
-do better: no compiled extension to install, no reversed copies, and less
-training memory (the BiMamba layer keeps about a quarter less).
+do better: no compiled extension to install and no reversed copies, so
+``backend="auto"`` trains with them only when mamba_ssm is missing. For
+inference, :mod:`triton_sequential_scan` keeps the state in registers and
+is faster than mamba_ssm. Triton's interpreter (``TRITON_INTERPRET=1``)
+runs these kernels on CPU tensors, slowly, for debugging.
 
 Author
 ------
