@@ -81,6 +81,7 @@ import yaml
 
 from speechbrain_mamba.benchmarks.train_throughput import aggregate
 from speechbrain_mamba.separation.io import atomic_write_text
+from speechbrain_mamba.utils.checkpoints import COMPLETE_MARKER
 
 logger = logging.getLogger(__name__)
 
@@ -428,6 +429,7 @@ def check_checkpoints(save_folder: Path, task: Task, epochs: int) -> dict:
     >>> ckpt.mkdir()
     >>> for name in TASKS["separation"].recoverables:
     ...     _ = (ckpt / name).write_text("1")
+    >>> _ = (ckpt / COMPLETE_MARKER).write_text("")
     >>> _ = (ckpt / "CKPT.yaml").write_text(
     ...     "end-of-epoch: true\\nloss: 3.0\\nunixtime: 1.0\\n")
     >>> check_checkpoints(tmpdir, TASKS["separation"], 1)["kept"]
@@ -447,14 +449,17 @@ def check_checkpoints(save_folder: Path, task: Task, epochs: int) -> dict:
             "the newest and the best one only"
         )
     found = []
+    expected = sorted([*task.recoverables, COMPLETE_MARKER])
     for folder in folders:
         names = sorted(p.name for p in folder.iterdir())
-        if names != sorted(task.recoverables):
+        if names != expected:
             raise RunError(
-                f"checkpoint {folder} holds {names}; expected "
-                f"{sorted(task.recoverables)}"
+                f"checkpoint {folder} holds {names}; expected {expected} "
+                f"(a saved checkpoint marked {COMPLETE_MARKER})"
             )
-        empty = [n for n in names if (folder / n).stat().st_size == 0]
+        empty = [
+            n for n in task.recoverables if (folder / n).stat().st_size == 0
+        ]
         if empty:
             raise RunError(f"empty files {empty} in checkpoint {folder}")
         meta = yaml.safe_load((folder / "CKPT.yaml").read_text()) or {}
