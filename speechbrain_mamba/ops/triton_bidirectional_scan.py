@@ -37,7 +37,7 @@ speechbrain-mamba developers
 """
 
 import os
-from typing import Tuple
+from typing import Callable, Tuple
 
 import torch
 
@@ -592,6 +592,51 @@ def carry_chunk_states(
     return hin
 
 
+def scan_in_two_passes(
+    launch: Callable[[torch.Tensor, bool], None],
+    summary_a: torch.Tensor,
+    summary_h: torch.Tensor,
+    first_half_reverse: bool,
+) -> torch.Tensor:
+    """Runs a chunk kernel twice around the carry of chunk-boundary states.
+
+    ``launch(states, final)`` launches the chunk kernel: with ``final``
+    False it writes each chunk's summary (total decay into ``summary_a``,
+    end state from a zero start into ``summary_h``; ``states`` is unused),
+    with ``final`` True it starts each chunk from ``states``.
+
+    Arguments
+    ---------
+    launch : callable
+        Launches the chunk kernel (see above).
+    summary_a, summary_h : torch.Tensor
+        The summary buffers the first pass fills.
+    first_half_reverse : bool
+        Direction of the first half of the channels (see
+        :func:`carry_chunk_states`).
+
+    Returns
+    -------
+    torch.Tensor
+        The states entering each chunk.
+
+    Example
+    -------
+    >>> if torch.cuda.is_available() and available():
+    ...     calls = []
+    ...     a = torch.ones(1, 2, 2, 1, device="cuda")
+    ...     states = scan_in_two_passes(
+    ...         lambda states, final: calls.append(final), a, a, False
+    ...     )
+    ...     assert calls == [False, True]
+    ...     assert states[0, :, 0, 0].tolist() == [0.0, 1.0]
+    """
+    launch(summary_a, False)
+    states = carry_chunk_states(summary_a, summary_h, first_half_reverse)
+    launch(states, True)
+    return states
+
+
 def check_scan_inputs(
     u: torch.Tensor,
     delta_raw: torch.Tensor,
@@ -745,31 +790,15 @@ class BidirectionalScanFunction(torch.autograd.Function):
             u, delta_raw, z, out, A, D, delta_bias, B_fwd, C_fwd, B_bwd,
             C_bwd, lengths, chunks, float(scale),
         )  # fmt: skip
-        _scan_forward_kernel[grid](
-            *args,
-            sum_a,
-            sum_a,
-            sum_h,
-            *sizes,
-            N=d_state,
-            WRITE_OUT=False,
-            CH=CHUNK,
-            BD=CHANNEL_BLOCK,
-            num_warps=FORWARD_WARPS,
-        )
-        hin = carry_chunk_states(sum_a, sum_h, first_half_reverse=False)
-        _scan_forward_kernel[grid](
-            *args,
-            hin,
-            sum_a,
-            sum_h,
-            *sizes,
-            N=d_state,
-            WRITE_OUT=True,
-            CH=CHUNK,
-            BD=CHANNEL_BLOCK,
-            num_warps=FORWARD_WARPS,
-        )
+
+        def launch(states, final):
+            _scan_forward_kernel[grid](
+                *args, states, sum_a, sum_h, *sizes, N=d_state,
+                WRITE_OUT=final, CH=CHUNK, BD=CHANNEL_BLOCK,
+                num_warps=FORWARD_WARPS,
+            )  # fmt: skip
+
+        hin = scan_in_two_passes(launch, sum_a, sum_h, False)
         ctx.save_for_backward(
             u,
             delta_raw,
@@ -827,35 +856,15 @@ class BidirectionalScanFunction(torch.autograd.Function):
         )  # fmt: skip
         sizes[-1:-1] = [dz.stride(0), dz.stride(1)]
         grads = [du, ddelta, dz, *grads_bc, dA, dD, dbias]
-        _scan_backward_kernel[grid](
-            *args,
-            hin,
-            hin,
-            sum_a,
-            sum_g,
-            *grads,
-            *sizes,
-            N=d_state,
-            FINAL=False,
-            CH=CHUNK,
-            BD=CHANNEL_BLOCK,
-            num_warps=BACKWARD_WARPS,
-        )
-        gin = carry_chunk_states(sum_a, sum_g, first_half_reverse=True)
-        _scan_backward_kernel[grid](
-            *args,
-            hin,
-            gin,
-            sum_a,
-            sum_g,
-            *grads,
-            *sizes,
-            N=d_state,
-            FINAL=True,
-            CH=CHUNK,
-            BD=CHANNEL_BLOCK,
-            num_warps=BACKWARD_WARPS,
-        )
+
+        def launch(states, final):
+            _scan_backward_kernel[grid](
+                *args, hin, states, sum_a, sum_g, *grads, *sizes,
+                N=d_state, FINAL=final, CH=CHUNK, BD=CHANNEL_BLOCK,
+                num_warps=BACKWARD_WARPS,
+            )  # fmt: skip
+
+        scan_in_two_passes(launch, sum_a, sum_g, True)
         dB_fwd, dC_fwd, dB_bwd, dC_bwd = (g.to(B_fwd.dtype) for g in grads_bc)
         return (
             du,

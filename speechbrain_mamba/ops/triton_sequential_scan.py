@@ -22,9 +22,9 @@ import torch
 
 from speechbrain_mamba.ops.triton_bidirectional_scan import (
     available,
-    carry_chunk_states,
     check_scan_inputs,
     kernel_layout,
+    scan_in_two_passes,
 )
 
 if available():
@@ -178,14 +178,13 @@ def bidirectional_scan_inference(
         time, d_inner, chunks, u.stride(0), u.stride(1),
         B_fwd.stride(0), B_fwd.stride(1), B_fwd.stride(2),
     ]  # fmt: skip
-    _sequential_kernel[grid](
-        *args, lengths, sum_a, sum_a, sum_h, y, *sizes,
-        BD=block, WRITE_OUT=False, num_warps=WARPS, **common,
-    )  # fmt: skip
-    hin = carry_chunk_states(sum_a, sum_h, first_half_reverse=False)
-    _sequential_kernel[grid](
-        *args, lengths, hin, sum_a, sum_h, y, *sizes,
-        BD=block, WRITE_OUT=True, num_warps=WARPS, **common,
-    )  # fmt: skip
+
+    def launch(states, final):
+        _sequential_kernel[grid](
+            *args, lengths, states, sum_a, sum_h, y, *sizes,
+            BD=block, WRITE_OUT=final, num_warps=WARPS, **common,
+        )  # fmt: skip
+
+    scan_in_two_passes(launch, sum_a, sum_h, first_half_reverse=False)
     both = y[..., :d_inner] + y[..., d_inner:]
     return (both * torch.nn.functional.silu(z)).mul_(scale)
