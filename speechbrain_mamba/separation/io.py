@@ -7,10 +7,11 @@ Author
 speechbrain-mamba developers
 """
 
+import contextlib
 import csv
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Optional, Union
 
@@ -21,15 +22,23 @@ import torch
 PathLike = Union[str, os.PathLike]
 
 
-def _atomic_target(path: PathLike) -> tuple[Path, str]:
-    """Creates the parent folder and a temporary file next to ``path``."""
+@contextlib.contextmanager
+def _atomic_target(path: PathLike) -> Iterator[str]:
+    """Yields a temporary file next to ``path`` (parent folders created)
+    and moves it onto ``path`` when the block ends without an error; the
+    temporary file never survives."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
         prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
     )
     os.close(fd)
-    return path, tmp
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:
@@ -54,15 +63,10 @@ def atomic_write_text(path: PathLike, text: str) -> Path:
     >>> p.read_text()
     'hello'
     """
-    path, tmp = _atomic_target(path)
-    try:
+    with _atomic_target(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as fout:
             fout.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return Path(path)
 
 
 def atomic_write_csv(
@@ -92,8 +96,7 @@ def atomic_write_csv(
     >>> p.read_text().splitlines()
     ['ID,x', 'a,1']
     """
-    path, tmp = _atomic_target(path)
-    try:
+    with _atomic_target(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as fout:
             writer = csv.DictWriter(
                 fout, fieldnames=list(fieldnames), lineterminator="\n"
@@ -101,11 +104,7 @@ def atomic_write_csv(
             writer.writeheader()
             for row in rows:
                 writer.writerow(row)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return Path(path)
 
 
 def atomic_write_wav(
@@ -139,8 +138,7 @@ def atomic_write_wav(
         raise ValueError(
             f"expected a 1-D signal, got shape {tuple(signal.shape)}"
         )
-    path, tmp = _atomic_target(path)
-    try:
+    with _atomic_target(path) as tmp:
         sf.write(
             tmp,
             signal.numpy().astype(np.float32),
@@ -148,11 +146,7 @@ def atomic_write_wav(
             format="WAV",
             subtype="PCM_16",
         )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return Path(path)
 
 
 def read_audio(
