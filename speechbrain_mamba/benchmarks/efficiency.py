@@ -170,7 +170,14 @@ def make_ar_step(
     return step
 
 
-def make_step(model, x, mode, dtype, device, for_graph=False):
+def make_step(
+    model: torch.nn.Module,
+    x,
+    mode: str,
+    dtype: torch.dtype,
+    device,
+    for_graph: bool = False,
+) -> Callable[[], None]:
     """The callable that is timed: a training step, an inference call or
     (mode "ar-step") one AR decoding step after a prefill. A model whose
     training forward returns a scalar is trained on it as the loss, any
@@ -197,7 +204,7 @@ def make_step(model, x, mode, dtype, device, for_graph=False):
     return step
 
 
-def capture_graph(step):
+def capture_graph(step: Callable[[], None]) -> Callable[[], None]:
     """Records step() in a CUDA graph; returns its replay function."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -212,8 +219,15 @@ def capture_graph(step):
 
 
 def measure_model(
-    model, x, mode, dtype, device, repeats, graphed=False, warmup=1
-):
+    model: torch.nn.Module,
+    x,
+    mode: str,
+    dtype: torch.dtype,
+    device,
+    repeats: int,
+    graphed: bool = False,
+    warmup: int = 1,
+) -> Dict:
     """Times one model on one input; returns the measure() dict (and
     whether a CUDA graph was used). With ``graphed`` (CUDA), the step is
     replayed from a CUDA graph, or timed eagerly (reason printed) when it
@@ -286,7 +300,7 @@ def model_label(model: torch.nn.Module) -> str:
     return type(model).__name__
 
 
-def enable_checkpointing(model) -> int:
+def enable_checkpointing(model: torch.nn.Module) -> int:
     """Turns on gradient checkpointing in every MambaStack of a model."""
     from speechbrain_mamba.nnet import MambaStack
 

@@ -137,7 +137,9 @@ class EncoderOnly(nn.Module):
         return self.encoder(x)[0]
 
 
-def conformer_encoder(d_model=512, layers=12, d_ffn=2048, heads=8):
+def conformer_encoder(
+    d_model: int = 512, layers: int = 12, d_ffn: int = 2048, heads: int = 8
+) -> nn.Module:
     """SpeechBrain's ConformerEncoder (large; RoPE attention on SDPA)."""
     from speechbrain.lobes.models.transformer.Conformer import (
         ConformerEncoder,
@@ -156,7 +158,9 @@ def conformer_encoder(d_model=512, layers=12, d_ffn=2048, heads=8):
     )
 
 
-def conmamba_encoder(d_model=512, layers=12, d_ffn=2048):
+def conmamba_encoder(
+    d_model: int = 512, layers: int = 12, d_ffn: int = 2048
+) -> nn.Module:
     """This package's ConMamba encoder (large)."""
     from speechbrain_mamba.lobes.asr.conmamba import ConMambaEncoder
 

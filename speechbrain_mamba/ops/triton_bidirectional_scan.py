@@ -696,7 +696,15 @@ def check_scan_inputs(
         raise ValueError(f"lengths must be [batch], got {lengths.shape}")
 
 
-def kernel_layout(u, delta_raw, z, A, D, delta_bias, lengths) -> tuple:
+def kernel_layout(
+    u: torch.Tensor,
+    delta_raw: torch.Tensor,
+    z: torch.Tensor,
+    A: torch.Tensor,
+    D: torch.Tensor,
+    delta_bias: torch.Tensor,
+    lengths: torch.Tensor,
+) -> Tuple[torch.Tensor, ...]:
     """The memory layout and dtypes the Triton scans read.
 
     Arguments
@@ -956,17 +964,17 @@ def bidirectional_scan(
 
 
 def scan_reference(
-    u,
-    delta_raw,
-    z,
-    A,
-    B_fwd,
-    C_fwd,
-    B_bwd,
-    C_bwd,
-    D,
-    delta_bias,
-    lengths,
+    u: torch.Tensor,
+    delta_raw: torch.Tensor,
+    z: torch.Tensor,
+    A: torch.Tensor,
+    B_fwd: torch.Tensor,
+    C_fwd: torch.Tensor,
+    B_bwd: torch.Tensor,
+    C_bwd: torch.Tensor,
+    D: torch.Tensor,
+    delta_bias: torch.Tensor,
+    lengths: torch.Tensor,
     scale: float = 1.0,
 ) -> torch.Tensor:
     """Loop-by-loop fp32 reference of :func:`bidirectional_scan` (any
