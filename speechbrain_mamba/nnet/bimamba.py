@@ -155,6 +155,15 @@ class BiMamba(Mamba):
             y = (forward + backward) * scale
         return zero_padding(self.out_proj(y), frames)
 
+    def _scan_parameters(self):
+        """A [2 d_inner, d_state], D and the step-size bias [2 d_inner] of
+        both directions (forward first), fp32, as the fused scans take
+        them."""
+        A = -torch.exp(torch.cat([self.A_log, self.A_b_log]).float())
+        D = torch.cat([self.D, self.D_b]).float()
+        delta_bias = torch.cat([self.dt_proj.bias, self.dt_proj_b.bias])
+        return A, D, delta_bias.float()
+
     def _both_directions_triton(
         self,
         x: torch.Tensor,
@@ -195,18 +204,19 @@ class BiMamba(Mamba):
             ],
             dim=-1,
         )
+        A, D, delta_bias = self._scan_parameters()
         scan = bidirectional_scan_inference if inference else bidirectional_scan
         return scan(
             u,
             delta_raw,
             z,
-            -torch.exp(torch.cat([self.A_log, self.A_b_log]).float()),
+            A,
             B_f,
             C_f,
             B_b,
             C_b,
-            torch.cat([self.D, self.D_b]),
-            torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]),
+            D,
+            delta_bias,
             frames,
             scale,
         )
@@ -238,9 +248,7 @@ class BiMamba(Mamba):
             else torch_conv1d_silu
         )
         conv_weight = torch.cat([self.conv1d.weight, self.conv1d_b.weight], 0)
-        A = -torch.exp(torch.cat([self.A_log, self.A_b_log]).float())
-        D = torch.cat([self.D, self.D_b]).float()
-        delta_bias = torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]).float()
+        A, D, delta_bias = self._scan_parameters()
         projections = (
             (self.x_proj.weight, self.x_proj_b.weight),
             (self.dt_proj.weight, self.dt_proj_b.weight),
