@@ -18,7 +18,6 @@ speechbrain-mamba developers
 """
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -26,14 +25,15 @@ import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import if_main_process
 
+from speechbrain_mamba.utils.atomic import atomic_target
+
 logger = logging.getLogger(__name__)
 
 
 def _write_stats_atomically(metric: Any, path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fout:
-        metric.write_stats(fout)
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fout:
+            metric.write_stats(fout)
 
 
 class _AveragingBrain(sb.core.Brain):

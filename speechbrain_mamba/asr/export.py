@@ -37,6 +37,7 @@ from speechbrain.utils.checkpoints import average_checkpoints
 
 import speechbrain_mamba  # noqa: F401  (before speechbrain)
 from speechbrain_mamba.asr.recipe import TOKENIZER_FILE
+from speechbrain_mamba.utils.atomic import atomic_target, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -53,21 +54,13 @@ def _class_path(obj: Any) -> str:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _atomic_copy(src: PathLike, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_target(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def _yaml_value(value: Any) -> str:
@@ -397,7 +390,7 @@ def export_asr(
         if not lm_file.exists():
             raise FileNotFoundError(f"language model {lm_file} not found")
         _atomic_copy(lm_file.resolve(), out / "lm.ckpt")
-    _atomic_write_text(out / "hyperparams.yaml", hub_yaml(hp, kind, with_lm))
+    atomic_write_text(out / "hyperparams.yaml", hub_yaml(hp, kind, with_lm))
     logger.info(
         "Exported the average of %d checkpoint(s) to %s", len(ckpts), out
     )

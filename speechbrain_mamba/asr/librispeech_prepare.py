@@ -26,18 +26,13 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import soundfile
 
+from speechbrain_mamba.utils.atomic import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 CSV_HEADER = ["ID", "duration", "wav", "spk_id", "wrd"]
 OPTIONS_FILE = "opt_librispeech_prepare.json"
 PathLike = Union[str, os.PathLike]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as fout:
-        fout.write(text)
-    os.replace(tmp, path)
 
 
 def read_transcripts(split_folder: PathLike) -> Dict[str, str]:
@@ -188,7 +183,7 @@ def write_csv(rows: Iterable[Sequence[str]], csv_file: PathLike) -> None:
     writer.writerow(CSV_HEADER)
     for row in rows:
         writer.writerow(row)
-    _atomic_write_text(Path(csv_file), buffer.getvalue())
+    atomic_write_text(Path(csv_file), buffer.getvalue())
 
 
 def prepare_librispeech(
@@ -289,5 +284,5 @@ def prepare_librispeech(
     if merge_name and merge_lst:
         merged = [row for s in merge_lst for row in rows_by_split[s]]
         write_csv(merged, save_folder / merge_name)
-    _atomic_write_text(options_file, json.dumps(options, indent=2))
+    atomic_write_text(options_file, json.dumps(options, indent=2))
     return outputs

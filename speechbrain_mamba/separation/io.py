@@ -7,11 +7,9 @@ Author
 speechbrain-mamba developers
 """
 
-import contextlib
 import csv
 import os
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Optional, Union
 
@@ -19,54 +17,12 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from speechbrain_mamba.utils.atomic import (  # noqa: F401 (re-exported)
+    atomic_target,
+    atomic_write_text,
+)
+
 PathLike = Union[str, os.PathLike]
-
-
-@contextlib.contextmanager
-def _atomic_target(path: PathLike) -> Iterator[str]:
-    """Yields a temporary file next to ``path`` (parent folders created)
-    and moves it onto ``path`` when the block ends without an error; the
-    temporary file never survives."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_text(path: PathLike, text: str) -> Path:
-    """Writes ``text`` to ``path`` atomically.
-
-    Arguments
-    ---------
-    path : str or os.PathLike
-        Destination file (parent folders are created).
-    text : str
-        Content to write (UTF-8).
-
-    Returns
-    -------
-    pathlib.Path
-        The destination path.
-
-    Example
-    -------
-    >>> tmpdir = getfixture("tmpdir")
-    >>> p = atomic_write_text(tmpdir / "a" / "b.txt", "hello")
-    >>> p.read_text()
-    'hello'
-    """
-    with _atomic_target(path) as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="") as fout:
-            fout.write(text)
-    return Path(path)
 
 
 def atomic_write_csv(
@@ -96,7 +52,7 @@ def atomic_write_csv(
     >>> p.read_text().splitlines()
     ['ID,x', 'a,1']
     """
-    with _atomic_target(path) as tmp:
+    with atomic_target(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as fout:
             writer = csv.DictWriter(
                 fout, fieldnames=list(fieldnames), lineterminator="\n"
@@ -138,7 +94,7 @@ def atomic_write_wav(
         raise ValueError(
             f"expected a 1-D signal, got shape {tuple(signal.shape)}"
         )
-    with _atomic_target(path) as tmp:
+    with atomic_target(path) as tmp:
         sf.write(
             tmp,
             signal.numpy().astype(np.float32),
