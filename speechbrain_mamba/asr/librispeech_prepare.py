@@ -186,6 +186,44 @@ def write_csv(rows: Iterable[Sequence[str]], csv_file: PathLike) -> None:
     atomic_write_text(Path(csv_file), buffer.getvalue())
 
 
+def recipe_prepare_kwargs(hparams: Dict) -> Dict:
+    """The :func:`prepare_librispeech` arguments of a recipe's hparams.
+
+    Arguments
+    ---------
+    hparams : dict
+        Needs ``data_folder``, ``output_folder``, ``train_splits``,
+        ``dev_splits``, ``test_splits``, ``skip_prep``, ``sample_rate`` and
+        optionally ``select_n_sentences``.
+
+    Returns
+    -------
+    dict
+        Keyword arguments; the training splits are merged into
+        ``train.csv`` in the output folder.
+
+    Example
+    -------
+    >>> hp = dict(data_folder="d", output_folder="o", train_splits=["a"],
+    ...           dev_splits=["b"], test_splits=["c"], skip_prep=False,
+    ...           sample_rate=16000)
+    >>> recipe_prepare_kwargs(hp)["merge_name"]
+    'train.csv'
+    """
+    return {
+        "data_folder": hparams["data_folder"],
+        "save_folder": hparams["output_folder"],
+        "tr_splits": hparams["train_splits"],
+        "dev_splits": hparams["dev_splits"],
+        "te_splits": hparams["test_splits"],
+        "merge_lst": hparams["train_splits"],
+        "merge_name": "train.csv",
+        "skip_prep": hparams["skip_prep"],
+        "select_n_sentences": hparams.get("select_n_sentences"),
+        "sample_rate": hparams["sample_rate"],
+    }
+
+
 def prepare_librispeech(
     data_folder: PathLike,
     save_folder: PathLike,

@@ -27,7 +27,10 @@ from speechbrain_mamba.asr.brain import (
     dataio_prepare,
     loader_options,
 )
-from speechbrain_mamba.asr.librispeech_prepare import prepare_librispeech
+from speechbrain_mamba.asr.librispeech_prepare import (
+    prepare_librispeech,
+    recipe_prepare_kwargs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -190,21 +193,7 @@ def run_recipe(argv: List[str], kind: str) -> Dict[str, Path]:
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
-    run_on_main(
-        prepare_librispeech,
-        kwargs={
-            "data_folder": hparams["data_folder"],
-            "save_folder": hparams["output_folder"],
-            "tr_splits": hparams["train_splits"],
-            "dev_splits": hparams["dev_splits"],
-            "te_splits": hparams["test_splits"],
-            "merge_lst": hparams["train_splits"],
-            "merge_name": "train.csv",
-            "skip_prep": hparams["skip_prep"],
-            "select_n_sentences": hparams.get("select_n_sentences"),
-            "sample_rate": hparams["sample_rate"],
-        },
-    )
+    run_on_main(prepare_librispeech, kwargs=recipe_prepare_kwargs(hparams))
     tokenizer = prepare_tokenizer(hparams)
     (
         train_data,

@@ -28,7 +28,10 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from speechbrain_mamba.asr.librispeech_prepare import prepare_librispeech
+from speechbrain_mamba.asr.librispeech_prepare import (
+    prepare_librispeech,
+    recipe_prepare_kwargs,
+)
 from speechbrain_mamba.ssl.brain import (
     CTCFinetuneBrain,
     HuBERTPretrainBrain,
@@ -146,18 +149,7 @@ def prepare_csvs(hparams: Dict[str, Any]) -> Dict[str, Path]:
     dict
         Split name (and ``train``) -> CSV path.
     """
-    kwargs = {
-        "data_folder": hparams["data_folder"],
-        "save_folder": hparams["output_folder"],
-        "tr_splits": hparams["train_splits"],
-        "dev_splits": hparams["dev_splits"],
-        "te_splits": hparams["test_splits"],
-        "merge_lst": hparams["train_splits"],
-        "merge_name": "train.csv",
-        "skip_prep": hparams["skip_prep"],
-        "select_n_sentences": hparams.get("select_n_sentences"),
-        "sample_rate": hparams["sample_rate"],
-    }
+    kwargs = recipe_prepare_kwargs(hparams)
     run_on_main(prepare_librispeech, kwargs=kwargs)
     csvs = prepare_librispeech(**{**kwargs, "skip_prep": True})
     keep = ["train", *hparams["dev_splits"], *hparams["test_splits"]]
