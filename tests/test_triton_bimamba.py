@@ -1,8 +1,9 @@
-"""The fused Triton BiMamba kernels (bidirectional conv + chunk-parallel
-bidirectional scan) against plain references: kernel level (loop-by-loop
-scan, reversed-copy convolution) and layer level (the pure-PyTorch BiMamba
-and the mamba_ssm path), outputs and gradients, with padding, several
-chunks and chunk blocks. Skipped without an NVIDIA GPU and Triton."""
+"""The fused Triton BiMamba kernels (bidirectional conv, bidirectional scan
+for training and inference, the whole layer as one low-memory autograd
+function) against plain references: kernel level (loop-by-loop scan,
+reversed-copy convolution) and layer level (the pure-PyTorch BiMamba and the
+mamba_ssm path), outputs and gradients, with padding, several chunks and
+chunk blocks. Skipped without an NVIDIA GPU and Triton."""
 
 import pytest
 import torch
@@ -87,9 +88,10 @@ def test_scan_equals_loop_reference(time, lengths, d_inner, d_state):
 
 
 def test_scan_carries_state_over_many_chunk_blocks():
-    """More chunks than one carry block: the state must cross blocks."""
+    """More chunks than one carry block: the state (and, in backward, the
+    adjoint) must cross blocks."""
     chunks = scan_ops.CHUNK_BLOCK * 2 + 5
-    time = chunks * scan_ops.CHUNK
+    time = chunks * scan_ops.TRAINING_CHUNK
     inputs = scan_inputs(1, time, 4, 2, [time - 7])
     with torch.no_grad():  # slow decay so the state travels far
         inputs["A"].mul_(1e-3)
@@ -97,6 +99,11 @@ def test_scan_carries_state_over_many_chunk_blocks():
     out = call(scan_ops.bidirectional_scan, inputs, 2, 1.0)
     ref = call(scan_ops.scan_reference, inputs, 2, 1.0)
     torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
+    weights = torch.randn_like(ref)
+    grads = torch.autograd.grad((out * weights).sum(), leaves(inputs))
+    ref_grads = torch.autograd.grad((ref * weights).sum(), leaves(inputs))
+    for got, expected in zip(grads, ref_grads):
+        torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
 
 
 def test_conv_equals_reversed_copy_reference():
@@ -149,9 +156,13 @@ def assert_same(a, b, dtype, what):
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("combine", ["mean", "sum"])
-def test_bimamba_triton_equals_torch_path(padded, dtype, combine):
+@pytest.mark.parametrize("low_memory", [False, True])
+def test_bimamba_triton_equals_torch_path(padded, dtype, combine, low_memory):
+    """Plain autograd over the Triton kernels, and the whole layer as one
+    autograd function that keeps only its input (low_memory)."""
     torch.manual_seed(0)
-    module = BiMamba(64, d_state=16, combine=combine).cuda()
+    module = BiMamba(64, d_state=16, combine=combine, low_memory=low_memory)
+    module = module.cuda()
     with torch.no_grad():
         for name, p in module.named_parameters():
             if name.startswith("D") or "A_" in name:
@@ -163,6 +174,51 @@ def test_bimamba_triton_equals_torch_path(padded, dtype, combine):
     assert_same(out, ref, dtype, "output")
     for name in ref_grads:
         assert_same(grads[name], ref_grads[name], dtype, name)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_bimamba_triton_low_memory_is_exact(padded):
+    """The lean layer function computes the same outputs as plain autograd
+    over the same kernels (bf16 autocast: the recompute must run under the
+    same autocast state) and the same gradients up to the order of atomic
+    additions."""
+    torch.manual_seed(0)
+    module = BiMamba(64, d_state=16).cuda()
+    x = torch.randn(2, 3000, 64, device="cuda")
+    lengths = torch.tensor([1.0, 0.6], device="cuda") if padded else None
+    results = {}
+    for low_memory in (False, True):
+        module.low_memory = low_memory
+        results[low_memory] = run_layer(
+            module, "triton", x, lengths, torch.bfloat16
+        )
+    (out_lean, grads_lean), (out_plain, grads_plain) = (
+        results[True],
+        results[False],
+    )
+    assert torch.equal(out_lean, out_plain)
+    for name in grads_plain:
+        torch.testing.assert_close(
+            grads_lean[name], grads_plain[name], rtol=1e-2, atol=1e-3
+        )
+
+
+def test_bimamba_triton_low_memory_keeps_less_for_backward():
+    torch.manual_seed(0)
+    layer = BiMamba(64, d_state=16, backend="triton").cuda()
+    x = torch.randn(1, 20000, 64, device="cuda", requires_grad=True)
+    kept = {}
+    assert layer.low_memory == "auto"  # 20000 frames: recomputes
+    for low_memory in (False, "auto"):
+        layer.low_memory = low_memory
+        torch.cuda.synchronize()
+        start = torch.cuda.memory_allocated()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = layer(x)
+        kept[low_memory] = torch.cuda.memory_allocated() - start
+        out.float().sum().backward()
+        del out
+    assert kept["auto"] < 0.35 * kept[False], kept
 
 
 @pytest.mark.skipif(cuda_kernels() is None, reason="needs mamba_ssm")
@@ -185,13 +241,9 @@ def test_stack_triton_equals_mamba_ssm_on_a_long_sequence():
 def test_inference_scan_equals_loop_reference(time, lengths, d_inner, d_state):
     """The state-in-registers inference kernel (odd channel counts, a
     d_state that is not a power of two, short and long chunks)."""
-    from speechbrain_mamba.ops.triton_sequential_scan import (
-        bidirectional_scan_inference,
-    )
-
     inputs = scan_inputs(len(lengths), time, d_inner, d_state, lengths)
     with torch.no_grad():
-        out = call(bidirectional_scan_inference, inputs, d_state, 0.5)
+        out = call(scan_ops.bidirectional_scan_inference, inputs, d_state, 0.5)
         if time > 5000:  # the loop reference is slow: compare with Triton's
             ref = call(scan_ops.bidirectional_scan, inputs, d_state, 0.5)
         else:

@@ -17,7 +17,6 @@ speechbrain-mamba developers
 from typing import Optional, Union
 
 import torch
-import torch.nn.functional as F
 
 from speechbrain_mamba.nnet.mamba import Mamba
 from speechbrain_mamba.nnet.padding import (
@@ -37,12 +36,13 @@ from speechbrain_mamba.ops.bimamba_inner import (
     prepare_scan_inputs,
     torch_conv1d_silu,
 )
-from speechbrain_mamba.ops.triton_bidirectional_conv import (
-    bidirectional_conv_silu,
-)
-from speechbrain_mamba.ops.triton_bidirectional_scan import bidirectional_scan
-from speechbrain_mamba.ops.triton_sequential_scan import (
+from speechbrain_mamba.ops.triton_bidirectional_scan import (
+    bidirectional_scan,
     bidirectional_scan_inference,
+)
+from speechbrain_mamba.ops.triton_bimamba_layer import (
+    BiMambaLayerFunction,
+    bimamba_scan_inputs,
 )
 
 COMBINE_MODES = ("mean", "sum")
@@ -62,9 +62,11 @@ class BiMamba(Mamba):
     combine : str
         How the two directions are merged: "mean" (default) or "sum".
     low_memory : bool or "auto"
-        On the mamba_ssm path, recompute the cheap activations before the
-        scan in backward instead of keeping them: about half the layer's
-        training memory for about 10% more step time, same numbers.
+        Recompute the cheap activations before the scan in backward
+        instead of keeping them, same numbers: on the Triton path the layer
+        keeps only its input and one state per chunk of frames; on the
+        mamba_ssm path about half the layer's training memory, for about
+        10% more step time.
         "auto" (default) does so for inputs of at least
         ``LOW_MEMORY_FRAMES`` frames (batch x time), where memory is large
         and the step is GPU-bound; shorter ones are launch-bound and the
@@ -139,21 +141,32 @@ class BiMamba(Mamba):
         check_sequence_input(x, self.d_model)
         batch, time, _ = x.shape
         frames = lengths_to_frames(lengths, batch, time)
-        x_in, z = self.in_proj(x).chunk(2, dim=-1)
         scale = 0.5 if self.combine == "mean" else 1.0
         inference = not (
             torch.is_grad_enabled()
             and (x.requires_grad or self.in_proj.weight.requires_grad)
         )
         if use_triton_kernels(self.backend, x, inference):
-            y = self._both_directions_triton(x_in, z, frames, scale, inference)
-        elif use_cuda_kernels(self.backend, x, self.d_state):
+            return zero_padding(
+                self._both_directions_triton(x, frames, scale, inference),
+                frames,
+            )
+        x_in, z = self.in_proj(x).chunk(2, dim=-1)
+        if use_cuda_kernels(self.backend, x, self.d_state):
             y = self._both_directions_cuda(x_in, z, frames, scale, inference)
         else:
             forward = self._scan_direction(x_in, z, "", frames)
             backward = self._scan_direction(x_in, z, "_b", frames, reverse=True)
             y = (forward + backward) * scale
         return zero_padding(self.out_proj(y), frames)
+
+    def _lean(self, x: torch.Tensor, inference: bool) -> bool:
+        """Whether this call recomputes activations in backward instead of
+        keeping them (``low_memory``)."""
+        lean = self.low_memory
+        if lean == "auto":
+            lean = x.shape[0] * x.shape[1] >= LOW_MEMORY_FRAMES
+        return bool(lean) and not inference
 
     def _scan_parameters(self):
         """A [2 d_inner, d_state], D and the step-size bias [2 d_inner] of
@@ -167,18 +180,18 @@ class BiMamba(Mamba):
     def _both_directions_triton(
         self,
         x: torch.Tensor,
-        z: torch.Tensor,
         frames: Optional[torch.Tensor],
         scale: float,
         inference: bool,
     ) -> torch.Tensor:
-        """Both directions with the fused Triton kernels: one convolution
+        """The whole layer on the fused Triton kernels: one convolution
         kernel (causal + anti-causal), one scan of both directions with
-        gating and combination inside (the state-in-registers kernel for
-        ``inference``, the differentiable chunk-parallel one otherwise); no
-        reversed copies. x, z: [batch, time, d_inner] views of the input
-        projection; returns ``scale * (y_forward + y_backward)``,
-        [batch, time, d_inner].
+        gating and combination inside (the inference kernel without
+        gradients); no reversed copies. With ``low_memory`` the layer is one
+        autograd function that keeps only its input
+        (:mod:`speechbrain_mamba.ops.triton_bimamba_layer`). x:
+        [batch, time, d_model]; returns the output projection of
+        ``scale * (y_forward + y_backward)``, [batch, time, d_model].
         """
         batch, time, _ = x.shape
         if frames is None:
@@ -186,40 +199,24 @@ class BiMamba(Mamba):
         conv_bias = [self.conv1d.bias, self.conv1d_b.bias]
         if conv_bias[0] is None:
             conv_bias = [x.new_zeros(self.d_inner, dtype=torch.float32)] * 2
-        u = bidirectional_conv_silu(
-            x,
-            self.conv1d.weight,
-            conv_bias[0],
-            self.conv1d_b.weight,
-            conv_bias[1],
-            frames,
-        )
-        sizes = [self.dt_rank, self.d_state, self.d_state]
-        dt_f, B_f, C_f = self.x_proj(u[..., : self.d_inner]).split(sizes, -1)
-        dt_b, B_b, C_b = self.x_proj_b(u[..., self.d_inner :]).split(sizes, -1)
-        delta_raw = torch.cat(
-            [
-                F.linear(dt_f, self.dt_proj.weight),
-                F.linear(dt_b, self.dt_proj_b.weight),
-            ],
-            dim=-1,
-        )
+        weights = (
+            self.in_proj.weight, self.in_proj.bias,
+            self.conv1d.weight, conv_bias[0],
+            self.conv1d_b.weight, conv_bias[1],
+            self.x_proj.weight, self.x_proj_b.weight,
+            self.dt_proj.weight, self.dt_proj_b.weight,
+        )  # fmt: skip
+        sizes = (self.d_inner, self.dt_rank, self.d_state)
         A, D, delta_bias = self._scan_parameters()
+        if self._lean(x, inference):
+            return BiMambaLayerFunction.apply(
+                x, frames, sizes, scale, A, D, delta_bias,
+                self.out_proj.weight, self.out_proj.bias, *weights,
+            )  # fmt: skip
+        u, delta_raw, z, *BC = bimamba_scan_inputs(x, frames, sizes, *weights)
         scan = bidirectional_scan_inference if inference else bidirectional_scan
-        return scan(
-            u,
-            delta_raw,
-            z,
-            A,
-            B_f,
-            C_f,
-            B_b,
-            C_b,
-            D,
-            delta_bias,
-            frames,
-            scale,
-        )
+        y = scan(u, delta_raw, z, A, *BC, D, delta_bias, frames, scale)
+        return self.out_proj(y)
 
     def _both_directions_cuda(
         self,
@@ -254,10 +251,7 @@ class BiMamba(Mamba):
             (self.dt_proj.weight, self.dt_proj_b.weight),
         )
         sizes = (self.d_inner, self.dt_rank, self.d_state)
-        lean = self.low_memory
-        if lean == "auto":
-            lean = x.shape[0] * x.shape[1] >= LOW_MEMORY_FRAMES
-        if lean and not inference:
+        if self._lean(x, inference):
             return BiMambaInnerFunction.apply(
                 x, z, conv_weight, conv_bias, *projections[0],
                 *projections[1], A, D, delta_bias, frames, sizes,

@@ -3,12 +3,12 @@
 ``backend="auto"`` uses mamba_ssm's ``selective_scan_fn`` (and
 causal_conv1d's ``causal_conv1d_fn`` when installed) for CUDA tensors when
 they can be imported. BiMamba layers on CUDA use this package's Triton
-kernels instead (no reversed copies; see :mod:`triton_bidirectional_scan`
-and :mod:`triton_sequential_scan`) when mamba_ssm is missing, and, without
-gradients, for inputs of at least ``TRITON_INFERENCE_FRAMES`` frames, where
-the state-in-registers inference scan is faster than mamba_ssm's path (its
-training scan is slower than mamba_ssm's). Everything else runs the
-pure-PyTorch path. ``"torch"`` always uses the pure-PyTorch path;
+kernels instead (no reversed copies, both directions in one scan; see
+:mod:`triton_sequential_scan` and :mod:`triton_bimamba_layer`) whenever
+Triton is there, except without gradients for inputs shorter than
+``TRITON_INFERENCE_FRAMES`` frames when mamba_ssm is installed (there
+mamba_ssm's launch-bound inference path is a little faster). Everything
+else runs the pure-PyTorch path. ``"torch"`` always uses the pure-PyTorch path;
 ``"cuda"`` insists on the mamba_ssm kernels; ``"triton"`` insists on the
 Triton kernels for BiMamba (other layers treat it as "auto"). The
 environment variable ``SBMAMBA_BACKEND`` overrides the argument of every
@@ -200,8 +200,8 @@ def use_triton_kernels(
     x : torch.Tensor
         The layer input [batch, time, ...] (its device decides for "auto").
     inference : bool
-        Whether no gradient is needed (then "auto" prefers Triton for long
-        inputs, see ``TRITON_INFERENCE_FRAMES``).
+        Whether no gradient is needed (then "auto" prefers mamba_ssm for
+        short inputs, see ``TRITON_INFERENCE_FRAMES``).
 
     Returns
     -------
@@ -232,9 +232,9 @@ def use_triton_kernels(
         return False
     if not triton_bidirectional_scan.available():
         return False
-    if cuda_kernels() is None:
+    if cuda_kernels() is None or not inference:
         return True
-    return inference and x.shape[0] * x.shape[1] >= TRITON_INFERENCE_FRAMES
+    return x.shape[0] * x.shape[1] >= TRITON_INFERENCE_FRAMES
 
 
 @functools.lru_cache(maxsize=1)

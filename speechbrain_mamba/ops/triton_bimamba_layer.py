@@ -1,0 +1,187 @@
+"""A whole BiMamba layer in one autograd function that keeps only its input.
+
+From the layer input to the output projection, a BiMamba layer on the
+Triton kernels runs: input projection, both depthwise convolutions with
+SiLU, x_proj and dt_proj of each direction, the bidirectional scan with
+gating, and the output projection. Plain autograd keeps the projection
+output, the conv output, the step sizes and the gated output of every layer
+(about seven d_inner-wide values per frame). :class:`BiMambaLayerFunction`
+keeps the layer input and one fp32 scan state per chunk of frames; in
+backward it recomputes the cheap part before the scan (under the same
+autocast state, so the values are the same) and gets its gradients from
+autograd, while the scan's backward kernel reruns the scan from the stored
+chunk states and hands back each direction's output for the gradient of the
+output projection. Same numbers as the plain Triton path, with a fraction
+of its activation memory and no second forward scan.
+
+Author
+------
+speechbrain-mamba developers
+"""
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from speechbrain_mamba.ops.triton_bidirectional_conv import (
+    bidirectional_conv_silu,
+)
+from speechbrain_mamba.ops.triton_bidirectional_scan import (
+    gate_directions,
+    kernel_layout,
+    scan_backward,
+    scan_forward,
+)
+
+
+def bimamba_scan_inputs(
+    x: torch.Tensor,
+    frames: torch.Tensor,
+    sizes: Tuple[int, int, int],
+    in_weight: torch.Tensor,
+    in_bias: Optional[torch.Tensor],
+    conv_weight_fwd: torch.Tensor,
+    conv_bias_fwd: torch.Tensor,
+    conv_weight_bwd: torch.Tensor,
+    conv_bias_bwd: torch.Tensor,
+    x_proj_fwd: torch.Tensor,
+    x_proj_bwd: torch.Tensor,
+    dt_proj_fwd: torch.Tensor,
+    dt_proj_bwd: torch.Tensor,
+) -> Tuple[torch.Tensor, ...]:
+    """The differentiable part of a BiMamba layer before the scan.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        Layer input, [batch, time, d_model].
+    frames : torch.Tensor
+        Valid frames per item, [batch].
+    sizes : tuple of int
+        (d_inner, dt_rank, d_state).
+    in_weight, in_bias : torch.Tensor
+        Input projection (bias may be None).
+    conv_weight_fwd, conv_bias_fwd, conv_weight_bwd, conv_bias_bwd
+        Depthwise convolutions of the two directions.
+    x_proj_fwd, x_proj_bwd, dt_proj_fwd, dt_proj_bwd : torch.Tensor
+        Projection weights of the two directions (dt_proj without bias:
+        the scan adds it).
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        u and delta_raw [batch, time, 2 d_inner] (forward direction first),
+        z [batch, time, d_inner], then B_fwd, C_fwd, B_bwd, C_bwd
+        [batch, time, d_state] (views of the x_proj outputs).
+
+    Example
+    -------
+    >>> callable(bimamba_scan_inputs)
+    True
+    """
+    d_inner, dt_rank, d_state = sizes
+    x_in, z = F.linear(x, in_weight, in_bias).chunk(2, dim=-1)
+    u = bidirectional_conv_silu(
+        x_in,
+        conv_weight_fwd,
+        conv_bias_fwd,
+        conv_weight_bwd,
+        conv_bias_bwd,
+        frames,
+    )
+    split = [dt_rank, d_state, d_state]
+    dt_f, B_f, C_f = F.linear(u[..., :d_inner], x_proj_fwd).split(split, -1)
+    dt_b, B_b, C_b = F.linear(u[..., d_inner:], x_proj_bwd).split(split, -1)
+    delta_raw = torch.cat(
+        [F.linear(dt_f, dt_proj_fwd), F.linear(dt_b, dt_proj_bwd)], dim=-1
+    )
+    return u, delta_raw, z, B_f, C_f, B_b, C_b
+
+
+class BiMambaLayerFunction(torch.autograd.Function):
+    """Forward without keeping intermediates; backward recomputes the part
+    before the scan (see the module docstring).
+
+    Inputs: x, frames, sizes, scale, A, D, delta_bias, out_weight, out_bias,
+    then the weights of :func:`bimamba_scan_inputs` in its order.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, x, frames, sizes, scale, A, D, delta_bias, out_weight, out_bias,
+        *weights,
+    ):  # fmt: skip
+        ctx.autocast = (
+            torch.is_autocast_enabled("cuda"),
+            torch.get_autocast_dtype("cuda"),
+        )
+        ctx.sizes, ctx.scale = sizes, float(scale)
+        with torch.no_grad():
+            u, delta_raw, z, *BC = bimamba_scan_inputs(
+                x, frames, sizes, *weights
+            )
+            y, states, _ = scan_forward(
+                u, delta_raw, z, A, *BC, D, delta_bias, frames
+            )
+            out = F.linear(gate_directions(y, z, scale), out_weight, out_bias)
+        ctx.save_for_backward(
+            x, frames, A, D, delta_bias, out_weight, out_bias, states,
+            *weights,
+        )  # fmt: skip
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, frames, A, D, delta_bias, out_weight, out_bias, states, *weights = (
+            ctx.saved_tensors
+        )
+        needs = ctx.needs_input_grad
+        leaves = [
+            None if t is None else t.detach().requires_grad_(need)
+            for t, need in zip([x, *weights], [needs[0], *needs[9:]])
+        ]
+        enabled, dtype = ctx.autocast
+        with (
+            torch.enable_grad(),
+            torch.autocast("cuda", dtype=dtype, enabled=enabled),
+        ):
+            recomputed = bimamba_scan_inputs(
+                leaves[0], frames, ctx.sizes, *leaves[1:]
+            )
+        u, delta_raw, z, *BC = (t.detach() for t in recomputed)
+        # gradient of the gated output through the output projection
+        d_gated = torch.matmul(dout, out_weight.to(dout.dtype))
+        u, delta_raw, z, A, D, delta_bias, lengths = kernel_layout(
+            u, delta_raw, z, A, D, delta_bias, frames
+        )
+        inputs = (u, delta_raw, z, A, *BC, D, delta_bias, lengths)
+        grads = scan_backward(inputs, states, d_gated, ctx.scale)
+        du, ddelta, dz, dA, dB_f, dC_f, dB_b, dC_b, dD, dbias, y = grads
+        pairs = [
+            (t, g)
+            for t, g in zip(
+                recomputed, (du, ddelta, dz, dB_f, dC_f, dB_b, dC_b)
+            )
+            if t.requires_grad
+        ]
+        if pairs:
+            torch.autograd.backward(
+                [t for t, _ in pairs], [g for _, g in pairs]
+            )
+        d_out_weight = d_out_bias = None
+        if needs[7] or needs[8]:
+            gated = gate_directions(y, z, ctx.scale).to(dout.dtype)
+            flat = dout.reshape(-1, dout.shape[-1])
+            d_out_weight = (flat.t() @ gated.reshape(-1, gated.shape[-1])).to(
+                out_weight.dtype
+            )
+            if out_bias is not None:
+                d_out_bias = flat.sum(0).to(out_bias.dtype)
+        leaf_grads = [
+            None if t is None or not t.requires_grad else t.grad for t in leaves
+        ]
+        return (
+            leaf_grads[0], None, None, None, dA, dD, dbias, d_out_weight,
+            d_out_bias, *leaf_grads[1:],
+        )  # fmt: skip
