@@ -47,8 +47,9 @@ from speechbrain_mamba.ops.triton_bimamba_layer import (
 
 COMBINE_MODES = ("mean", "sum")
 
-#: Inputs of at least this many frames (batch x time) recompute the
-#: pre-scan activations in backward when ``low_memory="auto"``.
+#: On the mamba_ssm path, inputs of at least this many frames (batch x
+#: time) recompute the pre-scan activations in backward when
+#: ``low_memory="auto"``.
 LOW_MEMORY_FRAMES = 16384
 
 
@@ -67,10 +68,11 @@ class BiMamba(Mamba):
         keeps only its input and one state per chunk of frames; on the
         mamba_ssm path about half the layer's training memory, for about
         10% more step time.
-        "auto" (default) does so for inputs of at least
-        ``LOW_MEMORY_FRAMES`` frames (batch x time), where memory is large
-        and the step is GPU-bound; shorter ones are launch-bound and the
-        recompute would cost more host time than it saves.
+        "auto" (default) always does so on the Triton path (the backward
+        scan reruns the forward anyway) and, on the mamba_ssm path, for
+        inputs of at least ``LOW_MEMORY_FRAMES`` frames (batch x time);
+        shorter ones are launch-bound there and the recompute would cost
+        more host time than it saves.
     **kwargs
         Every other argument of :class:`speechbrain_mamba.nnet.Mamba`
         (d_state, d_conv, expand, dt_rank, dt_min, dt_max, dt_init,
@@ -160,12 +162,15 @@ class BiMamba(Mamba):
             y = (forward + backward) * scale
         return zero_padding(self.out_proj(y), frames)
 
-    def _lean(self, x: torch.Tensor, inference: bool) -> bool:
+    def _lean(
+        self, x: torch.Tensor, inference: bool, triton: bool = False
+    ) -> bool:
         """Whether this call recomputes activations in backward instead of
-        keeping them (``low_memory``)."""
+        keeping them (``low_memory``; "auto" always does on the Triton
+        path, where it costs nothing measurable)."""
         lean = self.low_memory
         if lean == "auto":
-            lean = x.shape[0] * x.shape[1] >= LOW_MEMORY_FRAMES
+            lean = triton or x.shape[0] * x.shape[1] >= LOW_MEMORY_FRAMES
         return bool(lean) and not inference
 
     def _scan_parameters(self):
@@ -208,7 +213,7 @@ class BiMamba(Mamba):
         )  # fmt: skip
         sizes = (self.d_inner, self.dt_rank, self.d_state)
         A, D, delta_bias = self._scan_parameters()
-        if self._lean(x, inference):
+        if self._lean(x, inference, triton=True):
             return BiMambaLayerFunction.apply(
                 x, frames, sizes, scale, A, D, delta_bias,
                 self.out_proj.weight, self.out_proj.bias, *weights,

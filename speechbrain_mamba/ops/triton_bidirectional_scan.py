@@ -42,7 +42,7 @@ speechbrain-mamba developers
 """
 
 import os
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -74,6 +74,8 @@ BACKWARD_WARPS = 1
 PROGRAMS_PER_SM = 16
 
 
+#: [frames, channels] per program of the gating kernel.
+GATE_BLOCK = (32, 64)
 #: Chunk-boundary states handled per program when carrying them over.
 STATE_BLOCK = 64
 #: Chunks scanned at once when carrying states over.
@@ -190,6 +192,40 @@ if triton is not None:
         z = tl.load(z_ptr + b * s_zb + t * s_zl + d, mask=valid, other=0.0)
         z = z.to(tl.float32)
         return dout * scale * z * tl.sigmoid(z)
+
+    @triton.jit
+    def _gate_kernel(
+        y_ptr, z_ptr, dout_ptr, out_ptr, L, DI,
+        s_yb, s_yl, s_zb, s_zl, s_db, s_dl, s_ob, s_ol, scale,
+        GRAD: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    ):  # fmt: skip
+        """``scale (y_f + y_b) silu(z)``, or with GRAD its gradient with
+        respect to z given the output gradient ``dout``."""
+        b = tl.program_id(2)
+        t = tl.program_id(0) * BT + tl.arange(0, BT)
+        c = tl.program_id(1) * BC + tl.arange(0, BC)
+        mask = (t < L)[:, None] & (c < DI)[None, :]
+        rows = t[:, None]
+        cols = c[None, :]
+        y_offs = b * s_yb + rows * s_yl + cols
+        y = tl.load(y_ptr + y_offs, mask=mask, other=0.0).to(tl.float32)
+        y += tl.load(y_ptr + y_offs + DI, mask=mask, other=0.0).to(tl.float32)
+        z = tl.load(
+            z_ptr + b * s_zb + rows * s_zl + cols, mask=mask, other=0.0
+        ).to(tl.float32)
+        gate = tl.sigmoid(z)
+        if GRAD:
+            dout = tl.load(
+                dout_ptr + b * s_db + rows * s_dl + cols, mask=mask, other=0.0
+            ).to(tl.float32)
+            out = dout * scale * y * gate * (1 + z * (1 - gate))
+        else:
+            out = scale * y * z * gate
+        tl.store(
+            out_ptr + b * s_ob + rows * s_ol + cols,
+            out.to(out_ptr.dtype.element_ty),
+            mask=mask,
+        )
 
     @triton.jit
     def _sequential_kernel(
@@ -411,10 +447,14 @@ if triton is not None:
                     mask=n_ok & valid,
                     sem="relaxed",
                 )
-            tl.store(dA_ptr + state_offs, dA, mask=n_ok[None, :])
-            part = (b * NC + k) * 2 * DI + c
-            tl.store(dD_ptr + part, dD)
-            tl.store(dbias_ptr + part, dbias)
+            tl.atomic_add(
+                dA_ptr + c[:, None] * N + n[None, :],
+                dA,
+                mask=n_ok[None, :],
+                sem="relaxed",
+            )
+            tl.atomic_add(dD_ptr + c, dD, sem="relaxed")
+            tl.atomic_add(dbias_ptr + c, dbias, sem="relaxed")
 
 
 def carry_chunk_states(
@@ -654,10 +694,52 @@ def _forward(u, delta_raw, A, D, delta_bias, B_fwd, C_fwd, B_bwd, C_bwd,
     return y, states
 
 
+def _gate(
+    y: torch.Tensor,
+    z: torch.Tensor,
+    scale: float,
+    dout: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """One launch of :func:`_gate_kernel` (with ``dout``: the gradient)."""
+    batch, time, d_inner = z.shape
+    out = torch.empty(
+        batch,
+        time,
+        d_inner,
+        device=z.device,
+        dtype=y.dtype if dout is None else z.dtype,
+    )
+    grad = dout if dout is not None else out
+    grid = (
+        triton.cdiv(time, GATE_BLOCK[0]),
+        triton.cdiv(d_inner, GATE_BLOCK[1]),
+    )
+    _gate_kernel[(*grid, batch)](
+        y, z, grad, out, time, d_inner, y.stride(0), y.stride(1),
+        z.stride(0), z.stride(1), grad.stride(0), grad.stride(1),
+        out.stride(0), out.stride(1), float(scale), GRAD=dout is not None,
+        BT=GATE_BLOCK[0], BC=GATE_BLOCK[1],
+    )  # fmt: skip
+    return out
+
+
+def _fused(*tensors: torch.Tensor) -> bool:
+    """Whether the Triton kernels can take these tensors (CUDA, or
+    Triton's CPU interpreter), each with unit channel stride."""
+    on_device = all(t.is_cuda for t in tensors) or (
+        os.environ.get("TRITON_INTERPRET") == "1"
+    )
+    return (
+        triton is not None
+        and on_device
+        and all(t.stride(-1) == 1 for t in tensors)
+    )
+
+
 def gate_directions(
     y: torch.Tensor, z: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """``scale * (y_fwd + y_bwd) * silu(z)``.
+    """``scale * (y_fwd + y_bwd) * silu(z)`` (one Triton kernel on GPU).
 
     Arguments
     ---------
@@ -671,16 +753,52 @@ def gate_directions(
     Returns
     -------
     torch.Tensor
-        [batch, time, d_inner].
+        [batch, time, d_inner], dtype of ``y``.
 
     Example
     -------
     >>> gate_directions(torch.ones(1, 1, 4), torch.zeros(1, 1, 2), 0.5)
     tensor([[[0., 0.]]])
     """
+    if _fused(y, z):
+        return _gate(y, z, scale)
     d_inner = z.shape[-1]
     both = y[..., :d_inner] + y[..., d_inner:]
-    return (both * torch.nn.functional.silu(z)).mul_(scale)
+    return (both * torch.nn.functional.silu(z)).mul_(scale).to(y.dtype)
+
+
+def gate_gradient(
+    y: torch.Tensor, z: torch.Tensor, dout: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Gradient of :func:`gate_directions` with respect to z.
+
+    Arguments
+    ---------
+    y, z, scale
+        As in :func:`gate_directions`.
+    dout : torch.Tensor
+        Gradient of the gated output, [batch, time, d_inner].
+
+    Returns
+    -------
+    torch.Tensor
+        [batch, time, d_inner], dtype of ``z``.
+
+    Example
+    -------
+    >>> y, z = torch.randn(1, 3, 4), torch.randn(1, 3, 2, requires_grad=True)
+    >>> dout = torch.randn(1, 3, 2)
+    >>> gate_directions(y, z, 0.5).backward(dout)
+    >>> torch.allclose(gate_gradient(y, z.detach(), dout, 0.5), z.grad)
+    True
+    """
+    if _fused(y, z, dout):
+        return _gate(y, z, scale, dout)
+    d_inner = z.shape[-1]
+    both = y[..., :d_inner].float() + y[..., d_inner:].float()
+    gate = torch.sigmoid(z.float())
+    dz = dout.float() * scale * both * gate * (1 + z.float() * (1 - gate))
+    return dz.to(z.dtype)
 
 
 @torch.no_grad()
@@ -879,28 +997,19 @@ def scan_backward(
     dBC = torch.zeros(
         4, batch, time, d_state, device=u.device, dtype=torch.float32
     )
-    dA = torch.empty_like(states)
-    dD = torch.empty(
-        batch, chunks, channels, device=u.device, dtype=torch.float32
-    )
-    dbias = torch.empty_like(dD)
+    dA = torch.zeros_like(A)
+    dD = torch.zeros_like(D)
+    dbias = torch.zeros_like(delta_bias)
     _sequential_backward_kernel[(programs,)](
         u, delta_raw, z, dout, A, D, delta_bias, B_fwd, C_fwd, B_bwd,
         C_bwd, lengths, states, qin, scratch, y, du, ddelta, dBC, dA, dD,
         dbias, batch, time, channels // 2, chunks, work, *strides, scale,
         num_warps=BACKWARD_WARPS, **common,
     )  # fmt: skip
-    d_inner = channels // 2
-    gate = torch.sigmoid(z.float())
-    dz = (
-        dout.float() * scale
-        * (y[..., :d_inner].float() + y[..., d_inner:].float())
-        * gate * (1 + z.float() * (1 - gate))
-    ).to(z.dtype)  # fmt: skip
+    dz = gate_gradient(y, z, dout, scale)
     dB_fwd, dC_fwd, dB_bwd, dC_bwd = (g.to(B_fwd.dtype) for g in dBC)
     return (
-        du, ddelta, dz, dA.sum((0, 1)), dB_fwd, dC_fwd, dB_bwd, dC_bwd,
-        dD.sum((0, 1)), dbias.sum((0, 1)), y,
+        du, ddelta, dz, dA, dB_fwd, dC_fwd, dB_bwd, dC_bwd, dD, dbias, y,
     )  # fmt: skip
 
 

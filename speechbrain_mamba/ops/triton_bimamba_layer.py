@@ -90,11 +90,26 @@ def bimamba_scan_inputs(
         conv_bias_bwd,
         frames,
     )
-    split = [dt_rank, d_state, d_state]
-    dt_f, B_f, C_f = F.linear(u[..., :d_inner], x_proj_fwd).split(split, -1)
-    dt_b, B_b, C_b = F.linear(u[..., d_inner:], x_proj_bwd).split(split, -1)
-    delta_raw = torch.cat(
-        [F.linear(dt_f, dt_proj_fwd), F.linear(dt_b, dt_proj_bwd)], dim=-1
+    # both directions' x_proj in one GEMM (block-diagonal weight): rows
+    # [dt_f, B_f, C_f, dt_b, B_b, C_b]; then both dt_proj in one GEMM that
+    # reads only the dt columns, straight into [batch, time, 2 d_inner]
+    x_dbl = F.linear(u, torch.block_diag(x_proj_fwd, x_proj_bwd))
+    skip_BC = (0, 2 * d_state)
+    delta_raw = F.linear(
+        x_dbl,
+        torch.block_diag(
+            F.pad(dt_proj_fwd, skip_BC), F.pad(dt_proj_bwd, skip_BC)
+        ),
+    )
+    width = dt_rank + 2 * d_state
+    B_f, C_f, B_b, C_b = (
+        x_dbl[..., start : start + d_state]
+        for start in (
+            dt_rank,
+            dt_rank + d_state,
+            width + dt_rank,
+            width + dt_rank + d_state,
+        )
     )
     return u, delta_raw, z, B_f, C_f, B_b, C_b
 
