@@ -30,11 +30,13 @@ inputs and one fp32 state per chunk boundary (``2 d d_state /
 TRAINING_CHUNK`` floats per frame).
 
 Measured on an H200 (bf16, scan of both directions with gating, forward +
-backward): 8.4 ms for one 60 s separation sequence (2 x 512 channels) and
-16.5 ms for 8 x 320 s of ASR features (2 x 1024 channels), against 10.0 and
-17.9 ms for mamba_ssm's kernel on the same channels; forward alone 1.8 and
-3.3 ms against 2.4 and 3.8 ms. Triton's interpreter (``TRITON_INTERPRET=1``)
-runs the kernels on CPU tensors, slowly, for debugging.
+backward): 7.2 ms for one 60 s separation sequence (2 x 512 channels) and
+14.3 ms for 8 x 320 s of ASR features (2 x 1024 channels), against 10.3 and
+18.2 ms for mamba_ssm's kernel on the same channels; forward alone 1.8 and
+3.3 ms against 2.4 and 4.0 ms (:mod:`speechbrain_mamba.benchmarks.gpu_scan`).
+Short sequences have fewer chunks to spread: at 8 s, 2.0 against 1.65 ms.
+Triton's interpreter (``TRITON_INTERPRET=1``) runs the kernels on CPU
+tensors, slowly, for debugging.
 
 Author
 ------

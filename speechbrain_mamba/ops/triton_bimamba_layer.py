@@ -77,8 +77,16 @@ def bimamba_scan_inputs(
 
     Example
     -------
-    >>> callable(bimamba_scan_inputs)
-    True
+    >>> from speechbrain_mamba.ops.triton_bidirectional_scan import available
+    >>> if torch.cuda.is_available() and available():
+    ...     g = lambda *shape: torch.randn(*shape, device="cuda")
+    ...     u, delta_raw, z, B_f, C_f, B_b, C_b = bimamba_scan_inputs(
+    ...         g(2, 9, 4), torch.tensor([9, 5], device="cuda"), (8, 1, 3),
+    ...         g(16, 4), None, g(8, 1, 4), g(8), g(8, 1, 4), g(8),
+    ...         g(7, 8), g(7, 8), g(8, 1), g(8, 1),
+    ...     )
+    ...     assert u.shape == delta_raw.shape == (2, 9, 16)
+    ...     assert z.shape == (2, 9, 8) and B_b.shape == (2, 9, 3)
     """
     d_inner, dt_rank, d_state = sizes
     x_in, z = F.linear(x, in_weight, in_bias).chunk(2, dim=-1)
