@@ -203,6 +203,19 @@ def test_bimamba_triton_low_memory_is_exact(padded):
         )
 
 
+def test_bimamba_triton_trains_a_partly_frozen_layer():
+    """Fine-tuning with a frozen input projection and an input without
+    gradient still trains the rest (not mistaken for inference)."""
+    torch.manual_seed(0)
+    layer = BiMamba(32, d_state=8, backend="triton").cuda()
+    layer.in_proj.weight.requires_grad_(False)
+    layer(torch.randn(2, 50, 32, device="cuda")).square().sum().backward()
+    assert layer.in_proj.weight.grad is None
+    for name in ("conv1d.weight", "x_proj_b.weight", "A_log", "D_b"):
+        grad = layer.get_parameter(name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
 def test_bimamba_triton_low_memory_keeps_less_for_backward():
     torch.manual_seed(0)
     layer = BiMamba(64, d_state=16, backend="triton").cuda()

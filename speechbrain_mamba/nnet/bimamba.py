@@ -146,7 +146,10 @@ class BiMamba(Mamba):
         scale = 0.5 if self.combine == "mean" else 1.0
         inference = not (
             torch.is_grad_enabled()
-            and (x.requires_grad or self.in_proj.weight.requires_grad)
+            and (
+                x.requires_grad
+                or any(p.requires_grad for p in self.parameters())
+            )
         )
         if use_triton_kernels(self.backend, x, inference):
             return zero_padding(
