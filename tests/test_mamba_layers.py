@@ -383,6 +383,36 @@ def test_cuda_backend_without_kernels_is_a_clear_error(monkeypatch):
         Mamba(16)(torch.randn(1, 3, 16))
 
 
+def test_auto_backend_picks_triton_by_input_size(monkeypatch):
+    """With mamba_ssm installed, "auto" sends BiMamba inputs to the Triton
+    kernels only from the size where they are faster (training and
+    inference thresholds); without mamba_ssm, always; CPU tensors never."""
+    from types import SimpleNamespace
+
+    from speechbrain_mamba.ops import backend, triton_bidirectional_scan
+
+    monkeypatch.setattr(triton_bidirectional_scan, "available", lambda: True)
+    monkeypatch.setattr(backend, "cuda_kernels", lambda: object())
+
+    def on_gpu(frames):
+        return SimpleNamespace(is_cuda=True, shape=(2, frames // 2, 8))
+
+    train, infer = (
+        backend.TRITON_TRAINING_FRAMES,
+        backend.TRITON_INFERENCE_FRAMES,
+    )
+    assert backend.use_triton_kernels("auto", on_gpu(train), inference=False)
+    assert not backend.use_triton_kernels("auto", on_gpu(train - 2))
+    assert backend.use_triton_kernels("auto", on_gpu(infer), inference=True)
+    assert not backend.use_triton_kernels(
+        "auto", on_gpu(infer - 2), inference=True
+    )
+    assert not backend.use_triton_kernels("auto", torch.zeros(2, 20000, 8))
+    assert not backend.use_triton_kernels("cuda", on_gpu(train))
+    monkeypatch.setattr(backend, "cuda_kernels", lambda: None)
+    assert backend.use_triton_kernels("auto", on_gpu(64))
+
+
 @pytest.mark.parametrize("cls", [Mamba, BiMamba])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cpu_autocast_runs_and_stays_close(cls, dtype):

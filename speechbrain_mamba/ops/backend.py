@@ -4,11 +4,13 @@
 causal_conv1d's ``causal_conv1d_fn`` when installed) for CUDA tensors when
 they can be imported. BiMamba layers on CUDA use this package's Triton
 kernels instead (no reversed copies, both directions in one scan; see
-:mod:`triton_sequential_scan` and :mod:`triton_bimamba_layer`) whenever
-Triton is there, except without gradients for inputs shorter than
-``TRITON_INFERENCE_FRAMES`` frames when mamba_ssm is installed (there
-mamba_ssm's launch-bound inference path is a little faster). Everything
-else runs the pure-PyTorch path. ``"torch"`` always uses the pure-PyTorch path;
+:mod:`triton_bidirectional_scan` and :mod:`triton_bimamba_layer`) when
+mamba_ssm is missing, and for inputs of at least ``TRITON_TRAINING_FRAMES``
+(with gradients) or ``TRITON_INFERENCE_FRAMES`` (without) frames, where the
+GPU work outweighs the host's launch overhead and the Triton kernels are
+faster; shorter inputs are launch-bound and mamba_ssm's path, with fewer
+launches from Python, is faster there. Everything else runs the
+pure-PyTorch path. ``"torch"`` always uses the pure-PyTorch path;
 ``"cuda"`` insists on the mamba_ssm kernels; ``"triton"`` insists on the
 Triton kernels for BiMamba (other layers treat it as "auto"). The
 environment variable ``SBMAMBA_BACKEND`` overrides the argument of every
@@ -187,6 +189,15 @@ def use_cuda_kernels(backend: str, x: torch.Tensor, d_state: int) -> bool:
 #: ms), while shorter inputs are launch-bound and mamba_ssm's path wins.
 TRITON_INFERENCE_FRAMES = 8192
 
+#: With gradients, BiMamba inputs of at least this many frames (batch x
+#: time) train on the Triton kernels even when mamba_ssm is installed. The
+#: crossover measured on an H200 (d_inner 512, bf16) lies between the
+#: separation recipe's mini-corpus batches (about 6000 frames: mamba_ssm's
+#: path, which launches fewer kernels from Python, 26% faster) and one 8 s
+#: sequence (8000 frames: Triton 24% faster); at 60 s Triton takes 297 ms
+#: and 6.3 GB per Mamba-TasNet-M step against 611 ms and 14.1 GB.
+TRITON_TRAINING_FRAMES = 7000
+
 
 def use_triton_kernels(
     backend: str, x: torch.Tensor, inference: bool = False
@@ -200,8 +211,8 @@ def use_triton_kernels(
     x : torch.Tensor
         The layer input [batch, time, ...] (its device decides for "auto").
     inference : bool
-        Whether no gradient is needed (then "auto" prefers mamba_ssm for
-        short inputs, see ``TRITON_INFERENCE_FRAMES``).
+        Whether no gradient is needed (which threshold "auto" applies, see
+        ``TRITON_TRAINING_FRAMES`` and ``TRITON_INFERENCE_FRAMES``).
 
     Returns
     -------
@@ -232,9 +243,10 @@ def use_triton_kernels(
         return False
     if not triton_bidirectional_scan.available():
         return False
-    if cuda_kernels() is None or not inference:
+    if cuda_kernels() is None:
         return True
-    return x.shape[0] * x.shape[1] >= TRITON_INFERENCE_FRAMES
+    threshold = TRITON_INFERENCE_FRAMES if inference else TRITON_TRAINING_FRAMES
+    return x.shape[0] * x.shape[1] >= threshold
 
 
 @functools.lru_cache(maxsize=1)
