@@ -15,6 +15,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from speechbrain_mamba.utils.atomic import atomic_target
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -115,6 +117,5 @@ def write_audio(path: PathLike, waveform: torch.Tensor, sample_rate: int):
         raise ValueError(
             f"waveform must be 1-D [time], got shape {tuple(data.shape)}"
         )
-    tmp = path.with_name(f".{path.name}.tmp")
-    sf.write(str(tmp), data, sample_rate, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        sf.write(tmp, data, sample_rate, subtype="PCM_16", format="WAV")

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from speechbrain_mamba.tts.audio import resample
+from speechbrain_mamba.utils.atomic import atomic_target
 
 PathLike = Union[str, os.PathLike]
 
@@ -242,10 +243,9 @@ class SynthesisEvaluator:
         keys: List[str] = []
         for row in self.rows:
             keys += [k for k in row if k not in keys]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as fout:
-            writer = csv.DictWriter(fout, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, path)
+        with atomic_target(path) as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8") as fout:
+                writer = csv.DictWriter(fout, fieldnames=keys)
+                writer.writeheader()
+                writer.writerows(self.rows)
         return path

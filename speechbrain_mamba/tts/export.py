@@ -30,6 +30,7 @@ from hyperpyyaml import load_hyperpyyaml
 
 from speechbrain_mamba.tts.recipe import load_codec, sampling_config
 from speechbrain_mamba.tts.text import TextFrontEnd
+from speechbrain_mamba.utils.atomic import atomic_target, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -38,15 +39,8 @@ CODEC_MODES = ("embed", "reference")
 
 
 def _atomic_copy(src: PathLike, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_target(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def _entry(name: str, target: str, args: Dict[str, Any]) -> List[str]:
@@ -189,9 +183,8 @@ def export_tts(
     _atomic_copy(frontend_file, out / "text_frontend.ckpt")
     bandwidth = codec_model.bandwidth
     if codec == "embed":
-        tmp = out / ".codec.ckpt.tmp"
-        torch.save(codec_model.state_dict(), tmp)
-        os.replace(tmp, out / "codec.ckpt")
+        with atomic_target(out / "codec.ckpt") as tmp:
+            torch.save(codec_model.state_dict(), tmp)
         codec_args = {
             "config": codec_model.config_dict(),
             "bandwidth": bandwidth,
@@ -210,7 +203,7 @@ def export_tts(
         codec_args,
         codec,
     )
-    _atomic_text(out / "hyperparams.yaml", text)
+    atomic_write_text(out / "hyperparams.yaml", text)
     logger.info("exported %s (epoch %s) to %s", ckpt.path, ckpt.meta, out)
     return out
 

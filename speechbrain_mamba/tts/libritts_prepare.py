@@ -26,6 +26,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from speechbrain_mamba.tts.text import SymbolTable, TextFrontEnd
+from speechbrain_mamba.utils.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +39,7 @@ SETS = ("train", "valid", "test")
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(
-        json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8"
-    )
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1))
 
 
 def scan_split(data_folder: PathLike, split: str) -> List[dict]:

@@ -18,7 +18,6 @@ speechbrain-mamba developers
 import csv
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -41,6 +40,7 @@ from speechbrain_mamba.tts.libritts_prepare import prepare_libritts
 from speechbrain_mamba.tts.synthesis import ZeroShotSynthesizer
 from speechbrain_mamba.tts.text import TextFrontEnd
 from speechbrain_mamba.tts.tokens import extract_codec_tokens, load_tokens
+from speechbrain_mamba.utils.atomic import atomic_target, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -214,12 +214,11 @@ def synthesize_test_set(
                 reference=load_audio(entry["wav"], rate),
             )
     table = out_folder / "synthesis.csv"
-    tmp = table.with_name(f".{table.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fout:
-        writer = csv.DictWriter(fout, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, table)
+    with atomic_target(table) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fout:
+            writer = csv.DictWriter(fout, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
     summary: Dict[str, Any] = {"utterances": len(rows), "ended": ended}
     if evaluator is not None and evaluator.enabled:
         summary.update(evaluator.summarize())
@@ -379,9 +378,7 @@ def _synthesize(hparams, brain, frontend) -> Dict[str, Any]:
     )
     logger.info("test synthesis: %s", summary)
     path = Path(hparams["output_folder"]) / "synthesis_summary.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(summary, indent=1))
     return summary
 
 

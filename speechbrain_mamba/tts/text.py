@@ -27,6 +27,8 @@ from speechbrain.utils.checkpoints import (
     register_checkpoint_hooks,
 )
 
+from speechbrain_mamba.utils.atomic import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
@@ -382,12 +384,9 @@ class TextFrontEnd:
     def save(self, path: PathLike) -> None:
         """Writes the front end and its table as JSON (atomically)."""
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(
-            json.dumps(self.to_dict(), ensure_ascii=False, indent=1),
-            encoding="utf-8",
+        atomic_write_text(
+            path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1)
         )
-        os.replace(tmp, path)
 
     @mark_as_loader
     def load(self, path: PathLike, end_of_epoch: bool = False) -> None:

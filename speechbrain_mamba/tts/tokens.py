@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from speechbrain_mamba.tts.audio import load_audio
 from speechbrain_mamba.tts.codec import EncodecCodec
+from speechbrain_mamba.utils.atomic import atomic_target, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +88,7 @@ def _check_codec(tokens_folder: Path, codec: EncodecCodec) -> None:
                 "delete the old tokens."
             )
         return
-    tmp = meta.with_name(f".{meta.name}.tmp")
-    tmp.write_text(json.dumps(description, indent=1))
-    os.replace(tmp, meta)
+    atomic_write_text(meta, json.dumps(description, indent=1))
 
 
 def extract_codec_tokens(
@@ -147,7 +146,6 @@ def extract_codec_tokens(
         codes, _ = codec.encode(wav[None])
         array = codes[0].cpu().numpy().astype(np.int16)
         path = token_path(tokens_folder, utt)
-        tmp = path.with_name(f".{path.stem}.tmp.npy")
-        np.save(tmp, array)
-        os.replace(tmp, path)
+        with atomic_target(path) as tmp, open(tmp, "wb") as fout:
+            np.save(fout, array)
     return {"extracted": len(todo), "skipped": skipped}
