@@ -52,8 +52,9 @@ def make_norm(norm: str, d_model: int, eps: float) -> nn.Module:
 
     Example
     -------
-    >>> make_norm("layernorm", 8, 1e-5)
-    LayerNorm((8,), eps=1e-05, elementwise_affine=True, bias=True)
+    >>> norm = make_norm("layernorm", 8, 1e-5)
+    >>> type(norm).__name__, norm.normalized_shape, norm.eps
+    ('LayerNorm', (8,), 1e-05)
     """
     if norm == "rmsnorm":
         return RMSNorm(d_model, eps=eps)
