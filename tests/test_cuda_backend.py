@@ -6,6 +6,7 @@ Skipped on machines without a GPU or without mamba_ssm."""
 import pytest
 import torch
 from conftest import requires_cuda
+from gpu_memory import memory_kept_for_backward
 
 from speechbrain_mamba.nnet import BiMamba, CrossMamba, Mamba, MambaStack
 
@@ -127,19 +128,13 @@ def test_bimamba_low_memory_recompute_is_exact(padded):
 
 def test_bimamba_low_memory_keeps_less_for_backward():
     torch.manual_seed(0)
-    layer = BiMamba(64, d_state=16).cuda()
+    layer = BiMamba(64, d_state=16, backend="cuda").cuda()
     x = torch.randn(1, 20000, 64, device="cuda", requires_grad=True)
-    kept = {}
     assert layer.low_memory == "auto"  # 20000 frames: recomputes
-    for low_memory in (False, "auto"):
-        layer.low_memory = low_memory
-        torch.cuda.synchronize()
-        start = torch.cuda.memory_allocated()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = layer(x)
-        kept[low_memory] = torch.cuda.memory_allocated() - start
-        out.float().sum().backward()
-        del out
+    kept = {
+        mode: memory_kept_for_backward(layer, x, mode)
+        for mode in (False, "auto")
+    }
     assert kept["auto"] < 0.6 * kept[False], kept
 
 

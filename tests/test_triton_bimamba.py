@@ -7,6 +7,7 @@ chunk blocks. Skipped without an NVIDIA GPU and Triton."""
 
 import pytest
 import torch
+from gpu_memory import memory_kept_for_backward
 
 from speechbrain_mamba.nnet import BiMamba, Mamba, MambaStack
 from speechbrain_mamba.ops import triton_bidirectional_conv as conv_ops
@@ -220,17 +221,11 @@ def test_bimamba_triton_low_memory_keeps_less_for_backward():
     torch.manual_seed(0)
     layer = BiMamba(64, d_state=16, backend="triton").cuda()
     x = torch.randn(1, 20000, 64, device="cuda", requires_grad=True)
-    kept = {}
     assert layer.low_memory == "auto"  # 20000 frames: recomputes
-    for low_memory in (False, "auto"):
-        layer.low_memory = low_memory
-        torch.cuda.synchronize()
-        start = torch.cuda.memory_allocated()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = layer(x)
-        kept[low_memory] = torch.cuda.memory_allocated() - start
-        out.float().sum().backward()
-        del out
+    kept = {
+        mode: memory_kept_for_backward(layer, x, mode)
+        for mode in (False, "auto")
+    }
     assert kept["auto"] < 0.35 * kept[False], kept
 
 
