@@ -7,10 +7,7 @@ Author
 speechbrain-mamba developers
 """
 
-import csv
 import os
-from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
@@ -19,90 +16,12 @@ import torch
 
 from speechbrain_mamba.utils.atomic import (  # noqa: F401 (re-exported)
     atomic_target,
+    atomic_write_csv,
     atomic_write_text,
+    atomic_write_wav,
 )
 
 PathLike = Union[str, os.PathLike]
-
-
-def atomic_write_csv(
-    path: PathLike, fieldnames: Sequence[str], rows: Iterable[dict]
-) -> Path:
-    """Writes a CSV file (header + rows) atomically.
-
-    Arguments
-    ---------
-    path : str or os.PathLike
-        Destination file.
-    fieldnames : sequence of str
-        Column names, in order.
-    rows : iterable of dict
-        One mapping per row (missing columns are left empty).
-
-    Returns
-    -------
-    pathlib.Path
-        The destination path.
-
-    Example
-    -------
-    >>> tmpdir = getfixture("tmpdir")
-    >>> rows = [{"ID": "a", "x": 1}]
-    >>> p = atomic_write_csv(tmpdir / "t.csv", ["ID", "x"], rows)
-    >>> p.read_text().splitlines()
-    ['ID,x', 'a,1']
-    """
-    with atomic_target(path) as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="") as fout:
-            writer = csv.DictWriter(
-                fout, fieldnames=list(fieldnames), lineterminator="\n"
-            )
-            writer.writeheader()
-            for row in rows:
-                writer.writerow(row)
-    return Path(path)
-
-
-def atomic_write_wav(
-    path: PathLike, signal: torch.Tensor, sample_rate: int
-) -> Path:
-    """Writes a mono float signal as a 16-bit PCM wav file, atomically.
-
-    Arguments
-    ---------
-    path : str or os.PathLike
-        Destination ``.wav`` file.
-    signal : torch.Tensor
-        ``[T]`` waveform; values outside [-1, 1] are clipped by the encoder.
-    sample_rate : int
-        Sample rate in Hz.
-
-    Returns
-    -------
-    pathlib.Path
-        The destination path.
-
-    Example
-    -------
-    >>> tmpdir = getfixture("tmpdir")
-    >>> p = atomic_write_wav(tmpdir / "x.wav", torch.zeros(80), 8000)
-    >>> read_audio(p, 8000).shape
-    torch.Size([80])
-    """
-    signal = torch.as_tensor(signal).detach().float().cpu()
-    if signal.dim() != 1:
-        raise ValueError(
-            f"expected a 1-D signal, got shape {tuple(signal.shape)}"
-        )
-    with atomic_target(path) as tmp:
-        sf.write(
-            tmp,
-            signal.numpy().astype(np.float32),
-            sample_rate,
-            format="WAV",
-            subtype="PCM_16",
-        )
-    return Path(path)
 
 
 def read_audio(

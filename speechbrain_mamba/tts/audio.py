@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from speechbrain_mamba.utils.atomic import atomic_target
+from speechbrain_mamba.utils.atomic import atomic_write_wav
 
 PathLike = Union[str, os.PathLike]
 
@@ -110,12 +110,4 @@ def write_audio(path: PathLike, waveform: torch.Tensor, sample_rate: int):
     >>> sf.info(str(path)).frames
     10
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = waveform.detach().float().cpu().clamp(-1, 1).numpy()
-    if data.ndim != 1:
-        raise ValueError(
-            f"waveform must be 1-D [time], got shape {tuple(data.shape)}"
-        )
-    with atomic_target(path) as tmp:
-        sf.write(tmp, data, sample_rate, subtype="PCM_16", format="WAV")
+    atomic_write_wav(path, waveform.detach().clamp(-1, 1), sample_rate)

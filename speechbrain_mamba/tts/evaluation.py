@@ -8,7 +8,6 @@ Author
 speechbrain-mamba developers
 """
 
-import csv
 import os
 import re
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from speechbrain_mamba.tts.audio import resample
-from speechbrain_mamba.utils.atomic import atomic_target
+from speechbrain_mamba.utils.atomic import atomic_write_csv
 
 PathLike = Union[str, os.PathLike]
 
@@ -243,9 +242,4 @@ class SynthesisEvaluator:
         keys: List[str] = []
         for row in self.rows:
             keys += [k for k in row if k not in keys]
-        with atomic_target(path) as tmp:
-            with open(tmp, "w", newline="", encoding="utf-8") as fout:
-                writer = csv.DictWriter(fout, fieldnames=keys)
-                writer.writeheader()
-                writer.writerows(self.rows)
-        return path
+        return atomic_write_csv(path, keys, self.rows)

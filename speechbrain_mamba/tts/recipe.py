@@ -15,7 +15,6 @@ Author
 speechbrain-mamba developers
 """
 
-import csv
 import json
 import logging
 import sys
@@ -40,7 +39,7 @@ from speechbrain_mamba.tts.libritts_prepare import prepare_libritts
 from speechbrain_mamba.tts.synthesis import ZeroShotSynthesizer
 from speechbrain_mamba.tts.text import TextFrontEnd
 from speechbrain_mamba.tts.tokens import extract_codec_tokens, load_tokens
-from speechbrain_mamba.utils.atomic import atomic_target, atomic_write_text
+from speechbrain_mamba.utils.atomic import atomic_write_csv, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -214,11 +213,7 @@ def synthesize_test_set(
                 reference=load_audio(entry["wav"], rate),
             )
     table = out_folder / "synthesis.csv"
-    with atomic_target(table) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fout:
-            writer = csv.DictWriter(fout, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+    atomic_write_csv(table, list(rows[0]), rows)
     summary: Dict[str, Any] = {"utterances": len(rows), "ended": ended}
     if evaluator is not None and evaluator.enabled:
         summary.update(evaluator.summarize())

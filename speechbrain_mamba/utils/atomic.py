@@ -1,4 +1,5 @@
-"""Atomic file writes: write a temporary file next to the target, then move
+"""Atomic file writes (text, CSV, 16-bit wav and anything written through
+:func:`atomic_target`): write a temporary file next to the target, then move
 it onto the target with ``os.replace``, so a reader (or a run resumed after
 a kill) never sees a half-written file.
 
@@ -8,11 +9,16 @@ speechbrain-mamba developers
 """
 
 import contextlib
+import csv
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Union
+
+import numpy as np
+import soundfile as sf
+import torch
 
 PathLike = Union[str, os.PathLike]
 
@@ -79,4 +85,84 @@ def atomic_write_text(path: PathLike, text: str) -> Path:
     with atomic_target(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as fout:
             fout.write(text)
+    return Path(path)
+
+
+def atomic_write_csv(
+    path: PathLike, fieldnames: Sequence[str], rows: Iterable[dict]
+) -> Path:
+    """Writes a CSV file (header + rows) atomically.
+
+    Arguments
+    ---------
+    path : str or os.PathLike
+        Destination file.
+    fieldnames : sequence of str
+        Column names, in order.
+    rows : iterable of dict
+        One mapping per row (missing columns are left empty).
+
+    Returns
+    -------
+    pathlib.Path
+        The destination path.
+
+    Example
+    -------
+    >>> tmpdir = getfixture("tmpdir")
+    >>> rows = [{"ID": "a", "x": 1}]
+    >>> p = atomic_write_csv(tmpdir / "t.csv", ["ID", "x"], rows)
+    >>> p.read_text().splitlines()
+    ['ID,x', 'a,1']
+    """
+    with atomic_target(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as fout:
+            writer = csv.DictWriter(
+                fout, fieldnames=list(fieldnames), lineterminator="\n"
+            )
+            writer.writeheader()
+            for row in rows:
+                writer.writerow(row)
+    return Path(path)
+
+
+def atomic_write_wav(
+    path: PathLike, signal: torch.Tensor, sample_rate: int
+) -> Path:
+    """Writes a mono float signal as a 16-bit PCM wav file, atomically.
+
+    Arguments
+    ---------
+    path : str or os.PathLike
+        Destination ``.wav`` file.
+    signal : torch.Tensor
+        ``[T]`` waveform; values outside [-1, 1] are clipped by the encoder.
+    sample_rate : int
+        Sample rate in Hz.
+
+    Returns
+    -------
+    pathlib.Path
+        The destination path.
+
+    Example
+    -------
+    >>> tmpdir = getfixture("tmpdir")
+    >>> p = atomic_write_wav(tmpdir / "x.wav", torch.zeros(80), 8000)
+    >>> sf.info(str(p)).frames, sf.info(str(p)).samplerate
+    (80, 8000)
+    """
+    signal = torch.as_tensor(signal).detach().float().cpu()
+    if signal.dim() != 1:
+        raise ValueError(
+            f"expected a 1-D signal, got shape {tuple(signal.shape)}"
+        )
+    with atomic_target(path) as tmp:
+        sf.write(
+            tmp,
+            signal.numpy().astype(np.float32),
+            sample_rate,
+            format="WAV",
+            subtype="PCM_16",
+        )
     return Path(path)
