@@ -81,6 +81,23 @@ def test_tts_task_rows_ratios_and_outputs(tmp_path):
     assert (out / "efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_rows_name_the_bimamba_kernels(tmp_path):
+    """Each row says which kernels the Mamba model's BiMamba layers ran
+    (on CPU the PyTorch path; none for the transformer peer)."""
+    out = tmp_path / "eff"
+    efficiency.main(
+        [
+            "--out", str(out), "--tasks", "separation", "--seconds", "0.05",
+            "--modes", "infer", "--dtypes", "float32", "--device", "cpu",
+            "--repeats", "1",
+        ]
+    )  # fmt: skip
+    kernels = {
+        r["role"]: r["bimamba_kernels"] for r in read_csv(out / "results.csv")
+    }
+    assert kernels == {"mamba": "torch", "peer": ""}
+
+
 def test_plan_skips_modes_a_task_lacks(capsys):
     args = argparse.Namespace(
         tasks=["separation", "tts"],

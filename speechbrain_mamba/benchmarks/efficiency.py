@@ -38,7 +38,6 @@ speechbrain-mamba developers
 """
 
 import argparse
-import csv
 import json
 import os
 from pathlib import Path
@@ -49,6 +48,7 @@ import torch
 from speechbrain_mamba.benchmarks.models import TASKS
 from speechbrain_mamba.benchmarks.timing import measure
 from speechbrain_mamba.lobes.tts.factory import SIZES as TTS_SIZES
+from speechbrain_mamba.utils.atomic import atomic_write_csv, atomic_write_text
 
 DEFAULT_SECONDS = {
     "separation": [1, 2, 4, 8, 16, 32, 60],
@@ -490,15 +490,40 @@ def plot(rows: List[Dict], path: Path) -> None:
 
 def write_csv(rows: List[Dict], path: Path) -> None:
     """Writes rows to CSV atomically."""
-    if not rows:
-        return
-    tmp = path.with_suffix(".tmp")
-    fields = list(rows[0].keys())
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    if rows:
+        atomic_write_csv(path, list(rows[0].keys()), rows)
+
+
+def bimamba_kernels(model: torch.nn.Module) -> str:
+    """Which kernels the BiMamba layers of ``model`` ran in their last call
+    ("triton", "mamba_ssm" or "torch"; "" without BiMamba layers).
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        A model that has been run.
+
+    Returns
+    -------
+    str
+        The kinds seen, "+"-joined if layers differed.
+
+    Example
+    -------
+    >>> from speechbrain_mamba.nnet import BiMamba
+    >>> layer = BiMamba(8, d_state=4)
+    >>> _ = layer(torch.randn(1, 5, 8))
+    >>> bimamba_kernels(torch.nn.Sequential(layer))
+    'torch'
+    """
+    kinds = sorted(
+        {
+            layer.kernels_used
+            for layer in model.modules()
+            if getattr(layer, "kernels_used", None)
+        }
+    )
+    return "+".join(kinds)
 
 
 def plan(args: argparse.Namespace) -> List[Tuple]:
@@ -605,6 +630,7 @@ def run(args) -> Dict:
             "oom": result["oom"],
             "cuda_graph": result["cuda_graph"],
             "checkpointing": bool(args.checkpointing and role == "mamba"),
+            "bimamba_kernels": bimamba_kernels(model),
         }
         rows.append(row)
         jsonl.write(json.dumps(row) + "\n")
@@ -614,8 +640,7 @@ def run(args) -> Dict:
     ratios = ratio_rows(rows)
     write_csv(ratios, out / "ratios.csv")
     found = thresholds(ratios)
-    with open(out / "thresholds.json", "w") as f:
-        json.dump(found, f, indent=1)
+    atomic_write_text(out / "thresholds.json", json.dumps(found, indent=1))
     plot(rows, out / "efficiency.png")
     print("| task | mode | dtype | seconds | time ratio | memory ratio |")
     print("|---|---|---|---|---|---|")

@@ -108,6 +108,9 @@ class BiMamba(Mamba):
         super().__init__(d_model, **kwargs)
         self.combine = combine
         self.low_memory = low_memory
+        #: Kernels of the last call: "triton", "mamba_ssm" or "torch" (the
+        #: PyTorch path, with the numba CPU kernels when installed).
+        self.kernels_used: Optional[str] = None
 
     def init_cache(self, *args, **kwargs):
         """Not available: a bidirectional layer needs the whole sequence."""
@@ -152,14 +155,17 @@ class BiMamba(Mamba):
             )
         )
         if use_triton_kernels(self.backend, x, inference):
+            self.kernels_used = "triton"
             return zero_padding(
                 self._both_directions_triton(x, frames, scale, inference),
                 frames,
             )
         x_in, z = self.in_proj(x).chunk(2, dim=-1)
         if use_cuda_kernels(self.backend, x, self.d_state):
+            self.kernels_used = "mamba_ssm"
             y = self._both_directions_cuda(x_in, z, frames, scale, inference)
         else:
+            self.kernels_used = "torch"
             forward = self._scan_direction(x_in, z, "", frames)
             backward = self._scan_direction(x_in, z, "_b", frames, reverse=True)
             y = (forward + backward) * scale
