@@ -166,6 +166,18 @@ if triton is not None:
         return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
 
     @triton.jit
+    def _frame_time(k, i, reverse, CH: tl.constexpr):
+        """Frame of step i of chunk k, in the scan's own time direction."""
+        return tl.where(reverse, k * CH + CH - 1 - i, k * CH + i)
+
+    @triton.jit
+    def _tile_state(A_ptr, b, k, c, n, n_ok, NC, DI, N: tl.constexpr):
+        """A of channels c ([BD, NP], fp32) and the offsets of their states
+        at chunk k in the [batch, chunks, 2 d, d_state] state buffers."""
+        A = tl.load(A_ptr + c[:, None] * N + n[None, :], mask=n_ok[None, :])
+        return A, ((b * NC + k) * 2 * DI + c[:, None]) * N + n[None, :]
+
+    @triton.jit
     def _frame(
         u_ptr, draw_ptr, B_ptr, b, t, c, n, n_ok, length, bias,
         s_ub, s_ul, s_bb, s_bl, s_bn,
@@ -245,10 +257,9 @@ if triton is not None:
         length = tl.load(len_ptr + b)
         n = tl.arange(0, NP)
         n_ok = n < N
-        A = tl.load(A_ptr + c[:, None] * N + n[None, :], mask=n_ok[None, :])
+        A, state_offs = _tile_state(A_ptr, b, k, c, n, n_ok, NC, DI, N)
         bias = tl.load(bias_ptr + c)
         D = tl.load(D_ptr + c)
-        state_offs = ((b * NC + k) * 2 * DI + c[:, None]) * N + n[None, :]
         if WRITE_OUT:
             h = tl.load(hin_ptr + state_offs, mask=n_ok[None, :], other=0.0)
         else:
@@ -261,7 +272,7 @@ if triton is not None:
             B_ptr = Bf_ptr
             C_ptr = Cf_ptr
         for i in tl.range(0, CH, num_stages=STAGES):
-            t = tl.where(reverse, k * CH + CH - 1 - i, k * CH + i)
+            t = _frame_time(k, i, reverse, CH)
             valid, offs, bc, u, _, delta, Bt = _frame(
                 u_ptr, draw_ptr, B_ptr, b, t, c, n, n_ok, length, bias,
                 s_ub, s_ul, s_bb, s_bl, s_bn,
@@ -304,7 +315,7 @@ if triton is not None:
         length = tl.load(len_ptr + b)
         n = tl.arange(0, NP)
         n_ok = n < N
-        A = tl.load(A_ptr + c[:, None] * N + n[None, :], mask=n_ok[None, :])
+        A, state_offs = _tile_state(A_ptr, b, k, c, n, n_ok, NC, DI, N)
         bias = tl.load(bias_ptr + c)
         if reverse:
             C_ptr = Cb_ptr
@@ -314,7 +325,7 @@ if triton is not None:
         total = tl.zeros([BD], tl.float32)
         for j in tl.range(0, CH, num_stages=STAGES):
             i = CH - 1 - j
-            t = tl.where(reverse, k * CH + CH - 1 - i, k * CH + i)
+            t = _frame_time(k, i, reverse, CH)
             valid, offs, bc, _, _, delta, Ct = _frame(
                 u_ptr, draw_ptr, C_ptr, b, t, c, n, n_ok, length, bias,
                 s_ub, s_ul, s_bb, s_bl, s_bn,
@@ -324,7 +335,6 @@ if triton is not None:
             )
             q = tl.exp(delta[:, None] * A) * (q + dy[:, None] * Ct[None, :])
             total += delta
-        state_offs = ((b * NC + k) * 2 * DI + c[:, None]) * N + n[None, :]
         tl.store(sum_q_ptr + state_offs, q, mask=n_ok[None, :])
         tl.store(
             sum_a_ptr + state_offs,
@@ -363,7 +373,7 @@ if triton is not None:
             reverse = tile * BD >= DI
             d = tl.where(reverse, c - DI, c)
             length = tl.load(len_ptr + b)
-            A = tl.load(A_ptr + c[:, None] * N + n[None, :], mask=n_ok[None, :])
+            A, state_offs = _tile_state(A_ptr, b, k, c, n, n_ok, NC, DI, N)
             bias = tl.load(bias_ptr + c)
             D = tl.load(D_ptr + c)
             if reverse:
@@ -376,10 +386,9 @@ if triton is not None:
             kind = tl.where(reverse, 2, 0)
             dB_ptr = dBC_ptr + (kind * BATCH + b) * L * N
             dC_ptr = dB_ptr + BATCH * L * N
-            state_offs = ((b * NC + k) * 2 * DI + c[:, None]) * N + n[None, :]
             h = tl.load(hin_ptr + state_offs, mask=n_ok[None, :], other=0.0)
             for i in tl.range(0, CH, num_stages=STAGES):
-                t = tl.where(reverse, k * CH + CH - 1 - i, k * CH + i)
+                t = _frame_time(k, i, reverse, CH)
                 valid, offs, bc, u, _, delta, Bt = _frame(
                     u_ptr, draw_ptr, B_ptr, b, t, c, n, n_ok, length, bias,
                     s_ub, s_ul, s_bb, s_bl, s_bn,
@@ -412,7 +421,7 @@ if triton is not None:
             dbias = tl.zeros([BD], tl.float32)
             for j in tl.range(0, CH, num_stages=STAGES):
                 i = CH - 1 - j
-                t = tl.where(reverse, k * CH + CH - 1 - i, k * CH + i)
+                t = _frame_time(k, i, reverse, CH)
                 valid, offs, bc, u, x, delta, Bt = _frame(
                     u_ptr, draw_ptr, B_ptr, b, t, c, n, n_ok, length, bias,
                     s_ub, s_ul, s_bb, s_bl, s_bn,
