@@ -425,6 +425,7 @@ def plot(rows: List[Dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     columns = panels(rows)
     fig, axes = plt.subplots(
@@ -473,6 +474,10 @@ def plot(rows: List[Dict], path: Path) -> None:
                     )
             ax.set_xscale("log")
             ax.set_yscale("log")
+            # the measured durations as plain ticks (no 3x10^0 labels)
+            durations = sorted({r["seconds"] for r in selected})
+            ax.set_xticks(durations, [f"{d:g}" for d in durations])
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel(
                 "output length (s)" if per_token else "input duration (s)"
             )

@@ -29,7 +29,12 @@ from speechbrain_mamba.nnet.padding import (
     lengths_to_frames,
     zero_padding,
 )
-from speechbrain_mamba.ops.backend import fused_add_norm, use_cuda_kernels
+from speechbrain_mamba.ops import triton_mamba_step
+from speechbrain_mamba.ops.backend import (
+    effective_backend,
+    fused_add_norm,
+    use_cuda_kernels,
+)
 
 NORMS = ("rmsnorm", "layernorm")
 
@@ -203,6 +208,13 @@ class MambaBlock(nn.Module):
 class MambaStack(nn.Module):
     """A stack of pre-norm residual Mamba blocks with a final norm.
 
+    A unidirectional stack decoding one frame at a time through its cache
+    on a GPU (no gradient, backend "auto" or "triton") runs each block as
+    two fused Triton kernels
+    (:mod:`~speechbrain_mamba.ops.triton_mamba_step`): the step is then
+    bound by the weights it reads, not by kernel launches, and can be
+    recorded in a CUDA graph.
+
     Arguments
     ---------
     d_model : int
@@ -294,6 +306,60 @@ class MambaStack(nn.Module):
             for layer in self.layers
         ]
 
+    def _fused_step_applies(
+        self,
+        x: torch.Tensor,
+        lengths: Optional[torch.Tensor],
+        cache: Optional[List[MambaCache]],
+    ) -> bool:
+        """Whether this call is a decoding step the fused Triton kernels
+        take: one frame of a unidirectional stack on CUDA, with a cache, no
+        gradient, no padding, no active stochastic depth, and backend
+        "auto" or "triton" (mamba_ssm's kernels are kept for "cuda")."""
+        if (
+            cache is None
+            or self.bidirectional
+            or not x.is_cuda
+            or x.shape[1] != 1
+            or lengths is not None
+            or x.shape[0] > triton_mamba_step.MAX_BATCH
+            or not triton_mamba_step.available()
+        ):
+            return False
+        if torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters())
+        ):
+            return False
+        if self.training and any(
+            layer.drop_path.drop_prob > 0 for layer in self.layers
+        ):
+            return False
+        backend = effective_backend(self.layers[0].mixer.backend)
+        return backend in ("auto", "triton")
+
+    def _fused_step(
+        self, x: torch.Tensor, cache: List[MambaCache]
+    ) -> torch.Tensor:
+        """One decoding step through the fused Triton kernels (two per
+        block; see :mod:`speechbrain_mamba.ops.triton_mamba_step`)."""
+        # a copy: the kernels add every block's output to it in place
+        residual = x[:, 0].to(torch.float32, copy=True).contiguous()
+        projection = triton_mamba_step.projection_buffer(
+            x.shape[0], self.layers[0].mixer, x.device, len(self.layers)
+        )
+        for index, (layer, layer_cache) in enumerate(zip(self.layers, cache)):
+            triton_mamba_step.mamba_block_step(
+                residual,
+                layer.norm,
+                layer.mixer,
+                layer_cache,
+                projection[index],
+            )
+        weight = getattr(self.norm_f, "weight", None)
+        if weight is not None:
+            residual = residual.to(weight.dtype)
+        return self.norm_f(residual).to(x.dtype)[:, None]
+
     def forward(
         self,
         x: torch.Tensor,
@@ -322,6 +388,8 @@ class MambaStack(nn.Module):
             raise ValueError(
                 f"cache has {len(cache)} entries for {len(self.layers)} layers"
             )
+        if self._fused_step_applies(x, lengths, cache):
+            return self._fused_step(x, cache)
         frames = lengths_to_frames(lengths, x.shape[0], x.shape[1])
         hidden, residual = x, None
         checkpointed = (
