@@ -212,24 +212,91 @@ def test_step_input_checks_name_the_problem():
     mixer = Mamba(8, d_state=4)
     cache = mixer.init_cache(2)
     with pytest.raises(ValueError, match="CUDA"):
-        step_ops.check_step_inputs(torch.zeros(2, 8), RMSNorm(8), mixer, cache)
+        step_ops.check_step_inputs(torch.zeros(2, 8), mixer, cache)
     if not ON_GPU:
         return
     mixer, norm = mixer.cuda(), RMSNorm(8).cuda()
     cache = mixer.init_cache(2)
-    residual = torch.zeros(2, 8, device="cuda")
+    frame = torch.zeros(2, 8, device="cuda")
     with pytest.raises(ValueError, match="fp32"):
-        step_ops.check_step_inputs(residual.half(), norm, mixer, cache)
+        step_ops.mamba_block_step(frame.half(), norm, mixer, cache)
     with pytest.raises(ValueError, match="6 features"):
-        step_ops.check_step_inputs(residual[:, :6].clone(), norm, mixer, cache)
+        step_ops.check_step_inputs(frame[:, :6].clone(), mixer, cache)
     with pytest.raises(ValueError, match="contiguous"):
-        transposed = residual.t().contiguous().t()  # [2, 8], strides (1, 2)
-        step_ops.check_step_inputs(transposed, norm, mixer, cache)
+        transposed = frame.t().contiguous().t()  # [2, 8], strides (1, 2)
+        step_ops.check_step_inputs(transposed, mixer, cache)
     with pytest.raises(ValueError, match="RMSNorm or LayerNorm"):
-        step_ops.check_step_inputs(residual, torch.nn.Identity(), mixer, cache)
+        step_ops.check_step_inputs(frame, mixer, cache, torch.nn.Identity())
     with pytest.raises(ValueError, match="unidirectional"):
-        step_ops.check_step_inputs(
-            residual, norm, BiMamba(8, d_state=4).cuda(), cache
-        )
+        step_ops.check_step_inputs(frame, BiMamba(8, d_state=4).cuda(), cache)
     with pytest.raises(ValueError, match="holds 1 sequences"):
-        step_ops.check_step_inputs(residual, norm, mixer, mixer.init_cache(1))
+        step_ops.check_step_inputs(frame, mixer, mixer.init_cache(1))
+
+
+@gpu
+@pytest.mark.parametrize("batch", [1, 6])
+def test_fused_mixer_step_equals_torch_step(batch):
+    torch.manual_seed(0)
+    layer = Mamba(64, d_state=16, backend="torch").cuda().eval()
+    cache = layer.init_cache(batch)
+    with torch.no_grad():
+        layer(torch.randn(batch, 9, 64, device="cuda"), cache=cache)
+    reference = copy_cache([cache])[0]
+    frames = torch.randn(batch, 4, 64, device="cuda")
+    with torch.no_grad():
+        expected = [layer(f, cache=reference) for f in frames.split(1, 1)]
+        layer.backend = "auto"
+        assert step_ops.fused_step_applies(
+            frames[:, :1], None, cache, "auto", layer.parameters()
+        )
+        got = [layer(f, cache=cache) for f in frames.split(1, 1)]
+        with torch.autocast("cuda", torch.bfloat16):  # dtype as nn.Linear's
+            assert layer(frames[:, :1], cache=copy_cache([cache])[0]).dtype == (
+                torch.bfloat16
+            )
+    torch.testing.assert_close(
+        torch.cat(got, 1), torch.cat(expected, 1), rtol=RTOL, atol=ATOL
+    )
+    torch.testing.assert_close(cache.ssm, reference.ssm, rtol=RTOL, atol=ATOL)
+
+
+@gpu
+def test_mamba_asr_decoder_steps_equal_torch_path():
+    """Its self Mamba and CrossMamba layers step on the fused kernels."""
+    from speechbrain_mamba.lobes.asr.mamba_decoder import MambaDecoder
+
+    torch.manual_seed(0)
+    decoder = MambaDecoder(num_layers=2, d_model=64, d_ffn=128).cuda().eval()
+    memory = torch.randn(3, 20, 64, device="cuda")
+    valid = torch.tensor([20, 14, 10], device="cuda")
+    padding = torch.arange(20, device="cuda")[None, :] >= valid[:, None]
+    target = torch.randn(3, 5, 64, device="cuda")
+
+    def run(backend):
+        set_backend(decoder, "torch")
+        with torch.no_grad():
+            cache = decoder.init_cache(memory, padding)
+            set_backend(decoder, backend)
+            return torch.cat(
+                [
+                    decoder.step(target[:, t : t + 1], cache)[0]
+                    for t in range(5)
+                ],
+                dim=1,
+            )
+
+    torch.testing.assert_close(run("auto"), run("torch"), rtol=RTOL, atol=ATOL)
+
+
+@gpu
+def test_batches_beyond_the_limit_take_the_per_operation_path():
+    layer = Mamba(32, d_state=8).cuda().eval()
+    big = step_ops.MAX_BATCH + 1
+    with torch.no_grad():
+        assert not step_ops.fused_step_applies(
+            torch.zeros(big, 1, 32, device="cuda"),
+            None,
+            layer.init_cache(big),
+            "auto",
+            layer.parameters(),
+        )

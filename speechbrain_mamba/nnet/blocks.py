@@ -30,11 +30,7 @@ from speechbrain_mamba.nnet.padding import (
     zero_padding,
 )
 from speechbrain_mamba.ops import triton_mamba_step
-from speechbrain_mamba.ops.backend import (
-    effective_backend,
-    fused_add_norm,
-    use_cuda_kernels,
-)
+from speechbrain_mamba.ops.backend import fused_add_norm, use_cuda_kernels
 
 NORMS = ("rmsnorm", "layernorm")
 
@@ -313,29 +309,16 @@ class MambaStack(nn.Module):
         cache: Optional[List[MambaCache]],
     ) -> bool:
         """Whether this call is a decoding step the fused Triton kernels
-        take: one frame of a unidirectional stack on CUDA, with a cache, no
-        gradient, no padding, no active stochastic depth, and backend
-        "auto" or "triton" (mamba_ssm's kernels are kept for "cuda")."""
-        if (
-            cache is None
-            or self.bidirectional
-            or not x.is_cuda
-            or x.shape[1] != 1
-            or lengths is not None
-            or x.shape[0] > triton_mamba_step.MAX_BATCH
-            or not triton_mamba_step.available()
+        take (see :func:`triton_mamba_step.fused_step_applies`; also a
+        unidirectional stack, no active stochastic depth)."""
+        if self.bidirectional or (
+            self.training
+            and any(layer.drop_path.drop_prob > 0 for layer in self.layers)
         ):
             return False
-        if torch.is_grad_enabled() and (
-            x.requires_grad or any(p.requires_grad for p in self.parameters())
-        ):
-            return False
-        if self.training and any(
-            layer.drop_path.drop_prob > 0 for layer in self.layers
-        ):
-            return False
-        backend = effective_backend(self.layers[0].mixer.backend)
-        return backend in ("auto", "triton")
+        return triton_mamba_step.fused_step_applies(
+            x, lengths, cache, self.layers[0].mixer.backend, self.parameters()
+        )
 
     def _fused_step(
         self, x: torch.Tensor, cache: List[MambaCache]

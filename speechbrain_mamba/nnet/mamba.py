@@ -28,7 +28,7 @@ from speechbrain_mamba.nnet.padding import (
     reverse_valid,
     zero_padding,
 )
-from speechbrain_mamba.ops import numba_conv, numba_scan
+from speechbrain_mamba.ops import numba_conv, numba_scan, triton_mamba_step
 from speechbrain_mamba.ops.backend import (
     MAX_CUDA_D_STATE,
     check_backend,
@@ -519,6 +519,17 @@ class Mamba(nn.Module):
         frames = lengths_to_frames(lengths, batch, time)
         if cache is not None:
             self._check_cache(cache, batch)
+        if self.directions == ("",) and triton_mamba_step.fused_step_applies(
+            x, lengths, cache, self.backend, self.parameters()
+        ):
+            # one decoding step in two fused Triton kernels
+            y = triton_mamba_step.mamba_mixer_step(x[:, 0], self, cache)
+            dtype = (
+                torch.get_autocast_dtype("cuda")
+                if torch.is_autocast_enabled("cuda")
+                else x.dtype
+            )
+            return y.to(dtype)[:, None]
         x_in, z = self.in_proj(x).chunk(2, dim=-1)
         y = self._scan_direction(x_in, z, "", frames, cache)
         return zero_padding(self.out_proj(y), frames)

@@ -1,30 +1,30 @@
-"""One decoding step of a unidirectional Mamba block in two Triton kernels.
+"""One decoding step of a unidirectional Mamba layer in two Triton kernels.
 
 Generating one token at a time (the AR model of VALL-M, a Mamba decoder)
 runs every layer on a single frame: a few megabytes of weights per layer and
 no real parallel work. With one PyTorch or cuBLAS call per operation
 (add + norm, in_proj, conv window, SiLU, x_proj, dt_proj, state update,
-gate, out_proj: ten to fifteen launches per layer), the step is bound by
-kernel launches, on the host and on the GPU. Here a pre-norm residual block
-(``residual += mixer(norm(residual))``) takes two launches:
+gate, out_proj: ten to twenty launches per layer), the step is bound by
+kernel launches, on the host and on the GPU. Here a layer takes two:
 
 ``_step_input_kernel`` (a program per block of channels and per item):
-    the norm of the residual stream, the in_proj rows of its channels (x
-    and z), the causal conv window (the conv state is shifted in place),
-    SiLU, and the block's share of x_proj, added with atomics to a zeroed
-    buffer (dt_low, B and C).
+    the optional pre-norm (RMSNorm or LayerNorm) of the input, the in_proj
+    rows of its channels (x and z), the causal conv window (the conv state
+    is shifted in place), SiLU, and the block's share of x_proj, added with
+    atomics to a zeroed buffer (dt_low, B and C).
 ``_step_state_kernel`` (a program per block of channels and per item):
-    dt_proj, softplus,
-    the state update ``h = exp(dt A) h + dt B x`` (in place), the readout
-    ``y = C . h + D x``, the gate ``y silu(z)``, and the block's share of
-    out_proj, added to the fp32 residual stream with atomics.
+    dt_proj, softplus, the state update ``h = exp(dt A) h + dt B x`` (in
+    place), the readout ``y = C . h + D x``, the gate ``y silu(z)``, and the
+    block's share of out_proj, added to an fp32 output with atomics.
 
-Everything is computed in fp32 from weights of any dtype (the result does
-not depend on autocast), the residual stream stays in fp32, and the caches
-are updated in place, so a whole decoding step can be recorded in a CUDA
-graph and replayed (the state of a Mamba decoder has a fixed size, unlike a
-key/value cache). The pure-PyTorch step is the reference
-(``tests/test_triton_mamba_step.py``).
+:func:`mamba_block_step` runs a pre-norm residual block
+(``residual += mixer(norm(residual))``, the output being the fp32 residual
+stream itself); :func:`mamba_mixer_step` runs a bare layer. Everything is
+computed in fp32 from weights of any dtype (the result does not depend on
+autocast) and the caches are updated in place, so a whole decoding step can
+be recorded in a CUDA graph and replayed (the state of a Mamba decoder has
+a fixed size, unlike a key/value cache). The pure-PyTorch step is the
+reference (``tests/test_triton_mamba_step.py``).
 
 Author
 ------
@@ -32,13 +32,14 @@ speechbrain-mamba developers
 """
 
 import os
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 from torch import nn
 
 from speechbrain_mamba.nnet.cache import MambaCache
 from speechbrain_mamba.nnet.norm import RMSNorm
+from speechbrain_mamba.ops.backend import effective_backend
 
 try:  # optional: only present with a CUDA build of PyTorch
     import triton
@@ -46,28 +47,24 @@ try:  # optional: only present with a CUDA build of PyTorch
 except ImportError:  # pragma: no cover - depends on the installation
     triton = None
 
-# Block sizes tuned on an H200 (d_model 1024, 24 layers, one item, fp32
-# weights, CUDA graph): 2-8 channels, 256 / 1024 elements, 2-8 warps for
-# the input kernel, 4-32 channels for the state kernel; 17.9 us per layer
-# (18-34 us for the other choices; mamba_ssm's one-step path: 38.7 us).
+# Tuned on an H200 (d_model 1024, 24 layers, one item, fp32 weights, CUDA
+# graph): weight tiles of 4096 / 8192 / 16384 elements, 4 or 8 warps; 8
+# channels (tiles of 8 x 1024) and 4 warps for both kernels: 16.2 us per
+# layer (16.1-21.6 us for the other choices; mamba_ssm's one-step path
+# under autocast: 67 us).
 
-#: Channels per program of the input kernel (in_proj rows of x and of z).
-INPUT_CHANNEL_BLOCK = 8
-#: d_model elements per iteration of the input kernel's in_proj loop.
-INPUT_MODEL_BLOCK = 1024
-#: Warps per program of the input kernel.
-INPUT_WARPS = 8
-#: Channels per program of the state kernel.
-STATE_CHANNEL_BLOCK = 8
-#: d_model elements per iteration of the state kernel's out_proj loop.
-STATE_MODEL_BLOCK = 1024
-#: Warps per program of the state kernel.
-STATE_WARPS = 8
-#: Largest batch the fused step takes: each item is a program of its own
-#: that reads the weights again, so the time grows with the batch (H200, d
-#: 1024, graphed, per layer: 17.9 / 24.3 / 38.6 / 65.0 / 116 us at 1 / 2 / 4
-#: / 8 / 16 items), while the per-operation path batches its matrix
-#: products (mamba_ssm's: 67-72 us from 1 to 32 items).
+#: Weight elements per tile: channels per program = TILE / padded d_model
+#: (8 at d_model 1024), between 1 and ``MAX_CHANNELS``.
+TILE = 8192
+MAX_CHANNELS = 16
+#: Warps per program (both kernels).
+WARPS = 4
+#: Largest batch the fused step takes. Each item has programs of its own,
+#: which read the weights again, so the step's time grows with the batch
+#: (H200, d_model 1024, graphed, per layer: 16 / 23 / 37 / 60 / 104 us at 1
+#: / 2 / 4 / 8 / 16 items; looping over items in a program with its weights
+#: kept in registers was no faster), while mamba_ssm's per-operation path
+#: batches its matrix products: 67-72 us from 1 to 32 items.
 MAX_BATCH = 8
 
 
@@ -90,7 +87,7 @@ if triton is not None:
 
     @triton.jit
     def _step_input_kernel(
-        residual_ptr,
+        input_ptr,
         norm_weight_ptr,
         norm_bias_ptr,
         eps,
@@ -109,91 +106,92 @@ if triton is not None:
         stride_state_b,
         stride_state_c,
         stride_state_k,
+        HAS_NORM: tl.constexpr,
         IS_RMS: tl.constexpr,
         HAS_NORM_BIAS: tl.constexpr,
         HAS_IN_BIAS: tl.constexpr,
         HAS_CONV_BIAS: tl.constexpr,
         D_CONV: tl.constexpr,
         MODEL_PAD: tl.constexpr,
-        MODEL_BLOCK: tl.constexpr,
         CHANNELS: tl.constexpr,
         PROJ_PAD: tl.constexpr,
     ):
         block = tl.program_id(0)
         item = tl.program_id(1)
-        row = residual_ptr + item * d_model
 
-        # norm statistics of the residual stream (fp32)
-        offs = tl.arange(0, MODEL_PAD)
-        valid = offs < d_model
-        r = tl.load(row + offs, mask=valid, other=0.0)
-        if IS_RMS:
-            mean = 0.0
-            var = tl.sum(r * r, axis=0) / d_model
-        else:
-            mean = tl.sum(r, axis=0) / d_model
-            centred = tl.where(valid, r - mean, 0.0)
-            var = tl.sum(centred * centred, axis=0) / d_model
-        rstd = 1.0 / tl.sqrt(var + eps)
-
-        # in_proj rows of this block's channels: x (first half), z (second)
+        # this block's weights, read once for all the program's items
         chan = block * CHANNELS + tl.arange(0, CHANNELS)
         chan_ok = chan < d_inner
-        acc_x = tl.zeros([CHANNELS], dtype=tl.float32)
-        acc_z = tl.zeros([CHANNELS], dtype=tl.float32)
-        for start in range(0, d_model, MODEL_BLOCK):
-            k = start + tl.arange(0, MODEL_BLOCK)
-            k_ok = k < d_model
-            normed = (tl.load(row + k, mask=k_ok, other=0.0) - mean) * rstd
-            normed *= tl.load(norm_weight_ptr + k, mask=k_ok, other=0.0).to(
+        k = tl.arange(0, MODEL_PAD)
+        k_ok = k < d_model
+        tile_ok = chan_ok[:, None] & k_ok[None, :]
+        rows = in_weight_ptr + chan[:, None] * d_model + k[None, :]
+        w_x = tl.load(rows, mask=tile_ok, other=0.0).to(tl.float32)
+        w_z = tl.load(rows + d_inner * d_model, mask=tile_ok, other=0.0).to(
+            tl.float32
+        )
+        if HAS_NORM:
+            gain = tl.load(norm_weight_ptr + k, mask=k_ok, other=0.0).to(
                 tl.float32
             )
             if HAS_NORM_BIAS:
-                normed += tl.load(norm_bias_ptr + k, mask=k_ok, other=0.0).to(
+                shift = tl.load(norm_bias_ptr + k, mask=k_ok, other=0.0).to(
                     tl.float32
                 )
-            normed = tl.where(k_ok, normed, 0.0)
-            tile_ok = chan_ok[:, None] & k_ok[None, :]
-            w_x = tl.load(
-                in_weight_ptr + chan[:, None] * d_model + k[None, :],
-                mask=tile_ok,
-                other=0.0,
-            ).to(tl.float32)
-            acc_x += tl.sum(w_x * normed[None, :], axis=1)
-            w_z = tl.load(
-                in_weight_ptr
-                + (chan[:, None] + d_inner) * d_model
-                + k[None, :],
-                mask=tile_ok,
-                other=0.0,
-            ).to(tl.float32)
-            acc_z += tl.sum(w_z * normed[None, :], axis=1)
-        if HAS_IN_BIAS:
-            acc_x += tl.load(in_bias_ptr + chan, mask=chan_ok, other=0.0).to(
-                tl.float32
-            )
-            acc_z += tl.load(
-                in_bias_ptr + d_inner + chan, mask=chan_ok, other=0.0
-            ).to(tl.float32)
-
-        # causal conv over (state, new input); the state moves one slot on
-        state = conv_state_ptr + item * stride_state_b + chan * stride_state_c
-        conv = acc_x * tl.load(
+        out = tl.arange(0, PROJ_PAD)
+        out_ok = out < proj_size
+        w_proj = tl.load(
+            x_proj_ptr + out[:, None] * d_inner + chan[None, :],
+            mask=out_ok[:, None] & chan_ok[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        conv_last = tl.load(
             conv_weight_ptr + chan * D_CONV + D_CONV - 1,
             mask=chan_ok,
             other=0.0,
         ).to(tl.float32)
+
+        x = tl.load(input_ptr + item * d_model + k, mask=k_ok, other=0.0).to(
+            tl.float32
+        )
+        if HAS_NORM:
+            if IS_RMS:
+                x = x / tl.sqrt(tl.sum(x * x, axis=0) / d_model + eps)
+            else:
+                mean = tl.sum(x, axis=0) / d_model
+                x = tl.where(k_ok, x - mean, 0.0)
+                x = x / tl.sqrt(tl.sum(x * x, axis=0) / d_model + eps)
+            x *= gain
+            if HAS_NORM_BIAS:
+                x += shift
+        x_in = tl.sum(w_x * x[None, :], axis=1)
+        z = tl.sum(w_z * x[None, :], axis=1)
+        if HAS_IN_BIAS:
+            x_in += tl.load(in_bias_ptr + chan, mask=chan_ok, other=0.0).to(
+                tl.float32
+            )
+            z += tl.load(
+                in_bias_ptr + d_inner + chan, mask=chan_ok, other=0.0
+            ).to(tl.float32)
+
+        # causal conv over (state, new input)
+        state = conv_state_ptr + item * stride_state_b + chan * stride_state_c
+        conv = x_in * conv_last
         for j in tl.static_range(D_CONV - 1):
             past = tl.load(state + j * stride_state_k, mask=chan_ok, other=0.0)
             conv += past.to(tl.float32) * tl.load(
                 conv_weight_ptr + chan * D_CONV + j, mask=chan_ok, other=0.0
             ).to(tl.float32)
-            if j > 0:
-                tl.store(state + (j - 1) * stride_state_k, past, mask=chan_ok)
+        # the state moves one slot on, in place: every thread holding a copy
+        # of a channel has read the old slots before any is overwritten
+        tl.debug_barrier()
+        for j in tl.static_range(1, D_CONV - 1):
+            past = tl.load(state + j * stride_state_k, mask=chan_ok)
+            tl.store(state + (j - 1) * stride_state_k, past, mask=chan_ok)
         if D_CONV > 1:
             tl.store(
                 state + (D_CONV - 2) * stride_state_k,
-                acc_x.to(conv_state_ptr.dtype.element_ty),
+                x_in.to(conv_state_ptr.dtype.element_ty),
                 mask=chan_ok,
             )
         if HAS_CONV_BIAS:
@@ -202,18 +200,10 @@ if triton is not None:
             )
         x_conv = conv * tl.sigmoid(conv)
         tl.store(x_out_ptr + item * d_inner + chan, x_conv, mask=chan_ok)
-        tl.store(z_out_ptr + item * d_inner + chan, acc_z, mask=chan_ok)
+        tl.store(z_out_ptr + item * d_inner + chan, z, mask=chan_ok)
 
-        # this block's share of x_proj (W[:, chan] @ x_conv[chan]), added
-        # to the zeroed projection buffer
-        out = tl.arange(0, PROJ_PAD)
-        out_ok = out < proj_size
-        w = tl.load(
-            x_proj_ptr + out[:, None] * d_inner + chan[None, :],
-            mask=out_ok[:, None] & chan_ok[None, :],
-            other=0.0,
-        ).to(tl.float32)
-        share = tl.sum(w * x_conv[None, :], axis=1)
+        # this block's share of x_proj, summed in the zeroed buffer
+        share = tl.sum(w_proj * tl.where(chan_ok, x_conv, 0.0)[None, :], axis=1)
         tl.atomic_add(
             projection_ptr + item * PROJ_PAD + out,
             share,
@@ -233,7 +223,7 @@ if triton is not None:
         ssm_ptr,
         out_weight_ptr,
         out_bias_ptr,
-        residual_ptr,
+        output_ptr,
         d_model,
         d_inner,
         dt_rank,
@@ -245,39 +235,29 @@ if triton is not None:
         RANK_PAD: tl.constexpr,
         STATE_PAD: tl.constexpr,
         PROJ_PAD: tl.constexpr,
-        MODEL_BLOCK: tl.constexpr,
+        MODEL_PAD: tl.constexpr,
         CHANNELS: tl.constexpr,
     ):
         block = tl.program_id(0)
         item = tl.program_id(1)
 
-        # x_proj output (dt_low, B, C), summed by the input kernel
+        # this block's weights, read once for all the program's items
+        chan = block * CHANNELS + tl.arange(0, CHANNELS)
+        chan_ok = chan < d_inner
         rank = tl.arange(0, RANK_PAD)
         rank_ok = rank < dt_rank
         n = tl.arange(0, STATE_PAD)
         n_ok = n < d_state
-        projection = projection_ptr + item * PROJ_PAD
-        dt_low = tl.load(projection + rank, mask=rank_ok, other=0.0)
-        B = tl.load(projection + dt_rank + n, mask=n_ok, other=0.0)
-        C = tl.load(projection + dt_rank + d_state + n, mask=n_ok, other=0.0)
-
-        # step sizes of this block's channels: softplus(dt_proj(dt_low))
-        chan = block * CHANNELS + tl.arange(0, CHANNELS)
-        chan_ok = chan < d_inner
+        d = tl.arange(0, MODEL_PAD)
+        d_ok = d < d_model
         w_dt = tl.load(
             dt_weight_ptr + chan[:, None] * dt_rank + rank[None, :],
             mask=chan_ok[:, None] & rank_ok[None, :],
             other=0.0,
         ).to(tl.float32)
-        dt = tl.sum(w_dt * dt_low[None, :], axis=1)
-        dt += tl.load(dt_bias_ptr + chan, mask=chan_ok, other=0.0).to(
+        dt_bias = tl.load(dt_bias_ptr + chan, mask=chan_ok, other=0.0).to(
             tl.float32
         )
-        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))
-
-        # state update, readout, skip and gate
-        x = tl.load(x_ptr + item * d_inner + chan, mask=chan_ok, other=0.0)
-        z = tl.load(z_ptr + item * d_inner + chan, mask=chan_ok, other=0.0)
         tile_ok = chan_ok[:, None] & n_ok[None, :]
         A = -tl.exp(
             tl.load(
@@ -286,6 +266,27 @@ if triton is not None:
                 other=0.0,
             ).to(tl.float32)
         )
+        skip = tl.load(D_ptr + chan, mask=chan_ok, other=0.0).to(tl.float32)
+        w_out = tl.load(
+            out_weight_ptr + d[:, None] * d_inner + chan[None, :],
+            mask=d_ok[:, None] & chan_ok[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        if HAS_OUT_BIAS:  # added once, by the first block
+            out_bias = tl.load(
+                out_bias_ptr + d, mask=d_ok & (block == 0), other=0.0
+            ).to(tl.float32)
+
+        projection = projection_ptr + item * PROJ_PAD
+        dt_low = tl.load(projection + rank, mask=rank_ok, other=0.0)
+        B = tl.load(projection + dt_rank + n, mask=n_ok, other=0.0)
+        C = tl.load(projection + dt_rank + d_state + n, mask=n_ok, other=0.0)
+        dt = tl.sum(w_dt * dt_low[None, :], axis=1) + dt_bias
+        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))  # softplus
+        x = tl.load(x_ptr + item * d_inner + chan, mask=chan_ok, other=0.0)
+        z = tl.load(z_ptr + item * d_inner + chan, mask=chan_ok, other=0.0)
+
+        # state update (in place), readout, skip and gate
         h_ptrs = (
             ssm_ptr
             + item * stride_ssm_b
@@ -294,77 +295,72 @@ if triton is not None:
         )
         h = tl.load(h_ptrs, mask=tile_ok, other=0.0)
         h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * B[None, :]
+        # every thread holding a copy of the state has read it: overwrite
+        tl.debug_barrier()
         tl.store(h_ptrs, h, mask=tile_ok)
-        y = tl.sum(h * C[None, :], axis=1)
-        y += tl.load(D_ptr + chan, mask=chan_ok, other=0.0).to(tl.float32) * x
+        y = tl.sum(h * C[None, :], axis=1) + skip * x
         y = tl.where(chan_ok, y * z * tl.sigmoid(z), 0.0)
 
-        # this block's share of out_proj, added to the residual stream
-        row = residual_ptr + item * d_model
-        for start in range(0, d_model, MODEL_BLOCK):
-            d = start + tl.arange(0, MODEL_BLOCK)
-            d_ok = d < d_model
-            w = tl.load(
-                out_weight_ptr + d[:, None] * d_inner + chan[None, :],
-                mask=d_ok[:, None] & chan_ok[None, :],
-                other=0.0,
-            ).to(tl.float32)
-            share = tl.sum(w * y[None, :], axis=1)
-            if HAS_OUT_BIAS:
-                share += tl.load(
-                    out_bias_ptr + d, mask=d_ok & (block == 0), other=0.0
-                ).to(tl.float32)
-            tl.atomic_add(row + d, share, mask=d_ok, sem="relaxed")
+        # this block's share of out_proj, added to the output
+        share = tl.sum(w_out * y[None, :], axis=1)
+        if HAS_OUT_BIAS:
+            share += out_bias
+        tl.atomic_add(
+            output_ptr + item * d_model + d, share, mask=d_ok, sem="relaxed"
+        )
 
 
 def _next_power_of_two(value: int) -> int:
     return 1 << max(value - 1, 0).bit_length()
 
 
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def check_step_inputs(
-    residual: torch.Tensor, norm: nn.Module, mixer: nn.Module, cache
+    x: torch.Tensor,
+    mixer: nn.Module,
+    cache: MambaCache,
+    norm: Optional[nn.Module] = None,
 ) -> None:
     """Raises ValueError when the fused step cannot take these inputs.
 
     Arguments
     ---------
-    residual : torch.Tensor
-        The residual stream, [batch, d_model], fp32, contiguous, on CUDA.
-    norm : torch.nn.Module
-        The block's pre-norm (:class:`RMSNorm` or ``torch.nn.LayerNorm``).
+    x : torch.Tensor
+        The frame, [batch, d_model], contiguous, on CUDA.
     mixer : torch.nn.Module
         A unidirectional :class:`~speechbrain_mamba.nnet.Mamba`.
     cache : MambaCache
-        The mixer's recurrent cache (batch of ``residual``).
+        The mixer's recurrent cache (batch of ``x``).
+    norm : torch.nn.Module, optional
+        A pre-norm (:class:`RMSNorm` or ``torch.nn.LayerNorm``).
 
     Example
     -------
     >>> from speechbrain_mamba.nnet import Mamba
     >>> mixer = Mamba(8, d_state=4)
-    >>> check_step_inputs(torch.zeros(2, 8), RMSNorm(8), mixer,
-    ...                   mixer.init_cache(2))
+    >>> check_step_inputs(torch.zeros(2, 8), mixer, mixer.init_cache(2))
     Traceback (most recent call last):
     ...
     ValueError: the fused decoding step needs CUDA tensors, got cpu
     """
-    if residual.device.type != "cuda" and not _interpreted():
+    if x.device.type != "cuda" and not _interpreted():
         raise ValueError(
-            "the fused decoding step needs CUDA tensors, got "
-            f"{residual.device.type}"
+            f"the fused decoding step needs CUDA tensors, got {x.device.type}"
         )
-    if residual.dim() != 2 or residual.dtype != torch.float32:
+    if x.dim() != 2 or not x.is_contiguous():
         raise ValueError(
-            "residual must be a [batch, d_model] fp32 tensor, got "
-            f"{tuple(residual.shape)} {residual.dtype}"
+            "the frame must be a contiguous [batch, d_model] tensor, got "
+            f"shape {tuple(x.shape)}, strides {x.stride()}"
         )
-    if not residual.is_contiguous():
-        raise ValueError("residual must be contiguous")
-    if residual.shape[1] != mixer.d_model:
+    if x.shape[1] != mixer.d_model:
         raise ValueError(
-            f"residual has {residual.shape[1]} features, the mixer "
+            f"the frame has {x.shape[1]} features, the mixer "
             f"d_model={mixer.d_model}"
         )
-    if not isinstance(norm, (RMSNorm, nn.LayerNorm)):
+    if norm is not None and not isinstance(norm, (RMSNorm, nn.LayerNorm)):
         raise ValueError(
             f"norm must be RMSNorm or LayerNorm, got {type(norm).__name__}"
         )
@@ -372,17 +368,67 @@ def check_step_inputs(
         raise ValueError("the fused decoding step takes a unidirectional Mamba")
     if not isinstance(cache, MambaCache):
         raise ValueError(f"cache must be a MambaCache, got {type(cache)}")
-    if cache.batch_size != residual.shape[0]:
+    if cache.batch_size != x.shape[0]:
         raise ValueError(
-            f"cache holds {cache.batch_size} sequences, the residual "
-            f"{residual.shape[0]}"
+            f"cache holds {cache.batch_size} sequences, the frame has "
+            f"{x.shape[0]}"
         )
     if cache.ssm.dtype != torch.float32:
         raise ValueError(f"cache.ssm must be fp32, got {cache.ssm.dtype}")
 
 
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+def fused_step_applies(
+    x: torch.Tensor,
+    lengths: Optional[torch.Tensor],
+    cache: Optional[object],
+    backend: str,
+    parameters: Iterable[torch.Tensor],
+) -> bool:
+    """Whether a call of a unidirectional layer or stack is a decoding step
+    the fused kernels take: one frame on CUDA with a cache, no padding, a
+    batch of at most ``MAX_BATCH``, no gradient, backend "auto" or "triton"
+    (mamba_ssm's kernels are kept for "cuda").
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        The input, [batch, time, d_model].
+    lengths : torch.Tensor, optional
+        Relative lengths of the call.
+    cache : optional
+        The call's cache (None: not a decoding step).
+    backend : str
+        The layer's backend (before the ``SBMAMBA_BACKEND`` override).
+    parameters : iterable of torch.Tensor
+        The layer's parameters (a gradient is needed if one requires it).
+
+    Returns
+    -------
+    bool
+
+    Example
+    -------
+    >>> from speechbrain_mamba.nnet import Mamba
+    >>> layer = Mamba(8)
+    >>> fused_step_applies(torch.zeros(1, 1, 8), None, layer.init_cache(1),
+    ...                    "auto", layer.parameters())  # CPU tensor
+    False
+    """
+    if (
+        cache is None
+        or not x.is_cuda
+        or x.dim() != 3
+        or x.shape[1] != 1
+        or lengths is not None
+        or x.shape[0] > MAX_BATCH
+        or triton is None
+    ):
+        return False
+    if torch.is_grad_enabled() and (
+        x.requires_grad or any(p.requires_grad for p in parameters)
+    ):
+        return False
+    return effective_backend(backend) in ("auto", "triton")
 
 
 def projection_buffer(
@@ -416,6 +462,91 @@ def projection_buffer(
     return torch.zeros(layers, batch, size, device=device)
 
 
+def _launch(
+    x: torch.Tensor,
+    output: torch.Tensor,
+    norm: Optional[nn.Module],
+    mixer: nn.Module,
+    cache: MambaCache,
+    projection: Optional[torch.Tensor],
+) -> None:
+    """Runs both kernels: ``output += mixer(norm(x))`` (fp32 output)."""
+    if triton is None:
+        raise ImportError(
+            "the fused decoding step needs Triton, which comes with the CUDA "
+            "builds of PyTorch"
+        )
+    check_step_inputs(x, mixer, cache, norm)
+    batch, d_model = x.shape
+    d_inner, d_state, dt_rank = mixer.d_inner, mixer.d_state, mixer.dt_rank
+    device = x.device
+    if projection is None:
+        projection = projection_buffer(batch, mixer, device)[0]
+    proj_pad = projection.shape[-1]
+    x_conv = torch.empty(batch, d_inner, device=device)
+    z = torch.empty(batch, d_inner, device=device)
+    conv, in_proj, out_proj = mixer.conv1d, mixer.in_proj, mixer.out_proj
+    norm_bias = getattr(norm, "bias", None)
+    model_pad = _next_power_of_two(d_model)
+    channels = min(MAX_CHANNELS, max(1, TILE // model_pad))
+    grid = (triton.cdiv(d_inner, channels), batch)
+    unused = output  # stands for absent optional pointers (never read)
+    _step_input_kernel[grid](
+        x,
+        norm.weight if norm is not None else unused,
+        norm_bias if norm_bias is not None else unused,
+        norm.eps if norm is not None else 0.0,
+        in_proj.weight,
+        in_proj.bias if in_proj.bias is not None else unused,
+        cache.conv,
+        conv.weight,
+        conv.bias if conv.bias is not None else unused,
+        mixer.x_proj.weight,
+        x_conv,
+        z,
+        projection,
+        d_model,
+        d_inner,
+        dt_rank + 2 * d_state,
+        *cache.conv.stride(),
+        HAS_NORM=norm is not None,
+        IS_RMS=isinstance(norm, RMSNorm),
+        HAS_NORM_BIAS=norm_bias is not None,
+        HAS_IN_BIAS=in_proj.bias is not None,
+        HAS_CONV_BIAS=conv.bias is not None,
+        D_CONV=mixer.d_conv,
+        MODEL_PAD=model_pad,
+        CHANNELS=channels,
+        PROJ_PAD=proj_pad,
+        num_warps=WARPS,
+    )
+    _step_state_kernel[grid](
+        projection,
+        x_conv,
+        z,
+        mixer.dt_proj.weight,
+        mixer.dt_proj.bias,
+        mixer.A_log,
+        mixer.D,
+        cache.ssm,
+        out_proj.weight,
+        out_proj.bias if out_proj.bias is not None else unused,
+        output,
+        d_model,
+        d_inner,
+        dt_rank,
+        d_state,
+        *cache.ssm.stride(),
+        HAS_OUT_BIAS=out_proj.bias is not None,
+        RANK_PAD=_next_power_of_two(dt_rank),
+        STATE_PAD=_next_power_of_two(d_state),
+        PROJ_PAD=proj_pad,
+        MODEL_PAD=model_pad,
+        CHANNELS=channels,
+        num_warps=WARPS,
+    )
+
+
 def mamba_block_step(
     residual: torch.Tensor,
     norm: nn.Module,
@@ -447,82 +578,49 @@ def mamba_block_step(
     >>> if torch.cuda.is_available() and available():
     ...     mixer = Mamba(16, d_state=4).cuda()
     ...     norm = RMSNorm(16).cuda()
-    ...     cache = mixer.init_cache(1)
     ...     residual = torch.randn(1, 16, device="cuda")
     ...     expected = residual + mixer(norm(residual)[:, None],
     ...                                 cache=mixer.init_cache(1))[:, 0]
-    ...     mamba_block_step(residual, norm, mixer, cache)
+    ...     mamba_block_step(residual, norm, mixer, mixer.init_cache(1))
     ...     assert torch.allclose(residual, expected, atol=1e-5)
     """
-    if triton is None:
-        raise ImportError(
-            "the fused decoding step needs Triton, which comes with the CUDA "
-            "builds of PyTorch"
-        )
-    check_step_inputs(residual, norm, mixer, cache)
-    batch, d_model = residual.shape
-    d_inner, d_state, dt_rank = mixer.d_inner, mixer.d_state, mixer.dt_rank
-    device = residual.device
-    if projection is None:
-        projection = projection_buffer(batch, mixer, device)[0]
-    proj_pad = projection.shape[-1]
-    x_conv = torch.empty(batch, d_inner, device=device)
-    z = torch.empty(batch, d_inner, device=device)
-    conv, in_proj, out_proj = mixer.conv1d, mixer.in_proj, mixer.out_proj
-    norm_bias = getattr(norm, "bias", None)
-    dummy = residual  # stands for absent optional pointers (never read)
-    model_pad = _next_power_of_two(d_model)
-    _step_input_kernel[(triton.cdiv(d_inner, INPUT_CHANNEL_BLOCK), batch)](
-        residual,
-        norm.weight,
-        norm_bias if norm_bias is not None else dummy,
-        norm.eps,
-        in_proj.weight,
-        in_proj.bias if in_proj.bias is not None else dummy,
-        cache.conv,
-        conv.weight,
-        conv.bias if conv.bias is not None else dummy,
-        mixer.x_proj.weight,
-        x_conv,
-        z,
-        projection,
-        d_model,
-        d_inner,
-        dt_rank + 2 * d_state,
-        *cache.conv.stride(),
-        IS_RMS=isinstance(norm, RMSNorm),
-        HAS_NORM_BIAS=norm_bias is not None,
-        HAS_IN_BIAS=in_proj.bias is not None,
-        HAS_CONV_BIAS=conv.bias is not None,
-        D_CONV=mixer.d_conv,
-        MODEL_PAD=model_pad,
-        MODEL_BLOCK=min(INPUT_MODEL_BLOCK, model_pad),
-        CHANNELS=INPUT_CHANNEL_BLOCK,
-        PROJ_PAD=proj_pad,
-        num_warps=INPUT_WARPS,
-    )
-    _step_state_kernel[(triton.cdiv(d_inner, STATE_CHANNEL_BLOCK), batch)](
-        projection,
-        x_conv,
-        z,
-        mixer.dt_proj.weight,
-        mixer.dt_proj.bias,
-        mixer.A_log,
-        mixer.D,
-        cache.ssm,
-        out_proj.weight,
-        out_proj.bias if out_proj.bias is not None else dummy,
-        residual,
-        d_model,
-        d_inner,
-        dt_rank,
-        d_state,
-        *cache.ssm.stride(),
-        HAS_OUT_BIAS=out_proj.bias is not None,
-        RANK_PAD=_next_power_of_two(dt_rank),
-        STATE_PAD=_next_power_of_two(d_state),
-        PROJ_PAD=proj_pad,
-        MODEL_BLOCK=min(STATE_MODEL_BLOCK, model_pad),
-        CHANNELS=STATE_CHANNEL_BLOCK,
-        num_warps=STATE_WARPS,
-    )
+    if residual.dtype != torch.float32:
+        raise ValueError(f"residual must be fp32, got {residual.dtype}")
+    if norm is None:
+        raise ValueError("mamba_block_step needs the block's norm")
+    _launch(residual, residual, norm, mixer, cache, projection)
+
+
+def mamba_mixer_step(
+    x: torch.Tensor, mixer: nn.Module, cache: MambaCache
+) -> torch.Tensor:
+    """One frame through a unidirectional Mamba layer (no norm), updating
+    ``cache`` in place.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        [batch, d_model] on CUDA, any float dtype.
+    mixer : torch.nn.Module
+        A unidirectional :class:`~speechbrain_mamba.nnet.Mamba`.
+    cache : MambaCache
+        Its conv and SSM state, updated in place.
+
+    Returns
+    -------
+    torch.Tensor
+        [batch, d_model] fp32.
+
+    Example
+    -------
+    >>> from speechbrain_mamba.nnet import Mamba
+    >>> if torch.cuda.is_available() and available():
+    ...     mixer = Mamba(16, d_state=4, backend="torch").cuda()
+    ...     x = torch.randn(2, 16, device="cuda")
+    ...     expected = mixer(x[:, None], cache=mixer.init_cache(2))[:, 0]
+    ...     got = mamba_mixer_step(x, mixer, mixer.init_cache(2))
+    ...     assert torch.allclose(got, expected, atol=1e-5)
+    """
+    output = torch.zeros(x.shape, device=x.device, dtype=torch.float32)
+    _launch(x.contiguous(), output, None, mixer, cache, None)
+    return output
