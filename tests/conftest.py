@@ -23,6 +23,23 @@ requires_cuda = pytest.mark.skipif(
 )
 
 
+@pytest.fixture
+def true_fp32():
+    """GPU references in true fp32: cuDNN's convolutions (the fallback of
+    paths without causal_conv1d) use TF32 by default, about 1e-3 apart."""
+    saved = (
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+    )
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    (
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+    ) = saved
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -10,7 +10,11 @@ from gpu_memory import memory_kept_for_backward
 
 from speechbrain_mamba.nnet import BiMamba, CrossMamba, Mamba, MambaStack
 
-pytestmark = [pytest.mark.cuda, requires_cuda]
+pytestmark = [
+    pytest.mark.cuda,
+    requires_cuda,
+    pytest.mark.usefixtures("true_fp32"),
+]
 
 RTOL, ATOL = 6e-4, 2e-3
 

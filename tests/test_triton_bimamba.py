@@ -16,6 +16,7 @@ from speechbrain_mamba.ops.backend import cuda_kernels
 
 pytestmark = [
     pytest.mark.cuda,
+    pytest.mark.usefixtures("true_fp32"),
     pytest.mark.skipif(
         not (torch.cuda.is_available() and scan_ops.available()),
         reason="needs an NVIDIA GPU and Triton",

@@ -13,24 +13,9 @@ from speechbrain_mamba.ops import triton_mamba_step as step_ops
 
 ON_GPU = torch.cuda.is_available() and step_ops.available()
 gpu = pytest.mark.skipif(not ON_GPU, reason="needs an NVIDIA GPU and Triton")
+pytestmark = pytest.mark.usefixtures("true_fp32")
 
 RTOL, ATOL = 6e-4, 2e-3
-
-
-@pytest.fixture(autouse=True)
-def true_fp32():
-    """The references run in true fp32 (cuDNN's convolutions would use
-    TF32 by default, about 1e-3 apart)."""
-    saved = (
-        torch.backends.cudnn.allow_tf32,
-        torch.backends.cuda.matmul.allow_tf32,
-    )
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = (
-        saved
-    )
 
 
 def make_stack(norm="rmsnorm", bias=False, d_model=64, device="cuda"):
