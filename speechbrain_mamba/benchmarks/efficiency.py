@@ -49,6 +49,7 @@ from speechbrain_mamba.benchmarks.models import TASKS
 from speechbrain_mamba.benchmarks.timing import measure
 from speechbrain_mamba.lobes.tts.factory import SIZES as TTS_SIZES
 from speechbrain_mamba.utils.atomic import atomic_write_csv, atomic_write_text
+from speechbrain_mamba.utils.graphed_training import GraphedTraining
 
 DEFAULT_SECONDS = {
     "separation": [1, 2, 4, 8, 16, 32, 60],
@@ -177,11 +178,14 @@ def make_step(
     dtype: torch.dtype,
     device,
     for_graph: bool = False,
+    forward: Optional[Callable] = None,
 ) -> Callable[[], None]:
     """The callable that is timed: a training step, an inference call or
     (mode "ar-step") one AR decoding step after a prefill. A model whose
     training forward returns a scalar is trained on it as the loss, any
-    other on the mean square of its output."""
+    other on the mean square of its output. ``forward`` replaces
+    ``model(x)`` in training (e.g. a
+    :class:`~speechbrain_mamba.utils.graphed_training.GraphedTraining`)."""
     if mode == "ar-step":
         return make_ar_step(model, x, dtype, device, for_graph)
     if mode not in MODES:
@@ -192,7 +196,7 @@ def make_step(
     def step():
         if mode == "train":
             with autocast:
-                y = model(x)
+                y = (forward or model)(x)
             loss = y.float() if y.dim() == 0 else y.float().pow(2).mean()
             loss.backward()
             if not for_graph:
@@ -236,7 +240,19 @@ def measure_model(
     step = None
     capture_peak = None
     try:
-        if graphed and torch.device(device).type == "cuda":
+        on_gpu = torch.device(device).type == "cuda"
+        if graphed and on_gpu and mode == "train":
+            # the product's path: forward and backward replayed from graphs
+            # (GraphedTraining, as the separation recipes' cuda_graphs)
+            model.zero_grad(set_to_none=True)
+            forward = GraphedTraining(model, max_graphs=1)
+            step = make_step(model, x, mode, dtype, device, forward=forward)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
+            step()  # records the graphs
+            capture_peak = torch.cuda.max_memory_allocated(device) / 2**20
+            used_graph = forward.num_graphs > 0
+        elif graphed and on_gpu:
             model.zero_grad(set_to_none=True)
             graph_step = make_step(model, x, mode, dtype, device, True)
             torch.cuda.synchronize()
@@ -705,8 +721,10 @@ def main(argv=None) -> None:
         "--cuda-graphs",
         choices=["none", "mamba", "both"],
         default="none",
-        help="replay each step from a CUDA graph (static shapes; for "
-        "ar-step one decoding step with static state buffers)",
+        help="replay from CUDA graphs: in training the model's forward and "
+        "backward (GraphedTraining, as the recipes' cuda_graphs option), in "
+        "inference the whole call, for ar-step one decoding step with static "
+        "state buffers",
     )
     parser.add_argument(
         "--checkpointing",

@@ -20,7 +20,11 @@ SpeechBrain's separation recipes and of the Mamba-TasNet paper:
   (see :mod:`speechbrain_mamba.separation.metrics`) and saves a few separated
   examples;
 - an optional wall-clock budget (``train_time_budget_s``) stops training
-  after the running batch, validates and checkpoints.
+  after the running batch, validates and checkpoints;
+- on one GPU, ``cuda_graphs: True`` replays the mask network's training
+  forward and backward from CUDA graphs (one per input shape: crop the
+  signals with ``limit_training_signal_len``), which removes the launch
+  overhead that bounds a Mamba mask network on short inputs.
 
 The encoder, mask network and decoder are called through ``self.modules`` so
 that, under ``torchrun``, DDP synchronises their gradients. Decisions that
@@ -48,6 +52,7 @@ from speechbrain_mamba.separation.io import atomic_write_wav
 from speechbrain_mamba.separation.lr_schedule import WarmupCosineScheduler
 from speechbrain_mamba.separation.metrics import METRICS, separation_metrics
 from speechbrain_mamba.separation.results import write_results_csv
+from speechbrain_mamba.utils.graphed_training import GraphedTraining
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +152,7 @@ class SeparationBrain(sb.Brain):
         """
         num_spks = self.hparams.num_spks
         mix_w = self.modules.encoder(mix)
-        masks = self.modules.masknet(mix_w)
+        masks = self._mask_network()(mix_w)
         sep_h = mix_w.unsqueeze(0) * masks
         est = torch.stack(
             [self.modules.decoder(sep_h[i]) for i in range(num_spks)], dim=-1
@@ -166,6 +171,21 @@ class SeparationBrain(sb.Brain):
             )
             est = est * keep[..., None].to(est.dtype)
         return est
+
+    def _mask_network(self):
+        """The mask network; with the ``cuda_graphs`` option, through a
+        :class:`~speechbrain_mamba.utils.graphed_training.GraphedTraining`
+        that replays its training forward and backward from CUDA graphs."""
+        masknet = self.modules.masknet
+        if not self._opt("cuda_graphs", False):
+            return masknet
+        graphed = getattr(self, "_graphed_masknet", None)
+        if graphed is None or graphed.module is not masknet:
+            if isinstance(masknet, torch.nn.parallel.DistributedDataParallel):
+                logger.info("cuda_graphs: not under DDP; training eagerly")
+            graphed = GraphedTraining(masknet)
+            self._graphed_masknet = graphed
+        return graphed
 
     def _signals(self, batch):
         mix, lengths = batch.mix_sig

@@ -1,0 +1,190 @@
+"""GraphedTraining: a module's training forward and backward replayed from
+CUDA graphs give the outputs and gradients of eager calls, one graph per
+input shape up to the limit, eager calls in every other case (CPU,
+evaluation, no gradient, a module that cannot be recorded); the separation
+Brain trains through it with ``cuda_graphs: True``."""
+
+import copy
+import math
+
+import pytest
+import torch
+from speechbrain.dataio.batch import PaddedBatch
+from speechbrain.lobes.models.dual_path import Decoder, Encoder
+from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
+
+from speechbrain_mamba.lobes.mamba_tasnet import MambaTasNetMaskNet
+from speechbrain_mamba.separation.brain import SeparationBrain
+from speechbrain_mamba.utils.graphed_training import GraphedTraining
+
+gpu = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs an NVIDIA GPU"
+)
+
+
+def mask_net(device="cpu"):
+    torch.manual_seed(0)
+    return MambaTasNetMaskNet(32, out_channels=16, num_layers=2).to(device)
+
+
+def train_steps(net, call, inputs, dtype=torch.float32):
+    """Outputs and gradients of one training step per input."""
+    results = []
+    for x in inputs:
+        net.zero_grad(set_to_none=True)
+        with torch.autocast(
+            "cuda", dtype=dtype, enabled=dtype != torch.float32
+        ):
+            y = call(x)
+        loss = (
+            y.float()
+            * torch.linspace(-1, 1, y.numel(), device=y.device).view_as(y)
+        ).sum()
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in net.named_parameters()}
+        results.append((y.detach().clone(), grads))
+        with torch.no_grad():  # move the weights, as an optimizer would
+            for p in net.parameters():
+                p.sub_(1e-3 * p.grad)
+    return results
+
+
+def test_cpu_calls_are_plain_calls():
+    net = mask_net()
+    graphed = GraphedTraining(net)
+    x = torch.randn(1, 32, 50)
+    torch.testing.assert_close(graphed(x), net(x))
+    assert graphed.num_graphs == 0
+    with pytest.raises(ValueError, match="max_graphs"):
+        GraphedTraining(net, max_graphs=0)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_replays_equal_eager_training_steps(dtype):
+    eager_net = mask_net("cuda")
+    graphed_net = copy.deepcopy(eager_net)
+    graphed = GraphedTraining(graphed_net)
+    torch.manual_seed(1)
+    inputs = [
+        torch.randn(1, 32, 400, device="cuda").requires_grad_()
+        for _ in range(3)
+    ]
+    expected = train_steps(eager_net, eager_net, inputs, dtype)
+    got = train_steps(graphed_net, graphed, inputs, dtype)
+    assert graphed.num_graphs == 1
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else {}
+    for (y, grads), (y_ref, grads_ref) in zip(got, expected):
+        torch.testing.assert_close(y, y_ref, **tol)
+        for name in grads_ref:
+            torch.testing.assert_close(grads[name], grads_ref[name], **tol)
+
+
+@gpu
+def test_one_graph_per_shape_up_to_the_limit():
+    net = mask_net("cuda")
+    graphed = GraphedTraining(net, max_graphs=2)
+    for length in (100, 200, 100, 300):
+        x = torch.randn(1, 32, length, device="cuda", requires_grad=True)
+        y = graphed(x)
+        y.sum().backward()
+        torch.testing.assert_close(y, net(x), rtol=1e-4, atol=1e-5)
+    assert graphed.num_graphs == 2  # 300 frames ran eagerly
+    net.eval()
+    with torch.no_grad():
+        graphed(torch.randn(1, 32, 500, device="cuda"))
+    assert graphed.num_graphs == 2
+
+
+class HostCopy(torch.nn.Module):
+    """Copies a CPU tensor in its forward: not recordable."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return x * self.scale + torch.tensor(1.0).to(x.device)
+
+
+@gpu
+def test_unrecordable_module_runs_eagerly():
+    module = HostCopy().cuda()
+    graphed = GraphedTraining(module)
+    x = torch.ones(3, device="cuda", requires_grad=True)
+    y = graphed(x)
+    assert graphed.num_graphs == 0
+    torch.testing.assert_close(y, torch.full((3,), 2.0, device="cuda"))
+    y.sum().backward()
+    assert float(module.scale.grad) == 3.0
+    assert graphed(x).shape == (3,)  # not tried again
+    assert graphed.num_graphs == 0
+
+
+def separation_brain(device, cuda_graphs):
+    torch.manual_seed(0)
+    modules = {
+        "encoder": Encoder(kernel_size=16, out_channels=32),
+        "masknet": MambaTasNetMaskNet(32, out_channels=16, num_layers=2),
+        "decoder": Decoder(
+            in_channels=32, out_channels=1, kernel_size=16, stride=8, bias=False
+        ),
+    }
+    hparams = {
+        "num_spks": 2,
+        "sample_rate": 8000,
+        "loss": get_si_snr_with_pitwrapper,
+        "clip_grad_norm": 5,
+        "cuda_graphs": cuda_graphs,
+    }
+    brain = SeparationBrain(
+        modules,
+        opt_class=lambda params: torch.optim.Adam(params, 1e-3),
+        hparams=hparams,
+        run_opts={"device": device},
+    )
+    brain.init_optimizers()
+    brain.nonfinite_count = 0
+    return brain
+
+
+def batches(count, length=1600):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for b in range(count):
+        items = []
+        for i in range(2):
+            s1 = torch.randn(length, generator=g)
+            s2 = torch.randn(length, generator=g)
+            items.append(
+                {
+                    "id": f"{b}-{i}",
+                    "mix_sig": s1 + s2,
+                    "s1_sig": s1,
+                    "s2_sig": s2,
+                }
+            )
+        out.append(PaddedBatch(items))
+    return out
+
+
+def test_separation_brain_option_on_cpu_trains_eagerly():
+    brain = separation_brain("cpu", cuda_graphs=True)
+    assert isinstance(brain._mask_network(), GraphedTraining)
+    loss = brain.fit_batch(batches(1)[0])
+    assert math.isfinite(float(loss))
+    assert brain._mask_network().num_graphs == 0
+    plain = separation_brain("cpu", cuda_graphs=False)
+    assert plain._mask_network() is plain.modules.masknet
+
+
+@gpu
+def test_separation_brain_trains_through_graphs():
+    data = batches(3)
+    eager = separation_brain("cuda", cuda_graphs=False)
+    graphed = separation_brain("cuda", cuda_graphs=True)
+    for batch in data:
+        expected = float(eager.fit_batch(batch))
+        got = float(graphed.fit_batch(batch))
+        assert got == pytest.approx(expected, rel=1e-3, abs=1e-3)
+    assert graphed._mask_network().num_graphs == 1
