@@ -40,12 +40,11 @@ from torch import nn
 from speechbrain_mamba.nnet.cache import MambaCache
 from speechbrain_mamba.nnet.norm import RMSNorm
 from speechbrain_mamba.ops.backend import effective_backend
+from speechbrain_mamba.ops.triton_bidirectional_scan import available
 
-try:  # optional: only present with a CUDA build of PyTorch
+if available():  # Triton comes with the CUDA builds of PyTorch
     import triton
     import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the installation
-    triton = None
 
 # Tuned on an H200 (d_model 1024, 24 layers, one item, fp32 weights, CUDA
 # graph): weight tiles of 4096 / 8192 / 16384 elements, 4 or 8 warps; 8
@@ -68,22 +67,7 @@ WARPS = 4
 MAX_BATCH = 8
 
 
-def available() -> bool:
-    """Whether Triton can be imported.
-
-    Returns
-    -------
-    bool
-
-    Example
-    -------
-    >>> isinstance(available(), bool)
-    True
-    """
-    return triton is not None
-
-
-if triton is not None:
+if available():
 
     @triton.jit
     def _step_input_kernel(
@@ -119,7 +103,7 @@ if triton is not None:
         block = tl.program_id(0)
         item = tl.program_id(1)
 
-        # this block's weights, read once for all the program's items
+        # this block's channels and their weights
         chan = block * CHANNELS + tl.arange(0, CHANNELS)
         chan_ok = chan < d_inner
         k = tl.arange(0, MODEL_PAD)
@@ -241,7 +225,7 @@ if triton is not None:
         block = tl.program_id(0)
         item = tl.program_id(1)
 
-        # this block's weights, read once for all the program's items
+        # this block's channels and their weights
         chan = block * CHANNELS + tl.arange(0, CHANNELS)
         chan_ok = chan < d_inner
         rank = tl.arange(0, RANK_PAD)
@@ -421,7 +405,7 @@ def fused_step_applies(
         or x.shape[1] != 1
         or lengths is not None
         or x.shape[0] > MAX_BATCH
-        or triton is None
+        or not available()
     ):
         return False
     if torch.is_grad_enabled() and (
@@ -471,7 +455,7 @@ def _launch(
     projection: Optional[torch.Tensor],
 ) -> None:
     """Runs both kernels: ``output += mixer(norm(x))`` (fp32 output)."""
-    if triton is None:
+    if not available():
         raise ImportError(
             "the fused decoding step needs Triton, which comes with the CUDA "
             "builds of PyTorch"
