@@ -11,6 +11,8 @@ reported per window of output positions::
         --device cuda:0 --tokens 3000 --out results/ar_latency.json
     python -m speechbrain_mamba.benchmarks.ar_latency --device cpu \\
         --size tiny --tokens 500
+    python -m speechbrain_mamba.benchmarks.ar_latency --size paper \\
+        --device cuda:0 --dtype bf16 --tokens 4500 --cuda-graph
 
 Outputs a JSON file and a Markdown table (ms per token at each window, and
 the ratio of the last window to the first). The numbers are whatever the
@@ -36,6 +38,7 @@ import speechbrain_mamba  # noqa: F401
 from speechbrain_mamba.benchmarks.timing import synchronize
 from speechbrain_mamba.lobes.tts.ar import ARDecodingState
 from speechbrain_mamba.lobes.tts.factory import build_codec_lm, count_parameters
+from speechbrain_mamba.tts.graphed_decoding import make_step
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -158,6 +161,7 @@ def step_latencies(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    cuda_graph: bool = False,
 ) -> List[float]:
     """Seconds of each generation step (one token through the cache).
 
@@ -177,6 +181,10 @@ def step_latencies(
         Autocast dtype on CUDA (fp32: no autocast).
     seed : int
         Seed of the random inputs.
+    cuda_graph : bool
+        Replay the steps from a CUDA graph where the model allows it
+        (:mod:`speechbrain_mamba.tts.graphed_decoding`; recorded before the
+        first timed step).
 
     Returns
     -------
@@ -199,11 +207,15 @@ def step_latencies(
     times = []
     with torch.autocast("cuda", dtype=dtype, enabled=use_autocast):
         logits, state = prefill(ar, phonemes, prompt)
+        graphed = make_step(ar, state, greedy_token(ar, logits), cuda_graph)
         for _ in range(num_tokens):
             token = greedy_token(ar, logits)
             synchronize(device)
             start = time.perf_counter()
-            logits = ar.step(token, state)
+            if graphed is None:
+                logits = ar.step(token, state)
+            else:
+                logits = graphed(token)
             synchronize(device)
             times.append(time.perf_counter() - start)
     return times
@@ -252,6 +264,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         "prompt_frames": args.prompt_frames,
         "num_phonemes": args.phonemes,
         "backend": os.environ.get("SBMAMBA_BACKEND", "auto"),
+        "cuda_graph_requested": args.cuda_graph,
         "threads": torch.get_num_threads(),
         "models": {},
     }
@@ -269,6 +282,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
             args.prompt_frames,
             args.device,
             DTYPES[args.dtype],
+            cuda_graph=args.cuda_graph,
         )
         times = step_latencies(
             ar,
@@ -278,6 +292,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
             args.device,
             DTYPES[args.dtype],
             args.seed,
+            args.cuda_graph,
         )
         table = windows(times, args.window)
         results["models"][kind] = {
@@ -343,6 +358,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--prompt_frames", type=int, default=225)
     parser.add_argument("--phonemes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="replay VALL-M's steps from a CUDA graph (VALL-E: eager, its "
+        "key/value cache grows)",
+    )
     parser.add_argument(
         "--threads",
         type=int,

@@ -15,6 +15,7 @@ import torch
 from speechbrain_mamba.lobes.tts.ar import CodecAR
 from speechbrain_mamba.lobes.tts.nar import CodecNAR
 from speechbrain_mamba.lobes.tts.packing import pack_segments, unpack_second
+from speechbrain_mamba.tts.graphed_decoding import make_step
 from speechbrain_mamba.tts.sampling import sample_token
 
 
@@ -36,6 +37,10 @@ class SamplingConfig:
         EOS is not allowed before this many frames per target phoneme.
     max_frames : int, optional
         Absolute length limit.
+    cuda_graph : bool
+        Replay each AR step from a CUDA graph where the model allows it
+        (a Mamba AR model on a GPU; see
+        :mod:`speechbrain_mamba.tts.graphed_decoding`); eager otherwise.
     """
 
     temperature: float = 1.0
@@ -44,6 +49,7 @@ class SamplingConfig:
     frames_per_phoneme: float = 20.0
     min_frames_per_phoneme: float = 0.0
     max_frames: Optional[int] = None
+    cuda_graph: bool = False
 
     def limits(
         self, target_phonemes: torch.Tensor
@@ -85,12 +91,15 @@ def generate_first_codebook(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: Optional[torch.Generator] = None,
+    cuda_graph: bool = False,
 ) -> Tuple[List[torch.Tensor], torch.Tensor]:
     """Samples first-codebook tokens after the prompt until EOS.
 
     Each step feeds the last token through the model's cache (key/value
     cache for the Transformer, recurrent state for Mamba), so a step costs
-    O(length) for VALL-E and O(1) for VALL-M.
+    O(length) for VALL-E and O(1) for VALL-M. With ``cuda_graph``, a Mamba
+    AR model on a GPU replays its step from a CUDA graph (sampling stays
+    eager); other models step eagerly.
 
     Arguments
     ---------
@@ -113,6 +122,8 @@ def generate_first_codebook(
         See :func:`speechbrain_mamba.tts.sampling.sample_token`.
     generator : torch.Generator, optional
         Random generator for reproducible sampling.
+    cuda_graph : bool
+        Replay the AR steps from a CUDA graph where possible.
 
     Returns
     -------
@@ -141,6 +152,7 @@ def generate_first_codebook(
     steps, done = [], torch.zeros(batch, dtype=torch.bool, device=device)
     ended = torch.zeros_like(done)
     counts = torch.zeros(batch, dtype=torch.long, device=device)
+    graphed = None
     for t in range(int(high.max())):
         logits = logits.float()
         logits[:, eos] = torch.where(t < low, float("-inf"), logits[:, eos])
@@ -153,7 +165,9 @@ def generate_first_codebook(
         done |= counts >= high
         if bool(done.all()):
             break
-        logits = ar.step(token, state)
+        if t == 0:
+            graphed = make_step(ar, state, token, cuda_graph)
+        logits = ar.step(token, state) if graphed is None else graphed(token)
     sequence = torch.stack(steps, dim=1) if steps else prompt[:, :0]
     return [sequence[b, : counts[b]] for b in range(batch)], ended
 
@@ -234,6 +248,7 @@ def synthesize_codes(
         sampling.top_k,
         sampling.top_p,
         generator,
+        sampling.cuda_graph,
     )
     batch, num_codebooks, _ = prompt_codes.shape
     lengths = torch.tensor([len(f) for f in first], device=phonemes.device)

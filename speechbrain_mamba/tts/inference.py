@@ -97,6 +97,7 @@ class ZeroShotTTS(Pretrained):
         top_k: Optional[int] = None,
         top_p: Optional[float] = None,
         seed: Optional[int] = None,
+        cuda_graph: Optional[bool] = None,
     ) -> Tuple[torch.Tensor, int]:
         """Says ``text`` in the voice of the prompt.
 
@@ -115,6 +116,8 @@ class ZeroShotTTS(Pretrained):
             Override the model's sampling settings.
         seed : int, optional
             Seed for reproducible sampling.
+        cuda_graph : bool, optional
+            Replay VALL-M's AR steps from a CUDA graph (on a GPU).
 
         Returns
         -------
@@ -129,6 +132,7 @@ class ZeroShotTTS(Pretrained):
                 ("temperature", temperature),
                 ("top_k", top_k),
                 ("top_p", top_p),
+                ("cuda_graph", cuda_graph),
             )
             if v is not None
         }

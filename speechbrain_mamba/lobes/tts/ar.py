@@ -368,5 +368,5 @@ class CodecAR(CodecLMInputs):
             h = self.backbone(x, mask, cache=cache)
         else:
             h = self.backbone(x, cache=state.cache)
-        state.next_position = state.next_position + 1
+        state.next_position += 1  # in place: a CUDA graph can replay it
         return self.head(h[:, 0])
