@@ -216,6 +216,12 @@ def test_step_input_checks_name_the_problem():
         step_ops.check_step_inputs(frame, BiMamba(8, d_state=4).cuda(), cache)
     with pytest.raises(ValueError, match="holds 1 sequences"):
         step_ops.check_step_inputs(frame, mixer, mixer.init_cache(1))
+    with torch.no_grad():  # a weight stored transposed
+        mixer.out_proj.weight = torch.nn.Parameter(
+            mixer.out_proj.weight.t().contiguous().t()
+        )
+    with pytest.raises(ValueError, match="out_proj.weight"):
+        step_ops.check_step_inputs(frame, mixer, cache)
 
 
 @gpu

@@ -83,8 +83,10 @@ def test_export_then_from_hparams_synthesises(
         "nar.ckpt",
         "text_frontend.ckpt",
     ]
-    tts = ZeroShotTTS.from_hparams(
-        source=str(hub), savedir=str(tmp_path / "collected")
+    tts = ZeroShotTTS.from_hparams(  # on the CPU, also on a GPU machine
+        source=str(hub),
+        savedir=str(tmp_path / "collected"),
+        run_opts={"device": "cpu"},
     )
     # the trained weights, symbol table and codec are the experiment's
     for name in ("ar", "nar"):

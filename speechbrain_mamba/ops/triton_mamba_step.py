@@ -350,6 +350,20 @@ def check_step_inputs(
         )
     if getattr(mixer, "directions", None) != ("",):
         raise ValueError("the fused decoding step takes a unidirectional Mamba")
+    weights = {
+        "in_proj.weight": mixer.in_proj.weight,
+        "conv1d.weight": mixer.conv1d.weight,
+        "x_proj.weight": mixer.x_proj.weight,
+        "dt_proj.weight": mixer.dt_proj.weight,
+        "A_log": mixer.A_log,
+        "out_proj.weight": mixer.out_proj.weight,
+    }
+    for name, weight in weights.items():
+        if not weight.is_contiguous():
+            raise ValueError(
+                f"the fused decoding step reads {name} as a contiguous "
+                "tensor; it is not (call .contiguous() on it)"
+            )
     if not isinstance(cache, MambaCache):
         raise ValueError(f"cache must be a MambaCache, got {type(cache)}")
     if cache.batch_size != x.shape[0]:

@@ -129,7 +129,6 @@ class GraphedARStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph), torch.autocast(**autocast):
             self.logits = ar.step(self.tokens, state)
-        self._state_tensors = tensors
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         """One decoding step.
