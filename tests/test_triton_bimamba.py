@@ -50,7 +50,7 @@ def scan_inputs(batch, time, d_inner, d_state, lengths):
 def call(function, inputs, d_state, scale):
     B_f, C_f = inputs["x_dbl"][0][..., 3:].split(d_state, -1)
     B_b, C_b = inputs["x_dbl"][1][..., 3:].split(d_state, -1)
-    return function(
+    scan_inputs = scan_ops.ScanInputs(
         inputs["u"],
         inputs["delta_raw"],
         inputs["z"],
@@ -62,8 +62,8 @@ def call(function, inputs, d_state, scale):
         inputs["D"],
         inputs["delta_bias"],
         inputs["lengths"],
-        scale,
     )
+    return function(scan_inputs, scale)
 
 
 def leaves(inputs):

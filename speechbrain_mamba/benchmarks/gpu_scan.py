@@ -33,7 +33,10 @@ import torch
 
 from speechbrain_mamba.benchmarks.timing import measure
 from speechbrain_mamba.ops.backend import cuda_kernels
-from speechbrain_mamba.ops.triton_bidirectional_scan import bidirectional_scan
+from speechbrain_mamba.ops.triton_bidirectional_scan import (
+    ScanInputs,
+    bidirectional_scan,
+)
 from speechbrain_mamba.utils.atomic import atomic_write_text
 
 #: name -> (batch, frames, d_inner, d_state)
@@ -66,10 +69,11 @@ def _triton_step(batch: int, time: int, d_inner: int, d_state: int):
 
     def forward():
         u, delta_raw, z, A, xf, xb, D, bias = leaves
-        return bidirectional_scan(
+        inputs = ScanInputs(
             u, delta_raw, z, A, *xf.split(d_state, -1),
-            *xb.split(d_state, -1), D, bias, lengths, 0.5,
+            *xb.split(d_state, -1), D, bias, lengths,
         )  # fmt: skip
+        return bidirectional_scan(inputs, 0.5)
 
     return leaves, forward
 

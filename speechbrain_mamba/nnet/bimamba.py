@@ -37,6 +37,7 @@ from speechbrain_mamba.ops.bimamba_inner import (
     torch_conv1d_silu,
 )
 from speechbrain_mamba.ops.triton_bidirectional_scan import (
+    ScanInputs,
     bidirectional_scan,
     bidirectional_scan_inference,
 )
@@ -229,7 +230,9 @@ class BiMamba(Mamba):
             )  # fmt: skip
         u, delta_raw, z, *BC = bimamba_scan_inputs(x, frames, sizes, *weights)
         scan = bidirectional_scan_inference if inference else bidirectional_scan
-        y = scan(u, delta_raw, z, A, *BC, D, delta_bias, frames, scale)
+        y = scan(
+            ScanInputs(u, delta_raw, z, A, *BC, D, delta_bias, frames), scale
+        )
         return self.out_proj(y)
 
     def _both_directions_cuda(

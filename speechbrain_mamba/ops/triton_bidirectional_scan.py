@@ -44,7 +44,7 @@ speechbrain-mamba developers
 """
 
 import os
-from typing import Callable, Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -558,33 +558,67 @@ def scan_in_two_passes(
     return states
 
 
-def check_scan_inputs(
-    u: torch.Tensor,
-    delta_raw: torch.Tensor,
-    z: torch.Tensor,
-    A: torch.Tensor,
-    B_fwd: torch.Tensor,
-    C_fwd: torch.Tensor,
-    B_bwd: torch.Tensor,
-    C_bwd: torch.Tensor,
-    lengths: torch.Tensor,
-) -> None:
+class ScanInputs(NamedTuple):
+    """The tensors of both BiMamba scans.
+
+    Arguments
+    ---------
+    u : torch.Tensor
+        Scan inputs [batch, time, 2 * d_inner]: forward channels first,
+        then the backward direction's (both in the original time order).
+    delta_raw : torch.Tensor
+        Step sizes before bias and softplus, like ``u``.
+    z : torch.Tensor
+        Gate [batch, time, d_inner] (shared by both directions).
+    A : torch.Tensor
+        [2 * d_inner, d_state] (negative).
+    B_fwd, C_fwd, B_bwd, C_bwd : torch.Tensor
+        [batch, time, d_state] each, all with the same strides (views of
+        the x_proj outputs are fine).
+    D : torch.Tensor
+        Skip weights [2 * d_inner].
+    delta_bias : torch.Tensor
+        [2 * d_inner].
+    lengths : torch.Tensor
+        Valid frames per item [batch] (integers).
+
+    Example
+    -------
+    >>> ScanInputs._fields[:4]
+    ('u', 'delta_raw', 'z', 'A')
+    """
+
+    u: torch.Tensor
+    delta_raw: torch.Tensor
+    z: torch.Tensor
+    A: torch.Tensor
+    B_fwd: torch.Tensor
+    C_fwd: torch.Tensor
+    B_bwd: torch.Tensor
+    C_bwd: torch.Tensor
+    D: torch.Tensor
+    delta_bias: torch.Tensor
+    lengths: torch.Tensor
+
+
+def check_scan_inputs(inputs: ScanInputs) -> None:
     """Raises a clear error for inputs the Triton scans cannot take.
 
     Arguments
     ---------
-    u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd, lengths
-        As in :func:`bidirectional_scan`.
+    inputs : ScanInputs
+        The scan's tensors.
 
     Example
     -------
     >>> x = torch.zeros(1, 4, 6)
     >>> try:
-    ...     check_scan_inputs(x, x, x, x, x, x, x, x, x)
+    ...     check_scan_inputs(ScanInputs(*[x] * 11))
     ... except (ImportError, ValueError):  # no Triton, or not CUDA tensors
     ...     print("rejected")
     rejected
     """
+    u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd, _, _, lengths = inputs
     if triton is None:
         raise ImportError(
             "The fused bidirectional scan needs Triton (it comes with the "
@@ -617,44 +651,36 @@ def check_scan_inputs(
         raise ValueError(f"lengths must be [batch], got {lengths.shape}")
 
 
-def kernel_layout(
-    u: torch.Tensor,
-    delta_raw: torch.Tensor,
-    z: torch.Tensor,
-    A: torch.Tensor,
-    D: torch.Tensor,
-    delta_bias: torch.Tensor,
-    lengths: torch.Tensor,
-) -> Tuple[torch.Tensor, ...]:
+def kernel_layout(inputs: ScanInputs) -> ScanInputs:
     """The memory layout and dtypes the Triton scans read.
 
     Arguments
     ---------
-    u, delta_raw, z, A, D, delta_bias, lengths
-        As in :func:`bidirectional_scan`.
+    inputs : ScanInputs
+        The scan's tensors.
 
     Returns
     -------
-    tuple
+    ScanInputs
         u and delta_raw contiguous, z with unit channel stride, A, D and
-        delta_bias fp32 contiguous, lengths int32.
+        delta_bias fp32 contiguous, lengths int32 (B and C unchanged).
 
     Example
     -------
-    >>> out = kernel_layout(*[torch.zeros(2, 3)] * 6, torch.tensor([3, 2]))
-    >>> out[-1].dtype, out[3].dtype
+    >>> x = torch.zeros(2, 3)
+    >>> out = kernel_layout(ScanInputs(*[x] * 10, torch.tensor([3, 2])))
+    >>> out.lengths.dtype, out.A.dtype
     (torch.int32, torch.float32)
     """
-    if z.stride(-1) != 1:
-        z = z.contiguous()
-    return (
-        u.contiguous(),
-        delta_raw.contiguous(),
-        z,
-        A.float().contiguous(),
-        D.float().contiguous(),
-        delta_bias.float().contiguous(),
-        lengths.to(torch.int32).contiguous(),
+    z = inputs.z if inputs.z.stride(-1) == 1 else inputs.z.contiguous()
+    return inputs._replace(
+        u=inputs.u.contiguous(),
+        delta_raw=inputs.delta_raw.contiguous(),
+        z=z,
+        A=inputs.A.float().contiguous(),
+        D=inputs.D.float().contiguous(),
+        delta_bias=inputs.delta_bias.float().contiguous(),
+        lengths=inputs.lengths.to(torch.int32).contiguous(),
     )
 
 
@@ -674,10 +700,12 @@ def _strides(u, z, out, B_fwd):
     ]  # fmt: skip
 
 
-def _forward(u, delta_raw, A, D, delta_bias, B_fwd, C_fwd, B_bwd, C_bwd,
-             lengths, chunk):  # fmt: skip
+def _forward(inputs: ScanInputs, chunk: int):
     """Both directions' y = C h + D u, [batch, time, 2 d_inner], and the
-    states entering each chunk (fp32)."""
+    states entering each chunk (fp32), from inputs in the kernels' layout."""
+    u, delta_raw, _, A, B_fwd, C_fwd, B_bwd, C_bwd, D, delta_bias, lengths = (
+        inputs
+    )
     batch, time, channels = u.shape
     d_state = A.shape[1]
     block = _channel_block(channels // 2, CHANNEL_BLOCK)
@@ -814,25 +842,14 @@ def gate_gradient(
 
 @torch.no_grad()
 def bidirectional_scan_inference(
-    u: torch.Tensor,
-    delta_raw: torch.Tensor,
-    z: torch.Tensor,
-    A: torch.Tensor,
-    B_fwd: torch.Tensor,
-    C_fwd: torch.Tensor,
-    B_bwd: torch.Tensor,
-    C_bwd: torch.Tensor,
-    D: torch.Tensor,
-    delta_bias: torch.Tensor,
-    lengths: torch.Tensor,
-    scale: float = 1.0,
+    inputs: ScanInputs, scale: float = 1.0
 ) -> torch.Tensor:
     """Both BiMamba scans for inference (no autograd), gated and combined.
 
     Arguments
     ---------
-    u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd, D, delta_bias, lengths
-        As in :func:`bidirectional_scan`.
+    inputs : ScanInputs
+        The scan's tensors.
     scale : float
         Factor of the combined output (0.5 averages the directions).
 
@@ -846,24 +863,20 @@ def bidirectional_scan_inference(
     >>> if torch.cuda.is_available() and available():
     ...     u = torch.randn(1, 10, 8, device="cuda")
     ...     bc = torch.randn(1, 10, 4, device="cuda")
-    ...     y = bidirectional_scan_inference(
+    ...     inputs = ScanInputs(
     ...         u, u, u[..., :4], -torch.ones(8, 4, device="cuda"),
     ...         bc, bc, bc, bc, torch.ones(8, device="cuda"),
     ...         torch.zeros(8, device="cuda"),
     ...         torch.tensor([10], device="cuda"),
     ...     )
+    ...     y = bidirectional_scan_inference(inputs)
     ...     assert y.shape == (1, 10, 4)
     """
-    check_scan_inputs(u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd, lengths)
-    u, delta_raw, z, A, D, delta_bias, lengths = kernel_layout(
-        u, delta_raw, z, A, D, delta_bias, lengths
-    )
-    chunk = SHORT_CHUNK if u.shape[1] < SHORT_SEQUENCE else CHUNK
-    y, _ = _forward(
-        u, delta_raw, A, D, delta_bias, B_fwd, C_fwd, B_bwd, C_bwd, lengths,
-        chunk,
-    )  # fmt: skip
-    return gate_directions(y, z, scale)
+    check_scan_inputs(inputs)
+    inputs = kernel_layout(inputs)
+    chunk = SHORT_CHUNK if inputs.u.shape[1] < SHORT_SEQUENCE else CHUNK
+    y, _ = _forward(inputs, chunk)
+    return gate_directions(y, inputs.z, scale)
 
 
 def _program_count(device: torch.device, work: int) -> int:
@@ -875,25 +888,15 @@ def _program_count(device: torch.device, work: int) -> int:
 
 
 def scan_forward(
-    u: torch.Tensor,
-    delta_raw: torch.Tensor,
-    z: torch.Tensor,
-    A: torch.Tensor,
-    B_fwd: torch.Tensor,
-    C_fwd: torch.Tensor,
-    B_bwd: torch.Tensor,
-    C_bwd: torch.Tensor,
-    D: torch.Tensor,
-    delta_bias: torch.Tensor,
-    lengths: torch.Tensor,
-) -> Tuple[torch.Tensor, torch.Tensor, tuple]:
+    inputs: ScanInputs,
+) -> Tuple[torch.Tensor, torch.Tensor, ScanInputs]:
     """Training forward pass (no autograd): each direction's output and
     what :func:`scan_backward` needs.
 
     Arguments
     ---------
-    u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd, D, delta_bias, lengths
-        As in :func:`bidirectional_scan`.
+    inputs : ScanInputs
+        The scan's tensors.
 
     Returns
     -------
@@ -902,7 +905,7 @@ def scan_forward(
         channels first; 0 on padded frames).
     states : torch.Tensor
         The fp32 state entering each chunk of ``TRAINING_CHUNK`` frames.
-    inputs : tuple
+    inputs : ScanInputs
         The inputs in the kernels' layout, for :func:`scan_backward`.
 
     Example
@@ -910,38 +913,30 @@ def scan_forward(
     >>> if torch.cuda.is_available() and available():
     ...     u = torch.randn(1, 10, 8, device="cuda")
     ...     bc = torch.randn(1, 10, 4, device="cuda")
-    ...     y, states, inputs = scan_forward(
+    ...     inputs = ScanInputs(
     ...         u, u, u[..., :4], -torch.ones(8, 4, device="cuda"),
     ...         bc, bc, bc, bc, torch.ones(8, device="cuda"),
     ...         torch.zeros(8, device="cuda"),
     ...         torch.tensor([10], device="cuda"),
     ...     )
+    ...     y, states, _ = scan_forward(inputs)
     ...     assert y.shape == (1, 10, 8) and states.shape == (1, 1, 8, 4)
     """
-    check_scan_inputs(u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd, lengths)
-    u, delta_raw, z, A, D, delta_bias, lengths = kernel_layout(
-        u, delta_raw, z, A, D, delta_bias, lengths
-    )
-    y, states = _forward(
-        u, delta_raw, A, D, delta_bias, B_fwd, C_fwd, B_bwd, C_bwd, lengths,
-        TRAINING_CHUNK,
-    )  # fmt: skip
-    inputs = (
-        u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd, D, delta_bias,
-        lengths,
-    )  # fmt: skip
+    check_scan_inputs(inputs)
+    inputs = kernel_layout(inputs)
+    y, states = _forward(inputs, TRAINING_CHUNK)
     return y, states, inputs
 
 
 def scan_backward(
-    inputs: tuple, states: torch.Tensor, dout: torch.Tensor, scale: float
+    inputs: ScanInputs, states: torch.Tensor, dout: torch.Tensor, scale: float
 ) -> Tuple[torch.Tensor, ...]:
     """Gradients of ``scale * (y_fwd + y_bwd) * silu(z)``.
 
     Arguments
     ---------
-    inputs, states : tuple, torch.Tensor
-        From :func:`scan_forward`.
+    inputs, states : ScanInputs, torch.Tensor
+        From :func:`scan_forward` (inputs in the kernels' layout).
     dout : torch.Tensor
         Gradient of the gated output, [batch, time, d_inner].
     scale : float
@@ -959,19 +954,19 @@ def scan_backward(
     >>> if torch.cuda.is_available() and available():
     ...     u = torch.randn(1, 10, 8, device="cuda")
     ...     bc = torch.randn(1, 10, 4, device="cuda")
-    ...     y, states, inputs = scan_forward(
+    ...     inputs = ScanInputs(
     ...         u, u, u[..., :4], -torch.ones(8, 4, device="cuda"),
     ...         bc, bc, bc, bc, torch.ones(8, device="cuda"),
     ...         torch.zeros(8, device="cuda"),
     ...         torch.tensor([10], device="cuda"),
     ...     )
+    ...     y, states, inputs = scan_forward(inputs)
     ...     grads = scan_backward(inputs, states, u[..., :4], 1.0)
     ...     assert torch.equal(grads[-1], y) and len(grads) == 11
     """
-    (
-        u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd, D, delta_bias,
-        lengths,
-    ) = inputs  # fmt: skip
+    u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd, D, delta_bias, lengths = (
+        inputs
+    )
     dout = dout.contiguous()
     batch, time, channels = u.shape
     d_state = A.shape[1]
@@ -1025,64 +1020,30 @@ def scan_backward(
 
 
 class BidirectionalScanFunction(torch.autograd.Function):
-    """Autograd wrapper of :func:`scan_forward` / :func:`scan_backward`."""
+    """Autograd wrapper of :func:`scan_forward` / :func:`scan_backward`
+    (the scale, then the tensors of :class:`ScanInputs` in order)."""
 
     @staticmethod
-    def forward(
-        ctx, u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd, D, delta_bias,
-        lengths, scale,
-    ):  # fmt: skip
-        y, states, inputs = scan_forward(
-            u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd, D, delta_bias,
-            lengths,
-        )  # fmt: skip
+    def forward(ctx, scale, *tensors):
+        y, states, inputs = scan_forward(ScanInputs(*tensors))
         ctx.save_for_backward(*inputs, states)
         ctx.scale = float(scale)
-        return gate_directions(y, inputs[2], scale)
+        return gate_directions(y, inputs.z, scale)
 
     @staticmethod
     def backward(ctx, dout):
-        *inputs, states = ctx.saved_tensors
-        grads = scan_backward(tuple(inputs), states, dout, ctx.scale)
-        return (*grads[:-1], None, None)
+        *tensors, states = ctx.saved_tensors
+        grads = scan_backward(ScanInputs(*tensors), states, dout, ctx.scale)
+        return (None, *grads[:-1], None)
 
 
-def bidirectional_scan(
-    u: torch.Tensor,
-    delta_raw: torch.Tensor,
-    z: torch.Tensor,
-    A: torch.Tensor,
-    B_fwd: torch.Tensor,
-    C_fwd: torch.Tensor,
-    B_bwd: torch.Tensor,
-    C_bwd: torch.Tensor,
-    D: torch.Tensor,
-    delta_bias: torch.Tensor,
-    lengths: torch.Tensor,
-    scale: float = 1.0,
-) -> torch.Tensor:
+def bidirectional_scan(inputs: ScanInputs, scale: float = 1.0) -> torch.Tensor:
     """Both BiMamba scans, gated and combined, differentiable.
 
     Arguments
     ---------
-    u : torch.Tensor
-        Scan inputs [batch, time, 2 * d_inner]: forward channels first,
-        then the backward direction's (both in the original time order).
-    delta_raw : torch.Tensor
-        Step sizes before bias and softplus, like ``u``.
-    z : torch.Tensor
-        Gate [batch, time, d_inner] (shared by both directions).
-    A : torch.Tensor
-        [2 * d_inner, d_state] (negative).
-    B_fwd, C_fwd, B_bwd, C_bwd : torch.Tensor
-        [batch, time, d_state] each, all with the same strides (views of
-        the x_proj outputs are fine).
-    D : torch.Tensor
-        Skip weights [2 * d_inner].
-    delta_bias : torch.Tensor
-        [2 * d_inner].
-    lengths : torch.Tensor
-        Valid frames per item [batch] (integers).
+    inputs : ScanInputs
+        The scan's tensors (gradients flow to all but ``lengths``).
     scale : float
         Factor of the combined output (0.5 averages the directions).
 
@@ -1096,42 +1057,26 @@ def bidirectional_scan(
     >>> if torch.cuda.is_available() and available():
     ...     u = torch.randn(1, 10, 8, device="cuda", requires_grad=True)
     ...     bc = torch.randn(1, 10, 4, device="cuda")
-    ...     y = bidirectional_scan(
+    ...     y = bidirectional_scan(ScanInputs(
     ...         u, u, u[..., :4], -torch.ones(8, 4, device="cuda"),
     ...         bc, bc, bc, bc, torch.ones(8, device="cuda"),
     ...         torch.zeros(8, device="cuda"),
     ...         torch.tensor([10], device="cuda"),
-    ...     )
+    ...     ))
     ...     y.sum().backward()
     ...     assert u.grad.shape == (1, 10, 8)
     """
-    return BidirectionalScanFunction.apply(
-        u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd, D, delta_bias,
-        lengths, scale,
-    )  # fmt: skip
+    return BidirectionalScanFunction.apply(scale, *inputs)
 
 
-def scan_reference(
-    u: torch.Tensor,
-    delta_raw: torch.Tensor,
-    z: torch.Tensor,
-    A: torch.Tensor,
-    B_fwd: torch.Tensor,
-    C_fwd: torch.Tensor,
-    B_bwd: torch.Tensor,
-    C_bwd: torch.Tensor,
-    D: torch.Tensor,
-    delta_bias: torch.Tensor,
-    lengths: torch.Tensor,
-    scale: float = 1.0,
-) -> torch.Tensor:
+def scan_reference(inputs: ScanInputs, scale: float = 1.0) -> torch.Tensor:
     """Loop-by-loop fp32 reference of :func:`bidirectional_scan` (any
     device, for tests).
 
     Arguments
     ---------
-    u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd, D, delta_bias, lengths
-        As in :func:`bidirectional_scan`.
+    inputs : ScanInputs
+        The scan's tensors.
     scale : float
         Factor of the combined output.
 
@@ -1144,13 +1089,16 @@ def scan_reference(
     -------
     >>> u = torch.randn(1, 6, 4)
     >>> bc = torch.randn(1, 6, 3)
-    >>> y = scan_reference(
+    >>> y = scan_reference(ScanInputs(
     ...     u, u, u[..., :2], -torch.ones(4, 3), bc, bc, bc, bc,
     ...     torch.zeros(4), torch.zeros(4), torch.tensor([4]),
-    ... )
+    ... ))
     >>> y.shape, bool(y[0, 4:].abs().sum() == 0)
     (torch.Size([1, 6, 2]), True)
     """
+    u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd, D, delta_bias, lengths = (
+        inputs
+    )
     batch, time, channels = u.shape
     d_inner = channels // 2
     delta = torch.nn.functional.softplus(delta_raw.float() + delta_bias)

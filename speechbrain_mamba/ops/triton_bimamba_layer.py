@@ -28,6 +28,7 @@ from speechbrain_mamba.ops.triton_bidirectional_conv import (
     bidirectional_conv_silu,
 )
 from speechbrain_mamba.ops.triton_bidirectional_scan import (
+    ScanInputs,
     gate_directions,
     kernel_layout,
     scan_backward,
@@ -145,7 +146,7 @@ class BiMambaLayerFunction(torch.autograd.Function):
                 x, frames, sizes, *weights
             )
             y, states, _ = scan_forward(
-                u, delta_raw, z, A, *BC, D, delta_bias, frames
+                ScanInputs(u, delta_raw, z, A, *BC, D, delta_bias, frames)
             )
             out = F.linear(gate_directions(y, z, scale), out_weight, out_bias)
         ctx.save_for_backward(
@@ -175,10 +176,9 @@ class BiMambaLayerFunction(torch.autograd.Function):
         u, delta_raw, z, *BC = (t.detach() for t in recomputed)
         # gradient of the gated output through the output projection
         d_gated = torch.matmul(dout, out_weight.to(dout.dtype))
-        u, delta_raw, z, A, D, delta_bias, lengths = kernel_layout(
-            u, delta_raw, z, A, D, delta_bias, frames
+        inputs = kernel_layout(
+            ScanInputs(u, delta_raw, z, A, *BC, D, delta_bias, frames)
         )
-        inputs = (u, delta_raw, z, A, *BC, D, delta_bias, lengths)
         grads = scan_backward(inputs, states, d_gated, ctx.scale)
         du, ddelta, dz, dA, dB_f, dC_f, dB_b, dC_b, dD, dbias, y = grads
         pairs = [
