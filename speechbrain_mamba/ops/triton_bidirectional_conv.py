@@ -19,11 +19,12 @@ Author
 speechbrain-mamba developers
 """
 
-import os
-
 import torch
 
-from speechbrain_mamba.ops.triton_bidirectional_scan import available
+from speechbrain_mamba.ops.triton_bidirectional_scan import (
+    available,
+    interpreted,
+)
 
 if available():
     import triton
@@ -201,7 +202,7 @@ class BidirectionalConvFunction(torch.autograd.Function):
             raise ImportError(
                 "The fused bidirectional convolution needs Triton."
             )
-        if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        if not (x.is_cuda or interpreted()):
             raise ValueError(
                 f"Triton kernels need CUDA tensors, got {x.device}"
             )

@@ -99,6 +99,22 @@ def available() -> bool:
     return triton is not None
 
 
+def interpreted() -> bool:
+    """Whether Triton's CPU interpreter is on (``TRITON_INTERPRET=1``),
+    which runs the kernels on CPU tensors.
+
+    Returns
+    -------
+    bool
+
+    Example
+    -------
+    >>> isinstance(interpreted(), bool)
+    True
+    """
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 if triton is not None:
 
     @triton.jit
@@ -624,7 +640,7 @@ def check_scan_inputs(inputs: ScanInputs) -> None:
             "The fused bidirectional scan needs Triton (it comes with the "
             "CUDA builds of PyTorch)."
         )
-    if not (u.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+    if not (u.is_cuda or interpreted()):
         raise ValueError(f"The Triton scan needs CUDA tensors, got {u.device}")
     batch, time, channels = u.shape
     if channels % 2 or delta_raw.shape != u.shape:
@@ -765,9 +781,7 @@ def _gate(
 def _fused(*tensors: torch.Tensor) -> bool:
     """Whether the Triton kernels can take these tensors (CUDA, or
     Triton's CPU interpreter), each with unit channel stride."""
-    on_device = all(t.is_cuda for t in tensors) or (
-        os.environ.get("TRITON_INTERPRET") == "1"
-    )
+    on_device = all(t.is_cuda for t in tensors) or interpreted()
     return (
         triton is not None
         and on_device

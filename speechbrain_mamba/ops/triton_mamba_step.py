@@ -31,7 +31,6 @@ Author
 speechbrain-mamba developers
 """
 
-import os
 from typing import Iterable, Optional
 
 import torch
@@ -40,7 +39,10 @@ from torch import nn
 from speechbrain_mamba.nnet.cache import MambaCache
 from speechbrain_mamba.nnet.norm import RMSNorm
 from speechbrain_mamba.ops.backend import effective_backend
-from speechbrain_mamba.ops.triton_bidirectional_scan import available
+from speechbrain_mamba.ops.triton_bidirectional_scan import (
+    available,
+    interpreted,
+)
 
 if available():  # Triton comes with the CUDA builds of PyTorch
     import triton
@@ -298,10 +300,6 @@ def _next_power_of_two(value: int) -> int:
     return 1 << max(value - 1, 0).bit_length()
 
 
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def check_step_inputs(
     x: torch.Tensor,
     mixer: nn.Module,
@@ -330,7 +328,7 @@ def check_step_inputs(
     ...
     ValueError: the fused decoding step needs CUDA tensors, got cpu
     """
-    if x.device.type != "cuda" and not _interpreted():
+    if x.device.type != "cuda" and not interpreted():
         raise ValueError(
             f"the fused decoding step needs CUDA tensors, got {x.device.type}"
         )
