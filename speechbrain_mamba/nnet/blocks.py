@@ -311,9 +311,10 @@ class MambaStack(nn.Module):
         """Whether this call is a decoding step the fused Triton kernels
         take (see :func:`triton_mamba_step.fused_step_applies`; also a
         unidirectional stack, no active stochastic depth)."""
-        if self.bidirectional or (
-            self.training
-            and any(layer.drop_path.drop_prob > 0 for layer in self.layers)
+        if cache is None or self.bidirectional:  # every training call
+            return False
+        if self.training and any(
+            layer.drop_path.drop_prob > 0 for layer in self.layers
         ):
             return False
         return triton_mamba_step.fused_step_applies(
