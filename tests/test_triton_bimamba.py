@@ -89,6 +89,25 @@ def test_scan_equals_loop_reference(time, lengths, d_inner, d_state):
         torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
 
 
+def test_scan_step_sizes_over_the_whole_softplus_range():
+    """The kernels' softplus and sigmoid use the hardware's base-2 exp/log:
+    raw step sizes from -30 (softplus ~ 0) through 0 to 30 (past the
+    identity switch at 20) must still match the reference, with gradients."""
+    inputs = scan_inputs(2, 120, 16, 8, [120, 77])
+    with torch.no_grad():
+        ramp = torch.linspace(-30, 30, inputs["delta_raw"].numel())
+        inputs["delta_raw"].copy_(ramp.view_as(inputs["delta_raw"]))
+        inputs["delta_bias"].zero_()
+    out = call(scan_ops.bidirectional_scan, inputs, 8, 0.5)
+    ref = call(scan_ops.scan_reference, inputs, 8, 0.5)
+    torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
+    weights = torch.randn_like(ref)
+    grads = torch.autograd.grad((out * weights).sum(), leaves(inputs))
+    ref_grads = torch.autograd.grad((ref * weights).sum(), leaves(inputs))
+    for got, expected in zip(grads, ref_grads):
+        torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
+
+
 def test_scan_carries_state_over_many_chunk_blocks():
     """More chunks than one carry block: the state (and, in backward, the
     adjoint) must cross blocks."""

@@ -7,6 +7,7 @@ forward + backward, for the paper's shapes:
 - ``separation``: one 60 s sequence of Mamba-TasNet frames (60000 frames,
   d_inner 512, d_state 16),
 - ``asr``: 8 x 320 s of ConMamba frames (8 x 8000 frames, d_inner 1024),
+- ``asr_40s`` and ``separation_8s``: the short ends of both studies,
 
 on this package's Triton kernels
 (:func:`speechbrain_mamba.ops.triton_bidirectional_scan.bidirectional_scan`)
@@ -43,6 +44,7 @@ from speechbrain_mamba.utils.atomic import atomic_write_text
 SHAPES = {
     "separation": (1, 60000, 512, 16),
     "asr": (8, 8000, 1024, 16),
+    "asr_40s": (8, 1000, 1024, 16),
     "separation_8s": (1, 8000, 512, 16),
 }
 

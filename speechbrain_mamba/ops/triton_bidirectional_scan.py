@@ -29,14 +29,20 @@ h[t-1] = h[t] - delta B u`` (nothing is divided). What autograd keeps: the
 inputs and one fp32 state per chunk boundary (``2 d d_state /
 TRAINING_CHUNK`` floats per frame).
 
-Measured on an H200 (bf16, scan of both directions with gating, forward +
-backward): 7.2 ms for one 60 s separation sequence (2 x 512 channels) and
-14.3 ms for 8 x 320 s of ASR features (2 x 1024 channels), against 10.3 and
-18.2 ms for mamba_ssm's kernel on the same channels; forward alone 1.8 and
-3.3 ms against 2.4 and 4.0 ms (:mod:`speechbrain_mamba.benchmarks.gpu_scan`).
-Short sequences have fewer chunks to spread: at 8 s, 2.0 against 1.65 ms.
+Exponentials and logarithms use the hardware's base-2 approximations
+(``exp(delta A) = exp2(delta A log2(e))``, one instruction instead of five
+for ``tl.exp``'s range handling; softplus and sigmoid likewise), which cut
+the frame loops' instructions by 20-40%. Measured on an H200 (bf16, scan
+of both directions with gating, forward + backward): 6.7 ms for one 60 s
+separation sequence (2 x 512 channels) and 13.2 ms for 8 x 320 s of ASR
+features (2 x 1024 channels), against 10.3 and 18.1 ms for mamba_ssm's
+kernel on the same channels; forward alone 1.7 and 3.0 ms against 2.5 and
+4.0 ms (:mod:`speechbrain_mamba.benchmarks.gpu_scan`). Short sequences
+have fewer chunks to spread: 1.65 against 1.54 ms at 8 s, and 2.25 against
+2.03 ms for 8 x 40 s of ASR features.
+
 Triton's interpreter (``TRITON_INTERPRET=1``) runs the kernels on CPU
-tensors, slowly, for debugging.
+tensors, slowly, for debugging (with an exact log2).
 
 Author
 ------
@@ -51,6 +57,7 @@ import torch
 try:  # optional: only present with a CUDA build of PyTorch
     import triton
     import triton.language as tl
+    from triton.language.extra import libdevice
 except ImportError:  # pragma: no cover - depends on the installation
     triton = None
 
@@ -116,6 +123,9 @@ def interpreted() -> bool:
 
 
 if triton is not None:
+    #: Factors between natural and base-2 exponents.
+    LOG2_E = tl.constexpr(1.4426950408889634)
+    LN_2 = tl.constexpr(0.6931471805599453)
 
     @triton.jit
     def _combine(a_left, h_left, a_right, h_right):
@@ -177,9 +187,38 @@ if triton is not None:
                     tl.where((rows == KB - 1)[None, :], h, 0.0), axis=1
                 )
 
+    if interpreted():  # the interpreter has no PTX approximations
+
+        @triton.jit
+        def _log2(x):
+            return tl.math.log2(x)
+
+    else:
+
+        @triton.jit
+        def _log2(x):
+            """The hardware's log2 (one instruction, relative error ~1e-7;
+            the accurate one is a polynomial of some 30)."""
+            return libdevice.fast_log2f(x)
+
     @triton.jit
     def _softplus(x):
-        return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+        """log(1 + exp(x)) in base 2 (x for x > 20)."""
+        grown = 1.0 + tl.math.exp2(tl.minimum(x, 20.0) * LOG2_E)
+        return tl.where(x > 20.0, x, LN_2 * _log2(grown))
+
+    @triton.jit
+    def _sigmoid(x):
+        return 1.0 / (1.0 + tl.math.exp2(-x * LOG2_E))
+
+    @triton.jit
+    def _direction(reverse, forward_ptr, backward_ptr):
+        """The tensor (B or C) of a tile's scan direction."""
+        if reverse:
+            chosen = backward_ptr
+        else:
+            chosen = forward_ptr
+        return chosen
 
     @triton.jit
     def _frame_time(k, i, reverse, CH: tl.constexpr):
@@ -188,10 +227,13 @@ if triton is not None:
 
     @triton.jit
     def _tile_state(A_ptr, b, k, c, n, n_ok, NC, DI, N: tl.constexpr):
-        """A of channels c ([BD, NP], fp32) and the offsets of their states
-        at chunk k in the [batch, chunks, 2 d, d_state] state buffers."""
+        """A of channels c in base 2 (``A log2(e)``, so that ``exp(delta A)
+        = exp2(delta A_base2)``, one instruction; [BD, NP], fp32) and the
+        offsets of their states at chunk k in the [batch, chunks, 2 d,
+        d_state] state buffers."""
         A = tl.load(A_ptr + c[:, None] * N + n[None, :], mask=n_ok[None, :])
-        return A, ((b * NC + k) * 2 * DI + c[:, None]) * N + n[None, :]
+        A_base2 = A * LOG2_E
+        return A_base2, ((b * NC + k) * 2 * DI + c[:, None]) * N + n[None, :]
 
     @triton.jit
     def _frame(
@@ -221,7 +263,7 @@ if triton is not None:
         ).to(tl.float32)
         z = tl.load(z_ptr + b * s_zb + t * s_zl + d, mask=valid, other=0.0)
         z = z.to(tl.float32)
-        return dout * scale * z * tl.sigmoid(z)
+        return dout * scale * z * _sigmoid(z)
 
     @triton.jit
     def _gate_kernel(
@@ -243,7 +285,7 @@ if triton is not None:
         z = tl.load(
             z_ptr + b * s_zb + rows * s_zl + cols, mask=mask, other=0.0
         ).to(tl.float32)
-        gate = tl.sigmoid(z)
+        gate = _sigmoid(z)
         if GRAD:
             dout = tl.load(
                 dout_ptr + b * s_db + rows * s_dl + cols, mask=mask, other=0.0
@@ -273,7 +315,7 @@ if triton is not None:
         length = tl.load(len_ptr + b)
         n = tl.arange(0, NP)
         n_ok = n < N
-        A, state_offs = _tile_state(A_ptr, b, k, c, n, n_ok, NC, DI, N)
+        A_base2, state_offs = _tile_state(A_ptr, b, k, c, n, n_ok, NC, DI, N)
         bias = tl.load(bias_ptr + c)
         D = tl.load(D_ptr + c)
         if WRITE_OUT:
@@ -281,19 +323,15 @@ if triton is not None:
         else:
             h = tl.zeros([BD, NP], tl.float32)
             total = tl.zeros([BD], tl.float32)
-        if reverse:
-            B_ptr = Bb_ptr
-            C_ptr = Cb_ptr
-        else:
-            B_ptr = Bf_ptr
-            C_ptr = Cf_ptr
+        B_ptr = _direction(reverse, Bf_ptr, Bb_ptr)
+        C_ptr = _direction(reverse, Cf_ptr, Cb_ptr)
         for i in tl.range(0, CH, num_stages=STAGES):
             t = _frame_time(k, i, reverse, CH)
             valid, offs, bc, u, _, delta, Bt = _frame(
                 u_ptr, draw_ptr, B_ptr, b, t, c, n, n_ok, length, bias,
                 s_ub, s_ul, s_bb, s_bl, s_bn,
             )  # fmt: skip
-            decay = tl.exp(delta[:, None] * A)
+            decay = tl.math.exp2(delta[:, None] * A_base2)
             h = decay * h + (delta * u)[:, None] * Bt[None, :]
             if WRITE_OUT:
                 Ct = tl.load(C_ptr + bc, mask=n_ok & valid, other=0.0)
@@ -309,7 +347,7 @@ if triton is not None:
             tl.store(sum_h_ptr + state_offs, h, mask=n_ok[None, :])
             tl.store(
                 sum_a_ptr + state_offs,
-                tl.exp(total[:, None] * A),
+                tl.math.exp2(total[:, None] * A_base2),
                 mask=n_ok[None, :],
             )
 
@@ -331,12 +369,9 @@ if triton is not None:
         length = tl.load(len_ptr + b)
         n = tl.arange(0, NP)
         n_ok = n < N
-        A, state_offs = _tile_state(A_ptr, b, k, c, n, n_ok, NC, DI, N)
+        A_base2, state_offs = _tile_state(A_ptr, b, k, c, n, n_ok, NC, DI, N)
         bias = tl.load(bias_ptr + c)
-        if reverse:
-            C_ptr = Cb_ptr
-        else:
-            C_ptr = Cf_ptr
+        C_ptr = _direction(reverse, Cf_ptr, Cb_ptr)
         q = tl.zeros([BD, NP], tl.float32)
         total = tl.zeros([BD], tl.float32)
         for j in tl.range(0, CH, num_stages=STAGES):
@@ -349,12 +384,14 @@ if triton is not None:
             dy = _output_gradient(
                 dout_ptr, z_ptr, b, t, d, valid, s_ob, s_ol, s_zb, s_zl, scale
             )
-            q = tl.exp(delta[:, None] * A) * (q + dy[:, None] * Ct[None, :])
+            q = tl.math.exp2(delta[:, None] * A_base2) * (
+                q + dy[:, None] * Ct[None, :]
+            )
             total += delta
         tl.store(sum_q_ptr + state_offs, q, mask=n_ok[None, :])
         tl.store(
             sum_a_ptr + state_offs,
-            tl.exp(total[:, None] * A),
+            tl.math.exp2(total[:, None] * A_base2),
             mask=n_ok[None, :],
         )
 
@@ -389,15 +426,13 @@ if triton is not None:
             reverse = tile * BD >= DI
             d = tl.where(reverse, c - DI, c)
             length = tl.load(len_ptr + b)
-            A, state_offs = _tile_state(A_ptr, b, k, c, n, n_ok, NC, DI, N)
+            A_base2, state_offs = _tile_state(
+                A_ptr, b, k, c, n, n_ok, NC, DI, N
+            )
             bias = tl.load(bias_ptr + c)
             D = tl.load(D_ptr + c)
-            if reverse:
-                B_ptr = Bb_ptr
-                C_ptr = Cb_ptr
-            else:
-                B_ptr = Bf_ptr
-                C_ptr = Cf_ptr
+            B_ptr = _direction(reverse, Bf_ptr, Bb_ptr)
+            C_ptr = _direction(reverse, Cf_ptr, Cb_ptr)
             # gradient buffer [4, batch, L, N]: dB_fwd, dC_fwd, dB_bwd, dC_bwd
             kind = tl.where(reverse, 2, 0)
             dB_ptr = dBC_ptr + (kind * BATCH + b) * L * N
@@ -410,7 +445,7 @@ if triton is not None:
                     s_ub, s_ul, s_bb, s_bl, s_bn,
                 )  # fmt: skip
                 h = (
-                    tl.exp(delta[:, None] * A) * h
+                    tl.math.exp2(delta[:, None] * A_base2) * h
                     + (delta * u)[:, None] * Bt[None, :]
                 )
                 tl.store(scratch + i * BD * NP, h)
@@ -449,12 +484,12 @@ if triton is not None:
                 )  # fmt: skip
                 h = tl.load(scratch + i * BD * NP)
                 g = dy[:, None] * Ct.to(tl.float32)[None, :] + q
-                q = tl.exp(delta[:, None] * A) * g
+                q = tl.math.exp2(delta[:, None] * A_base2) * g
                 decayed = h - (delta * u)[:, None] * Bt[None, :]
                 g_decayed = g * decayed
                 g_B = tl.sum(g * Bt[None, :], axis=1)
-                d_delta = tl.sum(g_decayed * A, axis=1) + u * g_B
-                d_draw = tl.where(valid, d_delta * tl.sigmoid(x), 0.0)
+                d_delta = tl.sum(g_decayed * A_base2, axis=1) * LN_2 + u * g_B
+                d_draw = tl.where(valid, d_delta * _sigmoid(x), 0.0)
                 dA += g_decayed * delta[:, None]
                 dD += dy * u
                 dbias += d_draw
