@@ -73,8 +73,13 @@ def test_replays_equal_eager_training_steps(dtype):
     expected = train_steps(eager_net, eager_net, inputs, dtype)
     got = train_steps(graphed_net, graphed, inputs, dtype)
     assert graphed.num_graphs == 1
-    # atomics in the scan backward add in any order: fp32 differences ~1e-5
-    tol = dict(rtol=6e-4, atol=1e-4) if dtype == torch.float32 else {}
+    # atomics in the scan backward (mamba_ssm's and ours) add in any order:
+    # fp32 differences ~1e-5; under bf16 autocast the fp32 weight gradients
+    # come from bf16 activations, and one of 1056 was seen 0.5% apart
+    if dtype == torch.float32:
+        tol = dict(rtol=6e-4, atol=1e-4)
+    else:
+        tol = dict(rtol=1.6e-2, atol=1e-4)  # bf16 resolution
     for (y, grads), (y_ref, grads_ref) in zip(got, expected):
         torch.testing.assert_close(y, y_ref, **tol)
         for name in grads_ref:
