@@ -80,7 +80,7 @@ def test_fused_step_equals_torch_step(norm, bias, batch):
     expected = decode(stack, "torch", steps, reference_cache)
     set_backend(stack, "auto")
     with torch.no_grad():
-        assert stack._fused_step_applies(steps[:, :1], None, cache)
+        assert stack.fused_step_applies(steps[:, :1], None, cache)
     got = decode(stack, "triton", steps, cache)
     torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
     for fused, plain in zip(cache, reference_cache):
@@ -171,17 +171,17 @@ def test_fused_step_dispatch_rules():
     cache = stack.init_cache(2)
     frame = torch.randn(2, 1, stack.d_model, device="cuda")
     with torch.no_grad():
-        assert stack._fused_step_applies(frame, None, cache)
-        assert not stack._fused_step_applies(frame, None, None)
+        assert stack.fused_step_applies(frame, None, cache)
+        assert not stack.fused_step_applies(frame, None, None)
         two = torch.randn(2, 2, stack.d_model, device="cuda")
-        assert not stack._fused_step_applies(two, None, cache)
+        assert not stack.fused_step_applies(two, None, cache)
         lengths = torch.ones(2, device="cuda")
-        assert not stack._fused_step_applies(frame, lengths, cache)
+        assert not stack.fused_step_applies(frame, lengths, cache)
         set_backend(stack, "cuda")  # insists on mamba_ssm's kernels
-        assert not stack._fused_step_applies(frame, None, cache)
+        assert not stack.fused_step_applies(frame, None, cache)
         set_backend(stack, "auto")
     # with gradients the per-operation path (autograd) runs
-    assert not stack._fused_step_applies(frame, None, cache)
+    assert not stack.fused_step_applies(frame, None, cache)
 
 
 def test_fused_step_not_taken_on_cpu():
@@ -190,7 +190,7 @@ def test_fused_step_not_taken_on_cpu():
     cache = stack.init_cache(1)
     with torch.no_grad():
         frame = torch.randn(1, 1, stack.d_model)
-        assert not stack._fused_step_applies(frame, None, cache)
+        assert not stack.fused_step_applies(frame, None, cache)
 
 
 def test_step_input_checks_name_the_problem():

@@ -302,15 +302,37 @@ class MambaStack(nn.Module):
             for layer in self.layers
         ]
 
-    def _fused_step_applies(
+    def fused_step_applies(
         self,
         x: torch.Tensor,
         lengths: Optional[torch.Tensor],
         cache: Optional[List[MambaCache]],
     ) -> bool:
-        """Whether this call is a decoding step the fused Triton kernels
-        take (see :func:`triton_mamba_step.fused_step_applies`; also a
-        unidirectional stack, no active stochastic depth)."""
+        """Whether ``forward(x, lengths, cache)`` would run as one decoding
+        step on the fused Triton kernels (see
+        :func:`~speechbrain_mamba.ops.triton_mamba_step.fused_step_applies`;
+        also: a unidirectional stack, no active stochastic depth).
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            The step's input [batch, 1, d_model].
+        lengths : torch.Tensor, optional
+            As in :meth:`forward`.
+        cache : list of MambaCache, optional
+            As in :meth:`forward`.
+
+        Returns
+        -------
+        bool
+
+        Example
+        -------
+        >>> stack = MambaStack(8, 2, bidirectional=False).eval()
+        >>> cache = stack.init_cache(1)
+        >>> stack.fused_step_applies(torch.zeros(1, 1, 8), None, cache)  # CPU
+        False
+        """
         if cache is None or self.bidirectional:  # every training call
             return False
         if self.training and any(
@@ -372,7 +394,7 @@ class MambaStack(nn.Module):
             raise ValueError(
                 f"cache has {len(cache)} entries for {len(self.layers)} layers"
             )
-        if self._fused_step_applies(x, lengths, cache):
+        if self.fused_step_applies(x, lengths, cache):
             return self._fused_step(x, cache)
         frames = lengths_to_frames(lengths, x.shape[0], x.shape[1])
         hidden, residual = x, None

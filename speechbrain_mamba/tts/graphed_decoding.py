@@ -61,7 +61,7 @@ def graph_applies(ar: CodecAR, state: ARDecodingState) -> bool:
         ar.backbone.d_model,
         device=state.next_position.device,
     )
-    return ar.backbone._fused_step_applies(probe, None, state.cache)
+    return ar.backbone.fused_step_applies(probe, None, state.cache)
 
 
 class GraphedARStep:
