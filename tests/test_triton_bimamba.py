@@ -73,20 +73,26 @@ def leaves(inputs):
     return [t for t in out if t.requires_grad]
 
 
-@pytest.mark.parametrize(
-    "time,lengths,d_inner,d_state",
-    [(50, [50], 16, 4), (300, [300, 171, 64], 40, 16), (700, [700, 3], 8, 8)],
-)
-def test_scan_equals_loop_reference(time, lengths, d_inner, d_state):
-    inputs = scan_inputs(len(lengths), time, d_inner, d_state, lengths)
-    out = call(scan_ops.bidirectional_scan, inputs, d_state, 0.5)
-    ref = call(scan_ops.scan_reference, inputs, d_state, 0.5)
+def assert_scan_matches_reference(inputs, d_state, scale):
+    """Triton scan against the loop-by-loop reference, output and the
+    gradients of every input."""
+    out = call(scan_ops.bidirectional_scan, inputs, d_state, scale)
+    ref = call(scan_ops.scan_reference, inputs, d_state, scale)
     torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
     weights = torch.randn_like(ref)
     grads = torch.autograd.grad((out * weights).sum(), leaves(inputs))
     ref_grads = torch.autograd.grad((ref * weights).sum(), leaves(inputs))
     for got, expected in zip(grads, ref_grads):
         torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize(
+    "time,lengths,d_inner,d_state",
+    [(50, [50], 16, 4), (300, [300, 171, 64], 40, 16), (700, [700, 3], 8, 8)],
+)
+def test_scan_equals_loop_reference(time, lengths, d_inner, d_state):
+    inputs = scan_inputs(len(lengths), time, d_inner, d_state, lengths)
+    assert_scan_matches_reference(inputs, d_state, 0.5)
 
 
 def test_scan_step_sizes_over_the_whole_softplus_range():
@@ -98,14 +104,7 @@ def test_scan_step_sizes_over_the_whole_softplus_range():
         ramp = torch.linspace(-30, 30, inputs["delta_raw"].numel())
         inputs["delta_raw"].copy_(ramp.view_as(inputs["delta_raw"]))
         inputs["delta_bias"].zero_()
-    out = call(scan_ops.bidirectional_scan, inputs, 8, 0.5)
-    ref = call(scan_ops.scan_reference, inputs, 8, 0.5)
-    torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
-    weights = torch.randn_like(ref)
-    grads = torch.autograd.grad((out * weights).sum(), leaves(inputs))
-    ref_grads = torch.autograd.grad((ref * weights).sum(), leaves(inputs))
-    for got, expected in zip(grads, ref_grads):
-        torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
+    assert_scan_matches_reference(inputs, 8, 0.5)
 
 
 def test_scan_carries_state_over_many_chunk_blocks():
@@ -117,14 +116,7 @@ def test_scan_carries_state_over_many_chunk_blocks():
     with torch.no_grad():  # slow decay so the state travels far
         inputs["A"].mul_(1e-3)
         inputs["delta_bias"].fill_(-4.0)
-    out = call(scan_ops.bidirectional_scan, inputs, 2, 1.0)
-    ref = call(scan_ops.scan_reference, inputs, 2, 1.0)
-    torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
-    weights = torch.randn_like(ref)
-    grads = torch.autograd.grad((out * weights).sum(), leaves(inputs))
-    ref_grads = torch.autograd.grad((ref * weights).sum(), leaves(inputs))
-    for got, expected in zip(grads, ref_grads):
-        torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
+    assert_scan_matches_reference(inputs, 2, 1.0)
 
 
 def test_conv_equals_reversed_copy_reference():
