@@ -107,6 +107,26 @@ def test_scan_step_sizes_over_the_whole_softplus_range():
     assert_scan_matches_reference(inputs, 8, 0.5)
 
 
+@pytest.mark.parametrize("chunks", [1, 3, 16, 70, 200])
+@pytest.mark.parametrize("first_half_reverse", [False, True])
+def test_chunk_states_carry_equals_loop(chunks, first_half_reverse):
+    """The carry's block of chunks follows the chunk count (one block of a
+    power of two for short sequences, blocks of CHUNK_BLOCK beyond)."""
+    torch.manual_seed(0)
+    decay = torch.rand(2, chunks, 6, 3, device="cuda") * 0.9 + 0.05
+    state = torch.randn(2, chunks, 6, 3, device="cuda")
+    got = scan_ops.carry_chunk_states(decay, state, first_half_reverse)
+    expected = torch.zeros_like(state)
+    for half in range(2):
+        cols = slice(3 * half, 3 * half + 3)
+        reverse = (half == 0) == first_half_reverse
+        carry = torch.zeros(2, 3, 3, device="cuda")
+        for k in reversed(range(chunks)) if reverse else range(chunks):
+            expected[:, k, cols] = carry
+            carry = carry * decay[:, k, cols] + state[:, k, cols]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_scan_carries_state_over_many_chunk_blocks():
     """More chunks than one carry block: the state (and, in backward, the
     adjoint) must cross blocks."""

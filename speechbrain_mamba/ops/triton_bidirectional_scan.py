@@ -85,9 +85,10 @@ PROGRAMS_PER_SM = 16
 
 #: [frames, channels] per program of the gating kernel.
 GATE_BLOCK = (32, 64)
-#: Chunk-boundary states handled per program when carrying them over.
+#: Chunk-boundary states handled per program when carrying them over
+#: (with ``CHUNK_BLOCK`` chunks; fewer chunks, more states).
 STATE_BLOCK = 64
-#: Chunks scanned at once when carrying states over.
+#: Chunks scanned at once when carrying states over (at most).
 CHUNK_BLOCK = 64
 
 
@@ -550,7 +551,11 @@ def carry_chunk_states(
     batch, chunks, channels, d_state = sum_a.shape
     e_half = channels // 2 * d_state
     hin = torch.empty_like(sum_h)
-    grid = (triton.cdiv(e_half, STATE_BLOCK), 2, batch)
+    # a short sequence scans all its chunks in one block of a power of two,
+    # with more states per program (as many elements per program)
+    chunk_block = min(CHUNK_BLOCK, max(2, triton.next_power_of_2(chunks)))
+    state_block = STATE_BLOCK * CHUNK_BLOCK // chunk_block
+    grid = (triton.cdiv(e_half, state_block), 2, batch)
     _carry_kernel[grid](
         sum_a,
         sum_h,
@@ -558,8 +563,8 @@ def carry_chunk_states(
         chunks,
         e_half,
         FIRST_HALF_REVERSE=first_half_reverse,
-        BE=STATE_BLOCK,
-        KB=CHUNK_BLOCK,
+        BE=state_block,
+        KB=chunk_block,
     )
     return hin
 
