@@ -203,8 +203,9 @@ if triton is not None:
             return libdevice.fast_log2f(x)
 
     @triton.jit
-    def _softplus(x):
-        """log(1 + exp(x)) in base 2 (x for x > 20)."""
+    def softplus(x):
+        """log(1 + exp(x)) through base-2 exp and log (x itself for x > 20),
+        the step size of every Triton Mamba kernel."""
         grown = 1.0 + tl.math.exp2(tl.minimum(x, 20.0) * LOG2_E)
         return tl.where(x > 20.0, x, LN_2 * _log2(grown))
 
@@ -249,7 +250,7 @@ if triton is not None:
         u = tl.load(u_ptr + offs, mask=valid, other=0.0).to(tl.float32)
         x = tl.load(draw_ptr + offs, mask=valid, other=0.0).to(tl.float32)
         x = x + bias
-        delta = tl.where(valid, _softplus(x), 0.0)
+        delta = tl.where(valid, softplus(x), 0.0)
         bc = b * s_bb + t * s_bl + n * s_bn
         Bt = tl.load(B_ptr + bc, mask=n_ok & valid, other=0.0).to(tl.float32)
         return valid, offs, bc, u, x, delta, Bt

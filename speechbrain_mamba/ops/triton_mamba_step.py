@@ -48,6 +48,8 @@ if available():  # Triton comes with the CUDA builds of PyTorch
     import triton
     import triton.language as tl
 
+    from speechbrain_mamba.ops.triton_bidirectional_scan import softplus
+
 # Tuned on an H200 (d_model 1024, 24 layers, one item, fp32 weights, CUDA
 # graph): weight tiles of 4096 / 8192 / 16384 elements, 4 or 8 warps; 8
 # channels (tiles of 8 x 1024) and 4 warps for both kernels: 16.2 us per
@@ -268,7 +270,7 @@ if available():
         B = tl.load(projection + dt_rank + n, mask=n_ok, other=0.0)
         C = tl.load(projection + dt_rank + d_state + n, mask=n_ok, other=0.0)
         dt = tl.sum(w_dt * dt_low[None, :], axis=1) + dt_bias
-        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))  # softplus
+        dt = softplus(dt)
         x = tl.load(x_ptr + item * d_inner + chan, mask=chan_ok, other=0.0)
         z = tl.load(z_ptr + item * d_inner + chan, mask=chan_ok, other=0.0)
 
