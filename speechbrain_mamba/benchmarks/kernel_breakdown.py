@@ -62,6 +62,9 @@ CATEGORIES = (
     ),
     ("reduction", ("reduce_kernel",)),
 )
+#: Tasks whose models are profiled (the TTS pair's AR step is timed by
+#: the efficiency study's ``ar-step`` mode).
+TASK_NAMES = ("separation", "asr")
 #: Categories of the Mamba model's own kernels, and of the peer's.
 MAMBA_OWN = ("scan", "mamba_conv")
 PEER_OWN = ("attention",)
@@ -204,7 +207,7 @@ def breakdown(
     ...     out = breakdown("asr", 1, 1, repeats=1)
     ...     assert out["free_mixer_ratio"] > 0
     """
-    if task not in ("separation", "asr"):
+    if task not in TASK_NAMES:
         raise ValueError(f"task must be 'separation' or 'asr', got {task!r}")
     if not torch.cuda.is_available():
         raise RuntimeError("kernel_breakdown needs an NVIDIA GPU (torch.cuda)")
@@ -294,7 +297,7 @@ def markdown(result: Dict) -> str:
 def main(argv: Optional[List[str]] = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", default="asr", choices=["separation", "asr"])
+    parser.add_argument("--task", default="asr", choices=TASK_NAMES)
     parser.add_argument("--seconds", type=float, nargs="+", default=[40, 320])
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument(
