@@ -2,6 +2,7 @@
 
 import csv
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -13,12 +14,15 @@ import pytest
 import soundfile as sf
 
 from speechbrain_mamba.data import espeak as espeak_mod
+from speechbrain_mamba.data import festival as festival_mod
 from speechbrain_mamba.data.espeak import (
     ESPEAK_SAMPLE_RATE,
     EspeakNotFoundError,
     synthesize,
 )
 from speechbrain_mamba.data.mini_corpus import (
+    ALL_SPEAKERS,
+    FESTIVAL_SPEAKERS,
     MARKER_NAME,
     PSEUDO_SPEAKERS,
     _split_counts,
@@ -435,3 +439,61 @@ def test_cli(tmp_path):
     before = tree_hashes(out)
     assert main(["all", "--out", str(out), "-n", "3", "--seed", "2", "-q"]) == 0
     assert tree_hashes(out) == before
+
+
+# ---------------------------------------------------------------------------
+# Festival voices (separation corpora)
+# ---------------------------------------------------------------------------
+def _speakers_in(root):
+    return {
+        sub.name: {p.name for p in (root / "wsj0" / sub.name).iterdir()}
+        for sub in (root / "wsj0").iterdir()
+    }
+
+
+def test_festival_speakers_are_unseen_in_dev_and_test():
+    by_subset = {}
+    for s in FESTIVAL_SPEAKERS:
+        by_subset.setdefault(s.subset, set()).add(s.voice)
+    assert by_subset["train"].isdisjoint(by_subset["dev"] | by_subset["test"])
+    assert by_subset["dev"].isdisjoint(by_subset["test"])
+    ids = [s.wsj_id for s in ALL_SPEAKERS]
+    assert len(set(ids)) == len(ids) == 16 + 38
+    # every variant is a distinct voice: (voice, pitch shift) pairs differ
+    assert len({(s.voice, s.pitch) for s in FESTIVAL_SPEAKERS}) == 38
+    assert [s.index for s in ALL_SPEAKERS] == list(range(len(ALL_SPEAKERS)))
+
+
+def test_wsj0_2mix_with_festival_voices(tmp_path):
+    a = build_wsj0_2mix(tmp_path / "a", seed=5, num_utterances=12)
+    b = build_wsj0_2mix(tmp_path / "b", seed=5, num_utterances=12)
+    assert tree_hashes(a) == tree_hashes(b)  # deterministic from the seed
+    marker = json.loads((a / MARKER_NAME).read_text())
+    assert set(marker["festival_voices"]) >= {"kal_diphone", "ked_diphone"}
+    assert marker["festival"].startswith("Festival Speech Synthesis")
+    engines = {s.wsj_id: s.engine for s in ALL_SPEAKERS}
+    used = set().union(*_speakers_in(a).values())
+    assert {engines[spk] for spk in used} == {"festival", "espeak-ng"}
+    # a Festival source is speech at the corpus rate, not silence
+    spk = next(s for s in sorted(used) if engines[s] == "festival")
+    path = next((a / "wsj0").glob(f"*/{spk}/*.wav"))
+    data, rate = read_int(path)
+    assert rate == 8000 and 0.5 * rate < len(data) and np.abs(data).max() > 1000
+
+
+def test_without_festival_builds_espeak_only(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv(festival_mod.FESTIVAL_ENV_VAR, "/no/such/festival")
+    with caplog.at_level("WARNING"):
+        out = build_wsj0_2mix(tmp_path / "e", seed=5, num_utterances=6)
+    assert "festival not found" in caplog.text
+    assert "espeak-ng voices only" in caplog.text
+    marker = json.loads((out / MARKER_NAME).read_text())
+    assert marker["festival_voices"] == []
+    engines = {s.wsj_id: s.engine for s in ALL_SPEAKERS}
+    used = set().union(*_speakers_in(out).values())
+    assert {engines[spk] for spk in used} == {"espeak-ng"}
+    with pytest.raises(festival_mod.FestivalNotFoundError, match="apt-get"):
+        build_wsj0_2mix(tmp_path / "f", num_utterances=6, voices="festival")
+    assert not (tmp_path / "f").exists()
+    with pytest.raises(ValueError, match="voices must be one of"):
+        build_wsj0_2mix(tmp_path / "g", num_utterances=6, voices="human")

@@ -9,7 +9,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from speechbrain_mamba.data.mini_corpus import build_librimix, build_wsj0_2mix
+from speechbrain_mamba.data.mini_corpus import (
+    ALL_SPEAKERS,
+    build_librimix,
+    build_wsj0_2mix,
+)
 from speechbrain_mamba.separation.dataio import separation_dataset
 from speechbrain_mamba.separation.dynamic_mixing import (
     DynamicMixer,
@@ -149,7 +153,9 @@ def test_separation_dataset_reads_sources(wsj, tmp_path):
 
 def test_dynamic_mixing_from_wsj0(wsj, tmp_path):
     table = build_speaker_table(wsj / "wsj0" / "si_tr_s")
-    assert len(table) == 10  # training speakers of the mini corpus
+    train_ids = {s.wsj_id for s in ALL_SPEAKERS if s.subset == "train"}
+    folders = {p.name for p in (wsj / "wsj0" / "si_tr_s").iterdir()}
+    assert set(table) == folders and set(table) <= train_ids
     assert all(len(spk) == 3 for spk in table)
     mixer = DynamicMixer(table, 2, 8000, max_length=4000)
     g = torch.Generator().manual_seed(0)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs speechbrain-mamba and everything its tests and demos need into a
 # virtual environment (default: .venv in the repository), plus the system
-# packages espeak-ng and sox. Safe to run again: it only adds what is missing.
+# packages espeak-ng, sox and Festival with its voices (recordings of real
+# speakers, used by the mini separation corpora). Safe to run again: it only
+# adds what is missing.
 #
 #   bash tools/install.sh            # CPU machine (torch CPU build)
 #   SBMAMBA_EXTRAS=test,cuda bash tools/install.sh   # GPU machine
@@ -11,12 +13,29 @@ VENV="${SBMAMBA_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 EXTRAS="${SBMAMBA_EXTRAS:-test}"
 
-if ! command -v espeak-ng >/dev/null 2>&1 || ! command -v sox >/dev/null 2>&1; then
-    SUDO=""
-    if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
-    echo "[install] apt-get install espeak-ng sox"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq espeak-ng sox >/dev/null
+# Festival voices of the mini separation corpora (speechbrain_mamba/data/
+# festival.py lists them); the Indian-language NSK voices crash on English.
+SYSTEM_PACKAGES=(espeak-ng sox festival festvox-kallpc16k festvox-kdlpc16k
+    festvox-us-slt-hts festvox-ca-ona-hts festvox-suopuhe-lj
+    festvox-suopuhe-mv festvox-itapc16k festvox-italp16k festvox-ru
+    festvox-czech-dita festvox-czech-krb festvox-czech-machac festvox-czech-ph)
+MISSING=()
+for pkg in "${SYSTEM_PACKAGES[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || MISSING+=("$pkg")
+done
+if [ "${#MISSING[@]}" -gt 0 ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+        SUDO=""
+        if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+        echo "[install] apt-get install ${MISSING[*]}"
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${MISSING[@]}" >/dev/null
+    elif ! command -v espeak-ng >/dev/null 2>&1; then
+        echo "[install] please install espeak-ng, sox and Festival (no apt-get here)" >&2
+        exit 1
+    else
+        echo "[install] no apt-get: Festival voices missing (${MISSING[*]}); the mini separation corpora use espeak-ng only" >&2
+    fi
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

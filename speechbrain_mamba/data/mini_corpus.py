@@ -57,6 +57,18 @@ from speechbrain_mamba.data.espeak import (
     synthesize,
     trim_silence,
 )
+from speechbrain_mamba.data.festival import (
+    FESTIVAL_VOICES,
+    FestivalNotFoundError,
+    festival_version,
+    festival_voices,
+    find_festival,
+    find_sox,
+    shift_pitch_and_tempo,
+)
+from speechbrain_mamba.data.festival import (
+    synthesize as festival_synthesize,
+)
 from speechbrain_mamba.data.mixing import (
     MAX_AMPLITUDE,
     active_level,
@@ -86,7 +98,7 @@ __all__ = [
 ]
 
 #: Bumped whenever the generated content changes for a given seed.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 #: Name of the file recording the parameters of a complete corpus.
 MARKER_NAME = ".mini_corpus.json"
@@ -126,6 +138,10 @@ class PseudoSpeaker:
         ``"train"``, ``"dev"`` or ``"test"``: the subsets it speaks in.
     wsj_id : str
         Three character WSJ0 style speaker ID.
+    engine : str
+        ``"espeak-ng"`` or ``"festival"``. For Festival voices ``pitch`` is
+        a pitch shift in quarter semitones (utterances vary it by +-1
+        semitone) and ``speed`` a range of tempo factors in percent.
     """
 
     index: int
@@ -135,6 +151,7 @@ class PseudoSpeaker:
     speed: tuple
     subset: str
     wsj_id: str
+    engine: str = "espeak-ng"
 
     @property
     def librispeech_id(self) -> str:
@@ -155,7 +172,14 @@ class PseudoSpeaker:
         -------
         >>> PSEUDO_SPEAKERS[0].description
         'espeak-ng en-us+m3 pitch 40 speed 155-185'
+        >>> FESTIVAL_SPEAKERS[1].description
+        'festival ked_diphone pitch +3.50 st tempo 95-112%'
         """
+        if self.engine == "festival":
+            return (
+                f"festival {self.voice} pitch {self.pitch / 4:+.2f} st "
+                f"tempo {self.speed[0]}-{self.speed[1]}%"
+            )
         return (
             f"espeak-ng {self.voice} pitch {self.pitch} "
             f"speed {self.speed[0]}-{self.speed[1]}"
@@ -191,9 +215,123 @@ def _speakers() -> tuple:
 #: The 16 pseudo-speakers: 10 for training, 3 for dev, 3 for test.
 PSEUDO_SPEAKERS = _speakers()
 
+#: Pitch (semitones) and tempo (percent range) variants of each Festival
+#: voice: the voice as recorded, then higher / lower with a shifted
+#: spectral envelope (a shorter / longer vocal tract).
+_FESTIVAL_VARIANTS = {
+    "train": ((0.0, (92, 108)), (3.5, (95, 112)), (-3.0, (88, 104))),
+    "dev": ((0.0, (92, 108)), (4.0, (95, 110))),
+    "test": ((0.0, (92, 108)), (-3.0, (90, 106)), (4.5, (95, 110))),
+}
 
-def _speakers_of(*subsets: str) -> list:
-    return [s for s in PSEUDO_SPEAKERS if s.subset in subsets]
+#: Festival voices (Debian's festvox packages, recordings of real
+#: speakers) of each speaker group: unseen voices for dev and test.
+_FESTIVAL_GROUPS = {
+    "train": (
+        "ked_diphone",
+        "cmu_us_slt_arctic_hts",
+        "upc_ca_ona_hts",
+        "suo_fi_lj_diphone",
+        "hy_fi_mv_diphone",
+        "pc_diphone",
+        "msu_ru_nsh_clunits",
+        "czech_dita",
+        "czech_krb",
+        "czech_machac",
+    ),
+    "dev": ("czech_ph",),
+    "test": ("kal_diphone", "lp_diphone"),
+}
+
+
+def _festival_speakers() -> tuple:
+    gender = {v.name: v.gender for v in FESTIVAL_VOICES}
+    prefix = {"train": "f", "dev": "g", "test": "h"}
+    speakers = []
+    for subset, voices in _FESTIVAL_GROUPS.items():
+        for voice in voices:
+            for semitones, tempo in _FESTIVAL_VARIANTS[subset]:
+                k = sum(s.subset == subset for s in speakers)
+                speakers.append(
+                    PseudoSpeaker(
+                        len(PSEUDO_SPEAKERS) + len(speakers),
+                        voice,
+                        gender[voice],
+                        int(round(4 * semitones)),
+                        tempo,
+                        subset,
+                        f"{prefix[subset]}{k:02d}",
+                        engine="festival",
+                    )
+                )
+    return tuple(speakers)
+
+
+#: Pseudo-speakers made from Festival voices (separation corpora only:
+#: most voices speak the English sentences with another language's
+#: phonetics, which is speech for separation but not for recognition).
+#: 30 for training (10 voices x 3 variants), 2 for dev, 6 for test.
+FESTIVAL_SPEAKERS = _festival_speakers()
+
+#: Every pseudo-speaker, indexed by :attr:`PseudoSpeaker.index`.
+ALL_SPEAKERS = PSEUDO_SPEAKERS + FESTIVAL_SPEAKERS
+
+#: ``voices`` settings of the separation corpora.
+VOICE_SETS = ("auto", "festival", "espeak")
+
+
+def _speakers_of(*subsets: str, festival: Sequence[str] = ()) -> list:
+    """Speakers of the subsets: espeak-ng ones, then those of the Festival
+    voices named in ``festival``."""
+    return [
+        s
+        for s in ALL_SPEAKERS
+        if s.subset in subsets
+        and (s.engine == "espeak-ng" or s.voice in festival)
+    ]
+
+
+def _festival_setup(voices: str, what: str) -> tuple:
+    """The Festival executable and installed voice names to use.
+
+    ``voices`` is ``"auto"`` (Festival's voices where installed, with a
+    warning otherwise), ``"festival"`` (an error if they are missing) or
+    ``"espeak"`` (espeak-ng only). Returns ``(binary or None, names)``.
+    """
+    if voices not in VOICE_SETS:
+        raise ValueError(
+            f"{what}: voices must be one of {VOICE_SETS}, got {voices!r}"
+        )
+    if voices == "espeak":
+        return None, ()
+    wanted = {v for group in _FESTIVAL_GROUPS.values() for v in group}
+    try:
+        binary = find_festival()
+        find_sox()
+        names = tuple(v.name for v in festival_voices(binary))
+    except FestivalNotFoundError as err:
+        if voices == "festival":
+            raise
+        logger.warning(
+            "%s: %s Building with espeak-ng voices only (formant speech, "
+            "further from real recordings).",
+            what,
+            err,
+        )
+        return None, ()
+    missing = sorted(wanted - set(names))
+    if missing:
+        packages = sorted(
+            v.package for v in FESTIVAL_VOICES if v.name in missing
+        )
+        message = (
+            f"{what}: Festival voices {missing} are not installed "
+            f"(Debian packages: {' '.join(packages)})"
+        )
+        if voices == "festival":
+            raise FestivalNotFoundError(message)
+        logger.warning("%s; using the others.", message)
+    return binary, tuple(n for n in names if n in wanted)
 
 
 # ---------------------------------------------------------------------------
@@ -232,6 +370,14 @@ def _split_counts(total: int, weights: Sequence[int], what: str) -> list:
     return [first, *rest]
 
 
+def _jittered_pitch(speaker: PseudoSpeaker, jitter: int) -> int:
+    """A speaker's pitch moved by ``jitter`` steps (espeak-ng pitch units
+    clipped to [0, 99]; quarter semitones for Festival)."""
+    if speaker.engine == "festival":
+        return speaker.pitch + jitter
+    return int(np.clip(speaker.pitch + jitter, 0, 99))
+
+
 def _plan_utterances(
     rng: np.random.Generator,
     speakers: Sequence[PseudoSpeaker],
@@ -249,7 +395,7 @@ def _plan_utterances(
                 speaker=spk,
                 sentence=sentence,
                 speed=int(rng.integers(spk.speed[0], spk.speed[1] + 1)),
-                pitch=int(np.clip(spk.pitch + rng.integers(-4, 5), 0, 99)),
+                pitch=_jittered_pitch(spk, int(rng.integers(-4, 5))),
                 peak_db=float(rng.uniform(-12.0, -2.0)),
                 lead=float(rng.uniform(0.05, 0.25)),
                 trail=float(rng.uniform(0.05, 0.25)),
@@ -310,6 +456,7 @@ def _plan_subsets(
     counts: Sequence[int],
     train_chapters: int = 1,
     min_count: int = 1,
+    festival: Sequence[str] = (),
 ) -> Iterable[tuple]:
     """Plans the utterances of each subset, with its own speakers.
 
@@ -321,13 +468,27 @@ def _plan_subsets(
     plans spread over the speakers of the subset's group and their
     LibriSpeech style ``(speaker, chapter, index)`` IDs, with
     ``train_chapters`` chapters per training speaker and one otherwise.
+    ``festival`` names the Festival voices whose speakers take part.
     """
     for subset, count, group in zip(subsets, counts, _SUBSET_GROUPS):
         plans = _plan_utterances(
-            rng, _speakers_of(group), max(min_count, count), sentences
+            rng,
+            _speakers_of(group, festival=festival),
+            max(min_count, count),
+            sentences,
         )
         chapters = train_chapters if group == "train" else 1
         yield subset, count, plans, _librispeech_ids(plans, chapters)
+
+
+def _voice_params(festival_binary: Optional[str], voices: Sequence) -> dict:
+    """Marker entries of the Festival voices a corpus uses."""
+    if not voices:
+        return {"festival_voices": []}
+    return {
+        "festival_voices": list(voices),
+        "festival": festival_version(festival_binary),
+    }
 
 
 def _corpus_params(
@@ -347,22 +508,34 @@ def _corpus_params(
 # Rendering and writing
 # ---------------------------------------------------------------------------
 def _render(plan: _Utterance, rates: Iterable[int], binary: str) -> dict:
-    """Synthesises one utterance: int16 waveform per sampling rate."""
-    wav = synthesize(
-        plan.sentence.normalized,
-        voice=plan.speaker.voice,
-        speed=plan.speed,
-        pitch=plan.pitch,
-        binary=binary,
-    )
-    wav = trim_silence(wav, ESPEAK_SAMPLE_RATE)
-    lead = np.zeros(int(round(plan.lead * ESPEAK_SAMPLE_RATE)))
-    trail = np.zeros(int(round(plan.trail * ESPEAK_SAMPLE_RATE)))
+    """Synthesises one utterance: int16 waveform per sampling rate.
+
+    ``binary`` is the espeak-ng executable; Festival voices use the
+    festival executable that :func:`find_festival` finds."""
+    if plan.speaker.engine == "festival":
+        wav, src_rate = festival_synthesize(
+            plan.sentence.normalized, plan.speaker.voice
+        )
+        wav = shift_pitch_and_tempo(
+            wav, src_rate, semitones=plan.pitch / 4, tempo=plan.speed / 100
+        )
+    else:
+        wav = synthesize(
+            plan.sentence.normalized,
+            voice=plan.speaker.voice,
+            speed=plan.speed,
+            pitch=plan.pitch,
+            binary=binary,
+        )
+        src_rate = ESPEAK_SAMPLE_RATE
+    wav = trim_silence(wav, src_rate)
+    lead = np.zeros(int(round(plan.lead * src_rate)))
+    trail = np.zeros(int(round(plan.trail * src_rate)))
     wav = np.concatenate([lead, wav, trail])
     wav *= 10 ** (plan.peak_db / 20) / np.abs(wav).max()
     out = {}
     for rate in rates:
-        res = resample(wav, ESPEAK_SAMPLE_RATE, rate)
+        res = resample(wav, src_rate, rate)
         out[rate] = np.clip(np.round(res * 32768), -32768, 32767).astype(
             np.int16
         )
@@ -406,7 +579,7 @@ def _speakers_txt(
     for spk in sorted(minutes, key=int):
         lines.append(
             f"{spk:<5}| {gender_of[spk]} | {subset_of[spk]:<17}| "
-            f"{minutes[spk]:5.2f} | {PSEUDO_SPEAKERS[int(spk) - 1001].voice}"
+            f"{minutes[spk]:5.2f} | {ALL_SPEAKERS[int(spk) - 1001].voice}"
         )
     return "\n".join(lines) + "\n"
 
@@ -850,6 +1023,7 @@ def build_wsj0_2mix(
     sample_rates: Sequence[int] = (8000,),
     modes: Sequence[str] = ("min",),
     max_words: int = 10,
+    voices: str = "auto",
 ) -> Path:
     """Builds a WSJ0-2mix style corpus and its single-speaker sources.
 
@@ -868,7 +1042,7 @@ def build_wsj0_2mix(
     source, ``max`` ones pad it with zeros, and sources and mixture are
     scaled together to a peak of 0.9. ``mix`` is exactly ``s1 + s2`` in
     16-bit samples. Mixtures are split 200/40/40 (in proportion); tr and cv
-    use the 10 training speakers, tt the 6 others.
+    use the training speakers, tt the dev and test ones (unseen voices).
 
     Arguments
     ---------
@@ -891,6 +1065,12 @@ def build_wsj0_2mix(
         ``"min"`` and/or ``"max"``.
     max_words : int
         Most words per sentence.
+    voices : str
+        ``"auto"``: espeak-ng's pseudo-speakers and those of Festival's
+        voices (recordings of real speakers, see
+        :data:`FESTIVAL_SPEAKERS`) where Festival is installed, with a
+        warning where it is not; ``"festival"``: the same, but an error
+        without Festival; ``"espeak"``: espeak-ng only.
 
     Returns
     -------
@@ -910,14 +1090,21 @@ def build_wsj0_2mix(
     (n_tr, n_cv, n_tt), rng, sentences = _start_planning(
         "wsj0-2mix", seed, num_utterances, (5, 1, 1), max_words
     )
+    festival_binary, festival = _festival_setup(voices, "build_wsj0_2mix")
 
     # Source pools: si_tr_s for tr/cv, si_dt_05 + si_et_05 for tt.
     pools = {
         "train": _plan_utterances(
-            rng, _speakers_of("train"), max(2, n_tr + n_cv), sentences
+            rng,
+            _speakers_of("train", festival=festival),
+            max(2, n_tr + n_cv),
+            sentences,
         ),
         "eval": _plan_utterances(
-            rng, _speakers_of("dev", "test"), max(2, n_tt), sentences
+            rng,
+            _speakers_of("dev", "test", festival=festival),
+            max(2, n_tt),
+            sentences,
         ),
     }
     sources = []  # (relative path, plan, utt id)
@@ -996,6 +1183,7 @@ def build_wsj0_2mix(
         max_words,
         sample_rates=list(rates),
         modes=list(modes),
+        **_voice_params(festival_binary, festival),
     )
     return _atomic_build(out_dir, params, force, espeak, write, num_workers)
 
@@ -1023,6 +1211,7 @@ def build_librimix(
     sample_rates: Sequence[int] = (8000, 16000),
     modes: Sequence[str] = ("min", "max"),
     max_words: int = 10,
+    voices: str = "auto",
 ) -> Path:
     """Builds a Libri2Mix style corpus (clean two-speaker mixtures).
 
@@ -1063,6 +1252,12 @@ def build_librimix(
         ``"min"`` and/or ``"max"``.
     max_words : int
         Most words per sentence.
+    voices : str
+        ``"auto"``: espeak-ng's pseudo-speakers and those of Festival's
+        voices (recordings of real speakers, see
+        :data:`FESTIVAL_SPEAKERS`) where Festival is installed, with a
+        warning where it is not; ``"festival"``: the same, but an error
+        without Festival; ``"espeak"``: espeak-ng only.
 
     Returns
     -------
@@ -1087,10 +1282,11 @@ def build_librimix(
     counts, rng, sentences = _start_planning(
         "librimix", seed, num_utterances, (5, 1, 1), max_words
     )
+    festival_binary, festival = _festival_setup(voices, "build_librimix")
     sources = []  # (utt id, plan)
     mixtures = []  # (subset, mixture id, src index 1, src index 2, gains dB)
     for subset, count, plans, ids in _plan_subsets(
-        rng, sentences, LIBRIMIX_SUBSETS, counts, min_count=2
+        rng, sentences, LIBRIMIX_SUBSETS, counts, 1, 2, festival
     ):
         offset = len(sources)
         for plan, (spk, chap, k) in zip(plans, ids):
@@ -1182,6 +1378,7 @@ def build_librimix(
         max_words,
         sample_rates=list(rates),
         modes=list(modes),
+        **_voice_params(festival_binary, festival),
     )
     root = _atomic_build(out_dir, params, force, espeak, write, num_workers)
     return root / "Libri2Mix"
@@ -1322,6 +1519,20 @@ def _parser() -> argparse.ArgumentParser:
         "--espeak", default=None, help="espeak-ng executable to use"
     )
     parser.add_argument(
+        "--max-words",
+        type=int,
+        default=None,
+        help="most words per sentence (default 10; sentences have 4 or more)",
+    )
+    parser.add_argument(
+        "--voices",
+        choices=VOICE_SETS,
+        default=None,
+        help="voices of wsj0-2mix and librimix: 'auto' (default: Festival's "
+        "voices where installed, plus espeak-ng), 'festival' (error without "
+        "Festival) or 'espeak'",
+    )
+    parser.add_argument(
         "-q", "--quiet", action="store_true", help="only print errors"
     )
     return parser
@@ -1351,14 +1562,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             level=logging.INFO, format="%(message)s", stream=sys.stdout
         )
     options = {}
-    if args.sample_rates or args.modes:
+    if args.sample_rates or args.modes or args.voices:
         if args.corpus not in ("wsj0-2mix", "librimix"):
             print(
-                "error: --sample-rates and --modes apply to one mixture "
-                "corpus (wsj0-2mix or librimix)",
+                "error: --sample-rates, --modes and --voices apply to one "
+                "mixture corpus (wsj0-2mix or librimix)",
                 file=sys.stderr,
             )
             return 1
+        if args.voices:
+            options["voices"] = args.voices
+    if args.max_words is not None:
+        if args.corpus == "all":
+            print("error: --max-words applies to one corpus", file=sys.stderr)
+            return 1
+        options["max_words"] = args.max_words
         if args.sample_rates:
             options["sample_rates"] = args.sample_rates
         if args.modes:
