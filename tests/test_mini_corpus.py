@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ from speechbrain_mamba.data.mini_corpus import (
     build_libritts,
     build_wsj0_2mix,
     main,
+    remix_wsj0_2mix,
 )
 from speechbrain_mamba.data.mixing import active_level, mix_sources
 
@@ -497,3 +499,18 @@ def test_without_festival_builds_espeak_only(tmp_path, monkeypatch, caplog):
     assert not (tmp_path / "f").exists()
     with pytest.raises(ValueError, match="voices must be one of"):
         build_wsj0_2mix(tmp_path / "g", num_utterances=6, voices="human")
+
+
+def test_remix_from_flac_sources_equals_build(tmp_path):
+    root = build_wsj0_2mix(tmp_path / "w", seed=2, num_utterances=8)
+    before = tree_hashes(root / "wav8k")
+    shutil.rmtree(root / "wav8k")
+    for wav in (root / "wsj0").rglob("*.wav"):  # moved as FLAC
+        data, rate = sf.read(str(wav), dtype="int16")
+        sf.write(str(wav.with_suffix(".flac")), data, rate)
+        wav.unlink()
+    assert remix_wsj0_2mix(root) == 8
+    assert tree_hashes(root / "wav8k") == before
+    (root / "mix_2_spk_cv.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="mix_2_spk_cv.txt"):
+        remix_wsj0_2mix(root)

@@ -94,6 +94,7 @@ __all__ = [
     "build_libritts",
     "build_wsj0_2mix",
     "espeak_available",
+    "remix_wsj0_2mix",
     "main",
 ]
 
@@ -1013,6 +1014,102 @@ def _negate_snr(text: str) -> str:
     return text[1:] if text.startswith("-") else "-" + text
 
 
+def _mix_wsj0_pair(
+    root: Path,
+    subset: str,
+    name: str,
+    snr1: str,
+    first: tuple,
+    second: tuple,
+    modes: Sequence[str],
+) -> None:
+    """Writes one WSJ0-2mix mixture at every rate of its sources.
+
+    ``first`` and ``second`` are ``(waveforms, active levels)``, each a
+    dict keyed by sampling rate; the sources are scaled to ``+-snr1`` dB
+    relative to their active levels."""
+    w1 = 10 ** (float(snr1) / 20)
+    w2 = 10 ** (float(_negate_snr(snr1)) / 20)
+
+    def inputs(rate):
+        sources = [first[0][rate], second[0][rate]]
+        return sources, [w1 / first[1][rate], w2 / second[1][rate]]
+
+    _write_mixtures(root, subset, name, sorted(first[0]), modes, inputs, "mix")
+
+
+def remix_wsj0_2mix(
+    root: PathLike,
+    modes: Sequence[str] = ("min",),
+    num_workers: Optional[int] = None,
+) -> int:
+    """Writes the 8 kHz mixtures of a mini WSJ0-2mix corpus again from its
+    single-speaker sources and mixing lists.
+
+    WSJ0-2mix itself is distributed this way (sources, lists and a mixing
+    script): a corpus moved to another machine needs only ``wsj0/`` (which
+    may be stored as FLAC: ``.flac`` files are read where the lists name a
+    ``.wav`` that is missing) and ``mix_2_spk_{tr,cv,tt}.txt``. The result
+    is identical to what :func:`build_wsj0_2mix` wrote at 8 kHz.
+
+    Arguments
+    ---------
+    root : str or path
+        Corpus root (holding ``wsj0`` and the lists).
+    modes : sequence of str
+        ``"min"`` and/or ``"max"``.
+    num_workers : int, optional
+        Parallel threads.
+
+    Returns
+    -------
+    int
+        Number of mixtures written.
+
+    Example
+    -------
+    >>> root = build_wsj0_2mix(tmp_dir / "wsj0-2mix", num_utterances=6)
+    ... # doctest: +SKIP
+    >>> remix_wsj0_2mix(root)  # doctest: +SKIP
+    6
+    """
+    root = Path(root)
+    modes = _check_modes(modes, "remix_wsj0_2mix")
+    jobs = []
+    for subset in WSJ0_2MIX_SUBSETS:
+        listing = root / f"mix_2_spk_{subset}.txt"
+        if not listing.is_file():
+            raise FileNotFoundError(
+                f"remix_wsj0_2mix: {listing} is missing (a mini WSJ0-2mix "
+                "corpus has mix_2_spk_tr.txt, _cv.txt and _tt.txt)"
+            )
+        for line in listing.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                src1, snr1, src2, _ = line.split()
+                jobs.append((subset, src1, snr1, src2))
+
+    def source(rel: str) -> tuple:
+        path = root / rel
+        if not path.is_file() and path.with_suffix(".flac").is_file():
+            path = path.with_suffix(".flac")
+        data, rate = sf.read(str(path), dtype="int16")
+        if rate != 8000:
+            raise ValueError(f"remix_wsj0_2mix: {path} is not 8 kHz")
+        wav = data.astype(np.float64) / 32768.0
+        return {8000: wav}, {8000: active_level(wav, 8000)}
+
+    def mix(job):
+        subset, src1, snr1, src2 = job
+        name = f"{Path(src1).stem}_{snr1}_{Path(src2).stem}_{_negate_snr(snr1)}"
+        _mix_wsj0_pair(
+            root, subset, name, snr1, source(src1), source(src2), modes
+        )
+
+    workers = _default_workers() if num_workers is None else num_workers
+    _parallel(mix, jobs, max(1, int(workers)))
+    return len(jobs)
+
+
 def build_wsj0_2mix(
     out_dir: PathLike,
     seed: int = 0,
@@ -1154,15 +1251,9 @@ def build_wsj0_2mix(
 
         def mix(mixture):
             subset, name, a, b, snr1 = mixture
-            w1 = 10 ** (float(snr1) / 20)
-            w2 = 10 ** (float(_negate_snr(snr1)) / 20)
-
-            def inputs(rate):
-                sources = [rendered[a][0][rate], rendered[b][0][rate]]
-                gains = [w1 / rendered[a][1][rate], w2 / rendered[b][1][rate]]
-                return sources, gains
-
-            _write_mixtures(tmp, subset, name, rates, modes, inputs, "mix")
+            _mix_wsj0_pair(
+                tmp, subset, name, snr1, rendered[a], rendered[b], modes
+            )
 
         _parallel(mix, mixtures, workers)
         for subset in WSJ0_2MIX_SUBSETS:
