@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from speechbrain_mamba.nnet import MambaStack
+from speechbrain_mamba.nnet.padding import check_input_dtype
 
 MASK_ACTIVATIONS = ("relu", "softmax")
 
@@ -169,6 +170,13 @@ class MambaTasNetMaskNet(nn.Module):
                 f"N={self.in_channels}, got shape {tuple(x.shape)}"
             )
         batch, channels, time = x.shape
+        if time == 0:
+            raise ValueError(
+                "MambaTasNetMaskNet got an encoder output with 0 frames "
+                f"(shape {tuple(x.shape)}); is the mixture shorter than the "
+                "encoder's kernel?"
+            )
+        check_input_dtype(x, self.bottleneck_conv1x1.weight.dtype)
         y = self.layer_norm(x.transpose(1, 2)).transpose(1, 2)
         y = self.bottleneck_conv1x1(y)
         y = self.mamba_net(y.transpose(1, 2), lengths=lengths)

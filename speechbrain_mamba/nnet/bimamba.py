@@ -20,6 +20,7 @@ import torch
 
 from speechbrain_mamba.nnet.mamba import Mamba
 from speechbrain_mamba.nnet.padding import (
+    check_input_dtype,
     check_sequence_input,
     lengths_to_frames,
     reverse_valid,
@@ -145,6 +146,7 @@ class BiMamba(Mamba):
         if cache is not None:
             self.init_cache()
         check_sequence_input(x, self.d_model)
+        check_input_dtype(x, self.in_proj.weight.dtype)
         batch, time, _ = x.shape
         frames = lengths_to_frames(lengths, batch, time)
         scale = 0.5 if self.combine == "mean" else 1.0

@@ -23,22 +23,26 @@ from torch import nn
 from speechbrain_mamba.nnet.cache import MambaCache
 from speechbrain_mamba.nnet.init import A_log_init, DeltaProjection
 from speechbrain_mamba.nnet.padding import (
+    check_input_dtype,
     check_sequence_input,
     lengths_to_frames,
     reverse_valid,
     zero_padding,
 )
-from speechbrain_mamba.ops import numba_conv, numba_scan, triton_mamba_step
+from speechbrain_mamba.ops import numba_conv, numba_scan
 from speechbrain_mamba.ops.backend import (
     MAX_CUDA_D_STATE,
     check_backend,
     cuda_kernels,
     effective_backend,
+    fused_step_applies,
     state_update_kernel,
     use_cuda_kernels,
+    use_numba_kernels,
 )
 from speechbrain_mamba.ops.depthwise_conv import depthwise_conv_channels_last
 from speechbrain_mamba.ops.selective_scan import selective_scan_torch
+from speechbrain_mamba.ops.triton import mamba_step
 
 
 def _single_step(
@@ -284,12 +288,7 @@ class Mamba(nn.Module):
         needs_grad = torch.is_grad_enabled() and (
             x.requires_grad or self.in_proj.weight.requires_grad
         )
-        fused_cpu = (
-            cache is None
-            and x.device.type == "cpu"
-            and not needs_grad
-            and numba_scan.available()
-        )
+        fused_cpu = cache is None and use_numba_kernels(x, needs_grad)
         if reverse and not fused_cpu:
             y = self._scan_direction(
                 reverse_valid(x, frames),
@@ -411,11 +410,7 @@ class Mamba(nn.Module):
                 state,
             )
             y = y[:, None].to(x.dtype)
-        elif (
-            not needs_grad
-            and x.device.type == "cpu"
-            and (numba_scan.available())
-        ):
+        elif use_numba_kernels(x, needs_grad):
             y, state = numba_scan.scan_channels_last(
                 x_conv_cl, delta, A, B_cf, C_cf, D, z, initial_state=state
             )
@@ -515,15 +510,16 @@ class Mamba(nn.Module):
             [batch, time, d_model].
         """
         check_sequence_input(x, self.d_model)
+        check_input_dtype(x, self.in_proj.weight.dtype)
         batch, time, _ = x.shape
         frames = lengths_to_frames(lengths, batch, time)
         if cache is not None:
             self._check_cache(cache, batch)
-        if self.directions == ("",) and triton_mamba_step.fused_step_applies(
+        if self.directions == ("",) and fused_step_applies(
             x, lengths, cache, self.backend, self.parameters()
         ):
             # one decoding step in two fused Triton kernels
-            y = triton_mamba_step.mamba_mixer_step(x[:, 0], self, cache)
+            y = mamba_step.mamba_mixer_step(x[:, 0], self, cache)
             dtype = (
                 torch.get_autocast_dtype("cuda")
                 if torch.is_autocast_enabled("cuda")

@@ -58,8 +58,58 @@ def check_sequence_input(x: torch.Tensor, d_model: int, name: str = "x"):
         )
 
 
+def check_input_dtype(
+    x: torch.Tensor, expected: torch.dtype, name: str = "x"
+) -> None:
+    """Raises ValueError unless the layer can compute with x's dtype.
+
+    Outside autocast, the input must have the dtype of the layer's
+    parameters (float32 layers take float32; a layer converted with
+    ``.double()`` or ``.half()`` takes float64 or float16). Under autocast,
+    any float32/float16/bfloat16 input is fine (autocast casts it), but
+    autocast leaves float64 alone, so float64 needs a float64 layer.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        The input to check.
+    expected : torch.dtype
+        The dtype of the layer's parameters.
+    name : str
+        Name used in the error message.
+
+    Example
+    -------
+    >>> check_input_dtype(torch.zeros(2), torch.float32)
+    >>> check_input_dtype(torch.zeros(2, dtype=torch.float64), torch.float32)
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: x has dtype torch.float64 but the layer's parameters are ...
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     check_input_dtype(torch.zeros(2), torch.float32)
+    """
+    if x.dtype == expected:
+        return
+    if torch.is_autocast_enabled(x.device.type) and torch.float64 not in (
+        x.dtype,
+        expected,
+    ):
+        return
+    raise ValueError(
+        f"{name} has dtype {x.dtype} but the layer's parameters are "
+        f"{expected}; pass {expected} input (x.to({expected})), convert the "
+        f"layer (layer.to({x.dtype})), or run float32 input under "
+        "torch.autocast for float16/bfloat16 compute"
+    )
+
+
 def check_relative_lengths(lengths: torch.Tensor) -> None:
-    """Raises ValueError unless every relative length is in (0, 1].
+    """Raises ValueError unless every relative length is a finite number in
+    (0, 1].
+
+    A NaN compares False with everything, so the range test is written as
+    "inside" (and negated), which rejects NaN; infinities are outside.
 
     Arguments
     ---------
@@ -73,12 +123,24 @@ def check_relative_lengths(lengths: torch.Tensor) -> None:
     Traceback (most recent call last):
     ...
     ValueError: lengths must be relative lengths in (0, 1], got values [0.0]
+    >>> check_relative_lengths(torch.tensor([1.0, float("nan")]))
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: lengths must be finite ... infinite values: [1.0, nan]
     """
-    if bool(((lengths <= 0) | (lengths > 1 + 1e-6)).any()):
+    inside = (lengths > 0) & (lengths <= 1 + 1e-6)
+    if bool(inside.all()):
+        return
+    if not bool(torch.isfinite(lengths).all()):
         raise ValueError(
-            "lengths must be relative lengths in (0, 1], got values "
-            f"{lengths.tolist()}"
+            "lengths must be finite relative lengths in (0, 1], got NaN or "
+            f"infinite values: {lengths.tolist()}"
         )
+    raise ValueError(
+        "lengths must be relative lengths in (0, 1], got values "
+        f"{lengths.tolist()}"
+    )
 
 
 def lengths_to_frames(

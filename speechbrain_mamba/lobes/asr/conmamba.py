@@ -34,6 +34,10 @@ from torch import nn
 
 from speechbrain_mamba.lobes.asr.layer_stack import NormedLayerStack
 from speechbrain_mamba.nnet import BiMamba, Mamba
+from speechbrain_mamba.nnet.padding import (
+    check_input_dtype,
+    check_sequence_input,
+)
 
 MambaConfig = Optional[Dict[str, Any]]
 
@@ -368,6 +372,7 @@ class ConMambaEncoder(NormedLayerStack):
             mamba_config=mamba_config,
         )
         super().__init__(num_layers, d_model, make_layer, norm_eps=1e-6)
+        self.d_model = d_model
         self.output_hidden_states = output_hidden_states
         self.layerdrop_prob = layerdrop_prob
 
@@ -407,9 +412,12 @@ class ConMambaEncoder(NormedLayerStack):
             Only when ``output_hidden_states``: the input and every layer's
             output.
         """
-        if src.dim() != 3:
+        check_sequence_input(src, self.d_model, name="src")
+        check_input_dtype(src, self.norm.norm.weight.dtype, name="src")
+        if src.shape[1] == 0:
             raise ValueError(
-                f"src must be [batch, time, d_model]; got {tuple(src.shape)}"
+                "src has 0 time frames (shape "
+                f"{tuple(src.shape)}); the encoder needs at least one frame"
             )
         if dynchunktrain_config is not None:
             raise NotImplementedError(
