@@ -49,6 +49,7 @@ from speechbrain_mamba.benchmarks.models import TASKS
 from speechbrain_mamba.benchmarks.timing import measure
 from speechbrain_mamba.lobes.tts.factory import SIZES as TTS_SIZES
 from speechbrain_mamba.utils.atomic import atomic_write_csv, atomic_write_text
+from speechbrain_mamba.utils.cli import positive_float, positive_int
 from speechbrain_mamba.utils.graphed_training import GraphedTraining
 
 DEFAULT_SECONDS = {
@@ -619,7 +620,7 @@ def run(args) -> Dict:
             if role == "mamba" and args.checkpointing:
                 enable_checkpointing(models[(task, role)])
         model = models[(task, role)]
-        batch = args.batch or DEFAULT_BATCH[task]
+        batch = DEFAULT_BATCH[task] if args.batch is None else args.batch
         result = measure_model(
             model,
             make_input(seconds, batch, device),
@@ -684,7 +685,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--tasks", nargs="+", default=sorted(TASKS), choices=sorted(TASKS)
     )
-    parser.add_argument("--seconds", type=float, nargs="+")
+    parser.add_argument("--seconds", type=positive_float, nargs="+")
     parser.add_argument(
         "--modes",
         nargs="+",
@@ -702,11 +703,11 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu"
     )
-    parser.add_argument("--batch", type=int)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=positive_int)
+    parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument(
         "--ar-steps",
-        type=int,
+        type=positive_int,
         default=50,
         help="timed decoding steps of the ar-step mode (median reported)",
     )
@@ -716,7 +717,7 @@ def main(argv=None) -> None:
         choices=sorted(TTS_SIZES),
         help="size of VALL-M / VALL-E (factory sizes; paper: d_model 1024)",
     )
-    parser.add_argument("--threads", type=int)
+    parser.add_argument("--threads", type=positive_int)
     parser.add_argument(
         "--cuda-graphs",
         choices=["none", "mamba", "both"],
