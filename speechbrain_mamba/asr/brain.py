@@ -100,11 +100,8 @@ class _AveragingBrain(sb.core.Brain):
                 "steps": self.optimizer_step,
                 "optimizer": self.optimizer.__class__.__name__,
             }
-            self.hparams.train_logger.log_stats(
-                stats_meta=epoch_stats,
-                train_stats=self.train_stats,
-                valid_stats=stage_stats,
-            )
+            # checkpoint first: a kill during the save re-runs the epoch,
+            # which must then be logged once
             key_kwargs = (
                 {"max_keys": [self.ckpt_key]}
                 if self.ckpt_key_is_max
@@ -117,6 +114,11 @@ class _AveragingBrain(sb.core.Brain):
                 },
                 num_to_keep=self.hparams.avg_checkpoints,
                 **key_kwargs,
+            )
+            self.hparams.train_logger.log_stats(
+                stats_meta=epoch_stats,
+                train_stats=self.train_stats,
+                valid_stats=stage_stats,
             )
         elif stage == sb.Stage.TEST:
             self.hparams.train_logger.log_stats(

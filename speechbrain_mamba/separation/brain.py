@@ -549,15 +549,17 @@ class SeparationBrain(sb.Brain):
             if isinstance(scheduler, sb.nnet.schedulers.ReduceLROnPlateau):
                 lr, next_lr = scheduler([self.optimizer], epoch, stage_loss)
                 sb.nnet.schedulers.update_learning_rate(self.optimizer, next_lr)
+            # checkpoint first: a kill during the save re-runs the epoch,
+            # which must then be logged once
+            if self.checkpointer is not None:
+                self.checkpointer.save_and_keep_only(
+                    meta=dict(stats), min_keys=["loss"]
+                )
             if logger_ is not None:
                 logger_.log_stats(
                     stats_meta={"epoch": epoch, "lr": lr},
                     train_stats=getattr(self, "train_stats", None),
                     valid_stats=stats,
-                )
-            if self.checkpointer is not None:
-                self.checkpointer.save_and_keep_only(
-                    meta=dict(stats), min_keys=["loss"]
                 )
             return
         # TEST

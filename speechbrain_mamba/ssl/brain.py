@@ -217,6 +217,16 @@ class HuBERTPretrainBrain(_TimeBudget, sb.Brain):
         if stage == sb.Stage.VALID:
             self.valid_stats = stats
             lr = self.optimizer.param_groups[0]["lr"]
+            # checkpoint first: a kill during the save re-runs the epoch,
+            # which must then be logged once
+            self.checkpointer.save_and_keep_only(
+                meta={
+                    "acc_masked": stats.get("acc_masked", 0.0),
+                    "loss": stage_loss,
+                },
+                max_keys=["acc_masked"],
+                num_to_keep=int(self._hp("keep_checkpoints", 2)),
+            )
             self.hparams.train_logger.log_stats(
                 stats_meta={
                     "epoch": epoch,
@@ -225,14 +235,6 @@ class HuBERTPretrainBrain(_TimeBudget, sb.Brain):
                 },
                 train_stats=self.train_stats,
                 valid_stats=stats,
-            )
-            self.checkpointer.save_and_keep_only(
-                meta={
-                    "acc_masked": stats.get("acc_masked", 0.0),
-                    "loss": stage_loss,
-                },
-                max_keys=["acc_masked"],
-                num_to_keep=int(self._hp("keep_checkpoints", 2)),
             )
         else:
             self.test_stats = stats
@@ -323,6 +325,13 @@ class CTCFinetuneBrain(_TimeBudget, sb.Brain):
         stats["CER"] = self.cer_metric.summarize("error_rate")
         if stage == sb.Stage.VALID:
             self.valid_stats = stats
+            # checkpoint first: a kill during the save re-runs the epoch,
+            # which must then be logged once
+            self.checkpointer.save_and_keep_only(
+                meta={"WER": stats["WER"]},
+                min_keys=["WER"],
+                num_to_keep=int(self._hp("keep_checkpoints", 2)),
+            )
             self.hparams.train_logger.log_stats(
                 stats_meta={
                     "epoch": epoch,
@@ -331,11 +340,6 @@ class CTCFinetuneBrain(_TimeBudget, sb.Brain):
                 },
                 train_stats=self.train_stats,
                 valid_stats=stats,
-            )
-            self.checkpointer.save_and_keep_only(
-                meta={"WER": stats["WER"]},
-                min_keys=["WER"],
-                num_to_keep=int(self._hp("keep_checkpoints", 2)),
             )
             return
         self.test_stats = stats

@@ -219,15 +219,17 @@ class CodecLMBrain(sb.Brain):
             return
         if stage == sb.Stage.VALID:
             lr = self.optimizer.param_groups[0]["lr"]
-            self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "lr": lr},
-                train_stats=self.train_stats,
-                valid_stats=stats,
-            )
+            # checkpoint first: a kill during the save re-runs the epoch,
+            # which must then be logged once
             self.checkpointer.save_and_keep_only(
                 meta={"loss": stats["loss"], "epoch": epoch},
                 min_keys=["loss"],
                 num_to_keep=self.hparams.keep_checkpoints,
+            )
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "lr": lr},
+                train_stats=self.train_stats,
+                valid_stats=stats,
             )
         else:
             self.hparams.train_logger.log_stats(
