@@ -129,3 +129,54 @@ def test_merge_list_must_be_prepared(corpus, tmp_path):
             merge_lst=["train-clean-100"],
             merge_name="train.csv",
         )
+
+
+@pytest.fixture
+def full_copy(corpus, tmp_path):
+    """A writable copy of every split."""
+    dst = tmp_path / "LibriSpeech"
+    shutil.copytree(corpus, dst)
+    return dst
+
+
+def truncate_to_half(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("split", ["test-clean", "train-clean-100"])
+def test_truncated_flac_stops_the_preparation(full_copy, tmp_path, split):
+    """A FLAC cut to half its size keeps a valid header: the preparation
+    decodes it to the end and names it, in every split."""
+    flac = sorted((full_copy / split).rglob("*.flac"))[1]
+    truncate_to_half(flac)
+    assert sf.info(str(flac)).frames > 0  # the header still reads
+    with pytest.raises(ValueError, match=f"{flac.name} is truncated"):
+        prepare_librispeech(full_copy, tmp_path / "save", **SPLITS)
+    assert not (tmp_path / "save" / "train.csv").exists()
+
+
+def test_stereo_flac_stops_the_preparation(full_copy, tmp_path):
+    flac = sorted((full_copy / "train-clean-100").rglob("*.flac"))[0]
+    mono, rate = sf.read(str(flac))
+    sf.write(str(flac), np.stack([mono, mono], axis=1), rate, format="FLAC")
+    with pytest.raises(ValueError, match=f"{flac.name} has 2 channels"):
+        prepare_librispeech(full_copy, tmp_path / "save", **SPLITS)
+
+
+def test_file_corrupted_after_a_cached_preparation(corpus, full_copy, tmp_path):
+    """The cached preparation does not decode again, but notices a changed
+    file, checks it and names it before training can start."""
+    out = prepare_librispeech(full_copy, tmp_path / "save", **SPLITS)
+    rows = read_rows(out["test-clean"])
+    flac = sorted((full_copy / "test-clean").rglob("*.flac"))[-1]
+    truncate_to_half(flac)
+    with pytest.raises(ValueError, match=f"{flac.name} is truncated"):
+        prepare_librispeech(full_copy, tmp_path / "save", **SPLITS)
+    # still refused on the next call (the failure is not cached as a pass)
+    with pytest.raises(ValueError, match=f"{flac.name} is truncated"):
+        prepare_librispeech(full_copy, tmp_path / "save", **SPLITS)
+    # repaired: prepared again, with the same rows
+    shutil.copy(corpus / flac.relative_to(full_copy), flac)
+    prepare_librispeech(full_copy, tmp_path / "save", **SPLITS)
+    assert read_rows(out["test-clean"]) == rows

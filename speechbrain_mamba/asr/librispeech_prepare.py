@@ -7,10 +7,13 @@ Walks the LibriSpeech folder layout::
 
 and writes one SpeechBrain CSV per split (columns ``ID, duration, wav,
 spk_id, wrd``), optionally merging the training splits into one CSV. Every
-file is checked (readable, right sample rate, not empty, has a transcript)
-and problems are reported with the offending path. CSVs are written
-atomically, and preparation is skipped when the CSVs already exist for the
-same options.
+file of every split (test splits included) is checked before training can
+start: it has a transcript, decodes to the end, is mono, at the expected
+sample rate, finite and not empty
+(:mod:`speechbrain_mamba.utils.audio_check`); problems are reported with
+the offending path. CSVs are written atomically, and preparation is skipped
+when the CSVs already exist for the same options and no audio file changed
+since they were written.
 
 Author
 ------
@@ -24,14 +27,18 @@ import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
-import soundfile
-
 from speechbrain_mamba.utils.atomic import atomic_write_text
+from speechbrain_mamba.utils.audio_check import (
+    recorded_audio_unchanged,
+    validate_audio_files,
+)
 
 logger = logging.getLogger(__name__)
 
 CSV_HEADER = ["ID", "duration", "wav", "spk_id", "wrd"]
 OPTIONS_FILE = "opt_librispeech_prepare.json"
+#: Record of the checked audio of one split (``.format(split)``).
+AUDIO_RECORD = "audio_check_{}.json"
 PathLike = Union[str, os.PathLike]
 
 
@@ -76,31 +83,17 @@ def read_transcripts(split_folder: PathLike) -> Dict[str, str]:
     return transcripts
 
 
-def _check_audio(path: Path, sample_rate: int) -> float:
-    """Returns the duration in seconds, or raises a ValueError naming the
-    file."""
-    try:
-        info = soundfile.info(str(path))
-    except Exception as err:  # soundfile raises several types
-        raise ValueError(f"cannot read audio file {path}: {err}") from err
-    if info.samplerate != sample_rate:
-        raise ValueError(
-            f"{path} has sample rate {info.samplerate} Hz; expected "
-            f"{sample_rate} Hz"
-        )
-    if info.frames <= 0:
-        raise ValueError(f"{path} is empty (0 samples)")
-    return info.frames / info.samplerate
-
-
 def split_rows(
     data_folder: PathLike,
     split: str,
     sample_rate: int = 16000,
     select_n_sentences: Optional[int] = None,
     audio_ext: str = ".flac",
+    record_file: Optional[PathLike] = None,
 ) -> List[List[str]]:
-    """Builds the CSV rows of one split.
+    """Builds the CSV rows of one split, after checking every audio file
+    with :func:`~speechbrain_mamba.utils.audio_check.validate_audio_files`
+    (readable to the end, mono, at ``sample_rate``, finite, not empty).
 
     Arguments
     ---------
@@ -114,11 +107,19 @@ def split_rows(
         Keep only the first N utterances (sorted by id).
     audio_ext : str
         Audio file extension.
+    record_file : str or Path, optional
+        Record of the checked files (unchanged files are not decoded
+        again).
 
     Returns
     -------
     list
         Rows ``[ID, duration, wav, spk_id, wrd]``, sorted by ID.
+
+    Raises
+    ------
+    AudioFileError
+        Naming every audio file the recipe cannot use.
     """
     split_folder = Path(data_folder) / split
     if not split_folder.is_dir():
@@ -136,7 +137,6 @@ def split_rows(
     transcripts = read_transcripts(split_folder)
     if select_n_sentences is not None:
         audio_files = audio_files[:select_n_sentences]
-    rows = []
     for path in audio_files:
         utt_id = path.name[: -len(audio_ext)]
         if utt_id not in transcripts:
@@ -144,12 +144,15 @@ def split_rows(
                 f"no transcript for {path} (utterance {utt_id!r} is missing "
                 f"from the .trans.txt files of {path.parent})"
             )
-        duration = _check_audio(path, sample_rate)
+    infos = validate_audio_files(audio_files, sample_rate, record_file)
+    rows = []
+    for path, info in zip(audio_files, infos):
+        utt_id = path.name[: -len(audio_ext)]
         spk_id = "-".join(utt_id.split("-")[:2])
         rows.append(
             [
                 utt_id,
-                f"{duration:.4f}",
+                f"{info.duration:.4f}",
                 str(path.resolve()),
                 spk_id,
                 transcripts[utt_id],
@@ -238,6 +241,11 @@ def prepare_librispeech(
 ) -> Dict[str, Path]:
     """Writes ``SPLIT.csv`` for every split (and the merged training CSV).
 
+    Every audio file is checked first (see :func:`split_rows`). A second
+    call with the same options returns at once unless an audio file was
+    changed or removed since; then the changed files are checked again
+    (the others are not decoded again) and the CSVs rewritten.
+
     Arguments
     ---------
     data_folder : str or Path
@@ -299,18 +307,30 @@ def prepare_librispeech(
         "sample_rate": sample_rate,
     }
     options_file = save_folder / OPTIONS_FILE
+    records = {s: save_folder / AUDIO_RECORD.format(s) for s in splits}
     if options_file.is_file() and all(p.is_file() for p in outputs.values()):
         try:
             previous = json.loads(options_file.read_text(encoding="utf-8"))
         except ValueError:
             previous = None
-        if previous == options:
+        unchanged = all(map(recorded_audio_unchanged, records.values()))
+        if previous == options and unchanged:
             logger.info("LibriSpeech CSVs already prepared in %s", save_folder)
             return outputs
+        if previous == options:
+            logger.info(
+                "audio files changed since the preparation in %s: "
+                "checking them again",
+                save_folder,
+            )
     rows_by_split = {}
     for split in dict.fromkeys(splits):
         rows_by_split[split] = split_rows(
-            data_folder, split, sample_rate, select_n_sentences
+            data_folder,
+            split,
+            sample_rate,
+            select_n_sentences,
+            record_file=records[split],
         )
         write_csv(rows_by_split[split], outputs[split])
         logger.info(
