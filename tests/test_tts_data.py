@@ -112,6 +112,56 @@ def test_prepare_errors_name_the_problem(tmp_path, damage, error, match):
         prepare_libritts(data, tmp_path / "save", **kwargs)
 
 
+def wav_cut_to_half(wav):
+    data = wav.read_bytes()
+    wav.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        ("rate_16k", "has sample rate 16000 Hz; expected 24000 Hz"),
+        ("stereo", "has 2 channels; the recipe expects mono"),
+        ("truncated", "is truncated"),
+        ("nan", "holds NaN or infinite samples"),
+    ],
+)
+def test_prepare_refuses_audio_it_would_resample_downmix_or_cut(
+    tmp_path, damage, match
+):
+    """No silent resampling, downmixing or training on a cut file: the
+    preparation stops and names the file."""
+    data = make_libritts(tmp_path / "LibriTTS", LAYOUT)
+    wav = sorted((data / "dev-clean").glob("*/*/*.wav"))[0]
+    audio = 0.01 * np.ones(12000)
+    if damage == "rate_16k":
+        sf.write(str(wav), audio, 16000)
+    elif damage == "stereo":
+        sf.write(str(wav), np.stack([audio, audio], axis=1), 24000)
+    elif damage == "truncated":
+        wav_cut_to_half(wav)
+        assert sf.info(str(wav)).frames > 0  # libsndfile reads the rest
+    elif damage == "nan":
+        audio[5000] = np.nan
+        sf.write(str(wav), audio, 24000, subtype="FLOAT")
+    with pytest.raises(ValueError, match=f"{wav.name} {match}"):
+        prepare_libritts(data, tmp_path / "save", text_backend="characters")
+    assert not (tmp_path / "save" / "valid.json").exists()
+
+
+def test_prepared_manifests_notice_a_file_changed_since(tmp_path):
+    data = make_libritts(tmp_path / "LibriTTS", LAYOUT)
+    out = prepare_libritts(data, tmp_path / "save", text_backend="characters")
+    wav = sorted((data / "test-clean").glob("*/*/*.wav"))[-1]
+    wav_cut_to_half(wav)
+    with pytest.raises(ValueError, match=f"{wav.name} is truncated"):
+        prepare_libritts(data, tmp_path / "save", text_backend="characters")
+    sf.write(str(wav), 0.01 * np.ones(24000 * 2), 24000)
+    prepare_libritts(data, tmp_path / "save", text_backend="characters")
+    test = json.loads(out["test"].read_text())
+    assert test[wav.name[: -len(".wav")]]["duration"] == 2.0
+
+
 def test_prompts_come_from_other_utterances_of_the_speaker():
     entries = {
         "a1": {"spk_id": "a", "duration": 6.0},

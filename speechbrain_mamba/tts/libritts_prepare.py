@@ -10,6 +10,10 @@ Layout read::
 Written to ``save_folder``: ``train.json``, ``valid.json``, ``test.json``
 (SpeechBrain JSON manifests: ``wav``, ``duration``, ``spk_id``, ``text``,
 ``phonemes`` as space-separated symbols) and ``text_frontend.json``.
+Every wav is checked before training can start
+(:mod:`speechbrain_mamba.utils.audio_check`): a file that is unreadable,
+truncated, stereo, at another sample rate, empty or not finite stops the
+preparation with its path.
 
 Author
 ------
@@ -22,11 +26,14 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-import soundfile as sf
 from tqdm import tqdm
 
 from speechbrain_mamba.tts.text import SymbolTable, TextFrontEnd
 from speechbrain_mamba.utils.atomic import atomic_write_text
+from speechbrain_mamba.utils.audio_check import (
+    recorded_audio_unchanged,
+    validate_audio_files,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +42,10 @@ PathLike = Union[str, os.PathLike]
 #: Name of the saved front end inside ``save_folder``.
 FRONTEND_FILE = "text_frontend.json"
 OPTIONS_FILE = "prepare_options.json"
+#: Record of the checked audio of one split (``.format(split)``).
+AUDIO_RECORD = "audio_check_{}.json"
+#: Sample rate of LibriTTS.
+LIBRITTS_SAMPLE_RATE = 24000
 SETS = ("train", "valid", "test")
 
 
@@ -42,8 +53,17 @@ def _write_json(path: Path, data) -> None:
     atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1))
 
 
-def scan_split(data_folder: PathLike, split: str) -> List[dict]:
-    """Utterances of one LibriTTS split, sorted by id.
+def scan_split(
+    data_folder: PathLike,
+    split: str,
+    sample_rate: int = LIBRITTS_SAMPLE_RATE,
+    record_file: Optional[PathLike] = None,
+) -> List[dict]:
+    """Utterances of one LibriTTS split, sorted by id, after checking their
+    audio with :func:`~speechbrain_mamba.utils.audio_check.
+    validate_audio_files`: a file that is unreadable, truncated, not mono,
+    at another sample rate, empty or not finite is an error naming it (it
+    is never resampled or downmixed behind the user's back).
 
     Arguments
     ---------
@@ -51,12 +71,22 @@ def scan_split(data_folder: PathLike, split: str) -> List[dict]:
         LibriTTS root.
     split : str
         Subset folder, e.g. "train-clean-100".
+    sample_rate : int
+        Sample rate every file must have.
+    record_file : str or Path, optional
+        Record of the checked files (unchanged files are not decoded
+        again).
 
     Returns
     -------
     list of dict
         ``id``, ``wav``, ``duration``, ``spk_id``, ``text`` of each
         utterance with a non-empty transcript.
+
+    Raises
+    ------
+    AudioFileError
+        Naming every audio file the recipe cannot use.
     """
     data_folder = Path(data_folder)
     folder = data_folder / split
@@ -85,21 +115,20 @@ def scan_split(data_folder: PathLike, split: str) -> List[dict]:
         if not text:
             logger.warning("skipping %s: empty transcript", wav)
             continue
-        try:
-            info = sf.info(str(wav))
-        except (RuntimeError, sf.LibsndfileError) as err:
-            raise ValueError(f"cannot read audio file {wav}: {err}") from err
-        if info.frames == 0:
-            raise ValueError(f"audio file {wav} is empty")
         entries.append(
             {
                 "id": utt,
                 "wav": str(wav.resolve()),
-                "duration": info.frames / info.samplerate,
+                "duration": None,  # known once the audio is checked
                 "spk_id": wav.parent.parent.name,
                 "text": text,
             }
         )
+    infos = validate_audio_files(
+        [e["wav"] for e in entries], sample_rate, record_file
+    )
+    for entry, info in zip(entries, infos):
+        entry["duration"] = info.duration
     return entries
 
 
@@ -114,10 +143,14 @@ def prepare_libritts(
     min_duration: float = 0.0,
     max_duration: Optional[float] = None,
     skip_prep: bool = False,
+    sample_rate: int = LIBRITTS_SAMPLE_RATE,
 ) -> Dict[str, Path]:
     """Writes the manifests and the text front end of the recipe.
 
-    A second call with the same options returns at once.
+    Every audio file is checked first (see :func:`scan_split`). A second
+    call with the same options returns at once unless an audio file was
+    changed or removed since; then the changed files are checked again
+    (the others are not decoded again) and the manifests rewritten.
 
     Arguments
     ---------
@@ -137,6 +170,8 @@ def prepare_libritts(
         are left out.
     skip_prep : bool
         Only check that the outputs exist.
+    sample_rate : int
+        Sample rate every audio file must have (LibriTTS: 24 kHz).
 
     Returns
     -------
@@ -164,6 +199,7 @@ def prepare_libritts(
         language=language,
         min_duration=min_duration,
         max_duration=max_duration,
+        sample_rate=sample_rate,
     )
     done = all(p.is_file() for p in outputs.values())
     if skip_prep:
@@ -174,8 +210,13 @@ def prepare_libritts(
             )
         return outputs
     options_file = save_folder / OPTIONS_FILE
+    all_splits = dict.fromkeys(
+        split for splits in options["splits"].values() for split in splits
+    )
+    records = {s: save_folder / AUDIO_RECORD.format(s) for s in all_splits}
     if done and options_file.is_file():
-        if json.loads(options_file.read_text()) == options:
+        unchanged = all(map(recorded_audio_unchanged, records.values()))
+        if json.loads(options_file.read_text()) == options and unchanged:
             logger.info("LibriTTS manifests in %s are ready", save_folder)
             return outputs
     if not data_folder.is_dir():
@@ -191,7 +232,9 @@ def prepare_libritts(
     sets = {}
     for name, splits in options["splits"].items():
         entries = [
-            e for split in splits for e in scan_split(data_folder, split)
+            e
+            for split in splits
+            for e in scan_split(data_folder, split, sample_rate, records[split])
         ]
         if name != "test":
             entries = [

@@ -35,7 +35,10 @@ from speechbrain_mamba.tts.evaluation import (
     speechbrain_transcriber,
 )
 from speechbrain_mamba.tts.generation import SamplingConfig
-from speechbrain_mamba.tts.libritts_prepare import prepare_libritts
+from speechbrain_mamba.tts.libritts_prepare import (
+    LIBRITTS_SAMPLE_RATE,
+    prepare_libritts,
+)
 from speechbrain_mamba.tts.synthesis import ZeroShotSynthesizer
 from speechbrain_mamba.tts.text import TextFrontEnd
 from speechbrain_mamba.tts.tokens import extract_codec_tokens, load_tokens
@@ -303,6 +306,7 @@ def run_recipe(argv: List[str]) -> Dict[str, Any]:
             "min_duration": hparams["min_duration"],
             "max_duration": hparams["max_duration"],
             "skip_prep": hparams["skip_prep"],
+            "sample_rate": hparams.get("sample_rate", LIBRITTS_SAMPLE_RATE),
         },
     )
     frontend = TextFrontEnd.from_file(hparams["frontend_file"])
