@@ -30,3 +30,32 @@ def test_writes_replace_whole_files_and_create_folders(tmp_path):
     assert read_audio(wav, 8000).shape == (800,)
     leftovers = [p.name for p in tmp_path.rglob(".*.tmp")]
     assert leftovers == []
+
+
+def test_atomic_folder_keeps_old_content_on_error_and_refuses_sources(
+    tmp_path,
+):
+    from speechbrain_mamba.utils.atomic import (
+        NonEmptyFolderError,
+        atomic_folder,
+    )
+
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "old.txt").write_text("old")
+    with pytest.raises(NonEmptyFolderError, match="it holds old.txt"):
+        with atomic_folder(hub):
+            pass
+    with pytest.raises(RuntimeError, match="failed"):
+        with atomic_folder(hub, force=True) as tmp:
+            (tmp / "new.txt").write_text("new")
+            raise RuntimeError("export failed")
+    assert [p.name for p in hub.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub"]
+    with pytest.raises(ValueError, match="which the export reads"):
+        with atomic_folder(tmp_path, force=True, sources=[hub / "old.txt"]):
+            pass
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match="not a folder"):
+        with atomic_folder(tmp_path / "file"):
+            pass

@@ -167,3 +167,42 @@ def test_export_separates_on_gpu(experiment, tmp_path):
     )
     est = model.separate_file(str(hub / "example_mixture.wav"))
     assert est.is_cuda and torch.isfinite(est).all()
+
+
+def test_export_refuses_non_empty_folder_unless_forced(experiment, tmp_path):
+    """A hub folder holding another model (hand-edited YAML, ASR files) is
+    left byte for byte as it was; --force replaces its whole content; an
+    empty folder needs no --force."""
+    from speechbrain_mamba.utils.atomic import NonEmptyFolderError
+
+    exp, _ = experiment
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "hyperparams.yaml").write_bytes(b"# hand edited\nlm_weight: 0.5\n")
+    (hub / "asr.ckpt").write_bytes(b"an ASR model")
+    before = {p.name: p.read_bytes() for p in hub.iterdir()}
+    with pytest.raises(NonEmptyFolderError) as err:
+        export_experiment(exp, hub, verify=False)
+    assert str(err.value).startswith(
+        f"{hub} is not empty (it holds asr.ckpt, hyperparams.yaml): "
+    )
+    with pytest.raises(NonEmptyFolderError, match="--force"):
+        main(["--exp-dir", str(exp), "--out", str(hub), "--no-verify"])
+    assert {p.name: p.read_bytes() for p in hub.iterdir()} == before
+
+    args = ["--exp-dir", str(exp), "--out", str(hub), "--no-verify"]
+    assert main([*args, "--force"]) == 0
+    assert sorted(p.name for p in hub.iterdir()) == [
+        "README.md",
+        "decoder.ckpt",
+        "encoder.ckpt",
+        "example_mixture.wav",
+        "hyperparams.yaml",
+        "masknet.ckpt",
+    ]
+    assert b"hand edited" not in (hub / "hyperparams.yaml").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    export_experiment(exp, empty, verify=False)
+    assert (empty / "masknet.ckpt").is_file()

@@ -140,3 +140,39 @@ def test_export_by_codec_reference_and_errors(tmp_path, codec_folder):
         export_tts(tmp_path / "nothing", tmp_path / "hub2")
     with pytest.raises(ValueError, match="codec must be one of"):
         export_tts(exp, tmp_path / "hub3", codec="copy")
+
+
+def test_export_refuses_non_empty_folder_unless_forced(tmp_path, codec_folder):
+    """A hub folder holding another model (hand-edited YAML, ASR files) is
+    left byte for byte as it was; --force replaces its whole content."""
+    from speechbrain_mamba.tts.export import main
+    from speechbrain_mamba.utils.atomic import NonEmptyFolderError
+
+    exp, _ = fake_experiment(tmp_path, codec_folder, "vallm.yaml")
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "hyperparams.yaml").write_bytes(b"# hand edited\nlm_weight: 0.5\n")
+    (hub / "asr.ckpt").write_bytes(b"an ASR model")
+    before = {p.name: p.read_bytes() for p in hub.iterdir()}
+    with pytest.raises(NonEmptyFolderError) as err:
+        export_tts(exp, hub)
+    assert str(err.value).startswith(
+        f"{hub} is not empty (it holds asr.ckpt, hyperparams.yaml): "
+    )
+    with pytest.raises(NonEmptyFolderError, match="--force"):
+        main([str(exp), str(hub)])
+    assert {p.name: p.read_bytes() for p in hub.iterdir()} == before
+
+    main([str(exp), str(hub), "--force"])
+    assert sorted(p.name for p in hub.iterdir()) == [
+        "ar.ckpt",
+        "codec.ckpt",
+        "hyperparams.yaml",
+        "nar.ckpt",
+        "text_frontend.ckpt",
+    ]
+    assert b"hand edited" not in (hub / "hyperparams.yaml").read_bytes()
+    # by reference: the embedded codec of the previous export goes too
+    export_tts(exp, hub, codec="reference", force=True)
+    assert not (hub / "codec.ckpt").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hub")]

@@ -13,10 +13,13 @@ SpeechBrain's own interfaces::
 (Import ``speechbrain_mamba`` first on machines whose torchaudio needs the
 compatibility shim.) Command line::
 
-    python -m speechbrain_mamba.asr.export EXPERIMENT_FOLDER OUT_FOLDER
+    python -m speechbrain_mamba.asr.export EXPERIMENT_FOLDER OUT_FOLDER \
+        [--force]
 
 where ``EXPERIMENT_FOLDER`` is a recipe's ``output_folder`` (it holds the
-``hyperparams.yaml`` the recipe saved and the ``save`` folder).
+``hyperparams.yaml`` the recipe saved and the ``save`` folder). A non-empty
+``OUT_FOLDER`` is refused; ``--force`` replaces its whole content (the new
+folder is written next to it, then swapped in).
 
 Author
 ------
@@ -37,7 +40,7 @@ from speechbrain.utils.checkpoints import average_checkpoints
 
 import speechbrain_mamba  # noqa: F401  (before speechbrain)
 from speechbrain_mamba.asr.recipe import TOKENIZER_FILE
-from speechbrain_mamba.utils.atomic import atomic_target, atomic_write_text
+from speechbrain_mamba.utils.atomic import atomic_folder, check_target_folder
 
 logger = logging.getLogger(__name__)
 
@@ -51,16 +54,6 @@ SB_ASR_CLASS = (
 def _class_path(obj: Any) -> str:
     cls = obj if isinstance(obj, type) else type(obj)
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    with atomic_target(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def _atomic_copy(src: PathLike, dst: Path) -> None:
-    with atomic_target(dst) as tmp:
-        shutil.copyfile(src, tmp)
 
 
 def _yaml_value(value: Any) -> str:
@@ -333,6 +326,7 @@ def export_asr(
     out_folder: PathLike,
     hparams_file: str = "hyperparams.yaml",
     overrides: Optional[Dict[str, Any]] = None,
+    force: bool = False,
 ) -> Path:
     """Writes a hub-ready folder from a trained recipe experiment.
 
@@ -342,17 +336,21 @@ def export_asr(
         The recipe's ``output_folder`` (with the saved ``hyperparams.yaml``
         and the ``save`` folder of checkpoints and the tokenizer).
     out_folder : str or Path
-        Destination folder (created).
+        Destination folder: new or empty, unless ``force``.
     hparams_file : str
         Name of the saved hyperparameters inside ``experiment_folder``.
     overrides : dict, optional
         Overrides applied when loading the experiment's hyperparameters.
+    force : bool
+        Replace the content of a non-empty ``out_folder`` (written whole
+        next to it, then swapped in: old and new files never mix).
 
     Returns
     -------
     Path
         The output folder.
     """
+    out = check_target_folder(out_folder, force)
     experiment_folder = Path(experiment_folder)
     yaml_path = experiment_folder / hparams_file
     if not yaml_path.is_file():
@@ -379,18 +377,22 @@ def export_asr(
     if not tokenizer_file.is_file():
         raise FileNotFoundError(f"tokenizer model {tokenizer_file} not found")
     with_lm = kind == "s2s" and bool(hp.get("use_lm", False))
+    lm_file = Path(hp["save_folder"]) / "lm.ckpt"
+    if with_lm and not lm_file.exists():
+        raise FileNotFoundError(f"language model {lm_file} not found")
 
-    out = Path(out_folder)
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_save(hp["model"].state_dict(), out / "asr.ckpt")
-    _atomic_copy(latest.paramfiles["normalizer"], out / "normalizer.ckpt")
-    _atomic_copy(tokenizer_file, out / "tokenizer.ckpt")
-    if with_lm:
-        lm_file = Path(hp["save_folder"]) / "lm.ckpt"
-        if not lm_file.exists():
-            raise FileNotFoundError(f"language model {lm_file} not found")
-        _atomic_copy(lm_file.resolve(), out / "lm.ckpt")
-    atomic_write_text(out / "hyperparams.yaml", hub_yaml(hp, kind, with_lm))
+    sources = [experiment_folder, hp["save_folder"], tokenizer_file]
+    with atomic_folder(out, force, sources) as tmp:
+        torch.save(hp["model"].state_dict(), tmp / "asr.ckpt")
+        shutil.copyfile(
+            latest.paramfiles["normalizer"], tmp / "normalizer.ckpt"
+        )
+        shutil.copyfile(tokenizer_file, tmp / "tokenizer.ckpt")
+        if with_lm:
+            shutil.copyfile(lm_file.resolve(), tmp / "lm.ckpt")
+        (tmp / "hyperparams.yaml").write_text(
+            hub_yaml(hp, kind, with_lm), encoding="utf-8"
+        )
     logger.info(
         "Exported the average of %d checkpoint(s) to %s", len(ckpts), out
     )
@@ -409,10 +411,20 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("experiment_folder")
     parser.add_argument("out_folder")
     parser.add_argument("--hparams_file", default="hyperparams.yaml")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the content of a non-empty OUT_FOLDER",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO)
     print(
-        export_asr(args.experiment_folder, args.out_folder, args.hparams_file)
+        export_asr(
+            args.experiment_folder,
+            args.out_folder,
+            args.hparams_file,
+            force=args.force,
+        )
     )
 
 

@@ -38,7 +38,6 @@ import argparse
 import csv
 import io
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -49,8 +48,9 @@ from typing import Optional
 import ruamel.yaml
 import torch
 
-from speechbrain_mamba.separation.io import PathLike, atomic_write_text
+from speechbrain_mamba.separation.io import PathLike
 from speechbrain_mamba.separation.results import read_results_csv
+from speechbrain_mamba.utils.atomic import atomic_folder, check_target_folder
 
 logger = logging.getLogger(__name__)
 
@@ -417,13 +417,14 @@ def write_hub_folder(
     example: Optional[PathLike] = None,
     force: bool = False,
 ) -> Path:
-    """Writes a hub folder atomically (built in a temporary folder next to
-    ``out_dir``, then renamed).
+    """Writes a hub folder whole (built in a temporary folder next to
+    ``out_dir``, then swapped in; see
+    :func:`speechbrain_mamba.utils.atomic.atomic_folder`).
 
     Arguments
     ---------
     out_dir : str or os.PathLike
-        Destination folder.
+        Destination folder: new or empty, unless ``force``.
     yaml_text : str
         Inference ``hyperparams.yaml``.
     checkpoints : dict
@@ -433,7 +434,7 @@ def write_hub_folder(
     example : str or os.PathLike, optional
         Example mixture to copy as ``example_mixture.wav``.
     force : bool
-        Replace an existing ``out_dir``.
+        Replace the content of a non-empty ``out_dir``.
 
     Returns
     -------
@@ -441,26 +442,17 @@ def write_hub_folder(
         ``out_dir``.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise FileExistsError(f"{out_dir} exists (use --force to replace it)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        atomic_write_text(tmp / "hyperparams.yaml", yaml_text)
+    sources = list(checkpoints.values())
+    with atomic_folder(out_dir, force, sources) as tmp:
+        (tmp / "hyperparams.yaml").write_text(yaml_text, encoding="utf-8")
         for name, filename in CHECKPOINTS.items():
             src = Path(checkpoints[name])
             if not src.is_file():
                 raise FileNotFoundError(f"checkpoint file not found: {src}")
             shutil.copyfile(src, tmp / filename)
-        atomic_write_text(tmp / "README.md", card_text)
+        (tmp / "README.md").write_text(card_text, encoding="utf-8")
         if example is not None:
             shutil.copyfile(example, tmp / EXAMPLE_NAME)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out_dir
 
 
@@ -490,7 +482,9 @@ def export_experiment(
         Loads the folder with ``SepformerSeparation`` and separates the
         example before returning.
     force : bool
-        Replaces an existing ``out_dir``.
+        Replaces the content of a non-empty ``out_dir`` (without it, a
+        non-empty ``out_dir`` raises ``NonEmptyFolderError`` before any
+        work).
     repo_id : str, optional
         Hub repository named in the card's usage snippet.
 
@@ -499,6 +493,7 @@ def export_experiment(
     pathlib.Path
         ``out_dir``.
     """
+    check_target_folder(out_dir, force)
     exp_dir = Path(exp_dir)
     hparams_file = exp_dir / "hyperparams.yaml"
     if not hparams_file.is_file():
@@ -612,7 +607,9 @@ def _parser() -> argparse.ArgumentParser:
         "--no-verify", action="store_true", help="skip the loading check"
     )
     parser.add_argument(
-        "--force", action="store_true", help="replace an existing --out"
+        "--force",
+        action="store_true",
+        help="replace the content of a non-empty --out",
     )
     parser.add_argument("--upload", metavar="REPO_ID", help="push to the hub")
     parser.add_argument(

@@ -9,7 +9,10 @@ symbol table, JSON) and, unless the codec is referenced by its hub id,
 Command line::
 
     python -m speechbrain_mamba.tts.export EXPERIMENT_FOLDER OUT_FOLDER \
-        [--codec embed|reference]
+        [--codec embed|reference] [--force]
+
+A non-empty ``OUT_FOLDER`` is refused; ``--force`` replaces its whole
+content (the new folder is written next to it, then swapped in).
 
 Author
 ------
@@ -30,17 +33,12 @@ from hyperpyyaml import load_hyperpyyaml
 
 from speechbrain_mamba.tts.recipe import load_codec, sampling_config
 from speechbrain_mamba.tts.text import TextFrontEnd
-from speechbrain_mamba.utils.atomic import atomic_target, atomic_write_text
+from speechbrain_mamba.utils.atomic import atomic_folder, check_target_folder
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 CODEC_MODES = ("embed", "reference")
-
-
-def _atomic_copy(src: PathLike, dst: Path) -> None:
-    with atomic_target(dst) as tmp:
-        shutil.copyfile(src, tmp)
 
 
 def _entry(name: str, target: str, args: Dict[str, Any]) -> List[str]:
@@ -134,6 +132,7 @@ def export_tts(
     codec: str = "embed",
     hparams_file: str = "hyperparams.yaml",
     overrides: Optional[Dict[str, Any]] = None,
+    force: bool = False,
 ) -> Path:
     """Writes a hub-ready folder from a trained recipe experiment.
 
@@ -142,7 +141,7 @@ def export_tts(
     experiment_folder : str or Path
         The recipe's ``output_folder``.
     out_folder : str or Path
-        Destination (created).
+        Destination folder: new or empty, unless ``force``.
     codec : str
         "embed": store the codec's weights in the folder (self-contained);
         "reference": load it from ``codec_source`` (e.g. the hub id) at
@@ -151,6 +150,9 @@ def export_tts(
         Saved hyperparameters inside the experiment folder.
     overrides : dict, optional
         Overrides when loading them.
+    force : bool
+        Replace the content of a non-empty ``out_folder`` (written whole
+        next to it, then swapped in: old and new files never mix).
 
     Returns
     -------
@@ -159,6 +161,7 @@ def export_tts(
     """
     if codec not in CODEC_MODES:
         raise ValueError(f"codec must be one of {CODEC_MODES}, got {codec!r}")
+    out = check_target_folder(out_folder, force)
     experiment_folder = Path(experiment_folder)
     yaml_path = experiment_folder / hparams_file
     if not yaml_path.is_file():
@@ -176,23 +179,13 @@ def export_tts(
     frontend_file = Path(hp["frontend_file"])
     frontend = TextFrontEnd.from_file(frontend_file)
     codec_model = load_codec(hp)
-    out = Path(out_folder)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("ar", "nar"):
-        _atomic_copy(ckpt.paramfiles[name], out / f"{name}.ckpt")
-    _atomic_copy(frontend_file, out / "text_frontend.ckpt")
     bandwidth = codec_model.bandwidth
     if codec == "embed":
-        with atomic_target(out / "codec.ckpt") as tmp:
-            torch.save(codec_model.state_dict(), tmp)
         codec_args = {
             "config": codec_model.config_dict(),
             "bandwidth": bandwidth,
         }
     else:
-        stale = out / "codec.ckpt"
-        if stale.exists():
-            stale.unlink()
         codec_args = {"source": str(hp["codec_source"]), "bandwidth": bandwidth}
     sampling = sampling_config(hp).__dict__
     text = hub_yaml(
@@ -203,7 +196,14 @@ def export_tts(
         codec_args,
         codec,
     )
-    atomic_write_text(out / "hyperparams.yaml", text)
+    sources = [experiment_folder, ckpt.path, frontend_file]
+    with atomic_folder(out, force, sources) as tmp:
+        for name in ("ar", "nar"):
+            shutil.copyfile(ckpt.paramfiles[name], tmp / f"{name}.ckpt")
+        shutil.copyfile(frontend_file, tmp / "text_frontend.ckpt")
+        if codec == "embed":
+            torch.save(codec_model.state_dict(), tmp / "codec.ckpt")
+        (tmp / "hyperparams.yaml").write_text(text, encoding="utf-8")
     logger.info("exported %s (epoch %s) to %s", ckpt.path, ckpt.meta, out)
     return out
 
@@ -221,6 +221,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("out_folder")
     parser.add_argument("--codec", choices=CODEC_MODES, default="embed")
     parser.add_argument("--hparams_file", default="hyperparams.yaml")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the content of a non-empty OUT_FOLDER",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO)
     print(
@@ -229,6 +234,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             args.out_folder,
             args.codec,
             args.hparams_file,
+            force=args.force,
         )
     )
 
