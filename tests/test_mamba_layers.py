@@ -389,9 +389,10 @@ def test_auto_backend_picks_triton_by_input_size(monkeypatch):
     inference thresholds); without mamba_ssm, always; CPU tensors never."""
     from types import SimpleNamespace
 
-    from speechbrain_mamba.ops import backend, triton_bidirectional_scan
+    from speechbrain_mamba.ops import backend
+    from speechbrain_mamba.ops.triton import bidirectional_scan
 
-    monkeypatch.setattr(triton_bidirectional_scan, "available", lambda: True)
+    monkeypatch.setattr(bidirectional_scan, "available", lambda: True)
     monkeypatch.setattr(backend, "cuda_kernels", lambda: object())
 
     def on_gpu(frames):

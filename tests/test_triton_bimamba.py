@@ -3,47 +3,66 @@ for training and inference, the whole layer as one low-memory autograd
 function) against plain references: kernel level (loop-by-loop scan,
 reversed-copy convolution) and layer level (the pure-PyTorch BiMamba and the
 mamba_ssm path), outputs and gradients, with padding, several chunks and
-chunk blocks. Skipped without an NVIDIA GPU and Triton."""
+chunk blocks. On an NVIDIA GPU with Triton every test runs; on CPU the small
+ones run under Triton's interpreter (``TRITON_INTERPRET=1``, shorter chunks
+so that a few frames cross chunks), started by
+tests/test_triton_interpreted.py."""
 
 import pytest
 import torch
 from gpu_memory import memory_kept_for_backward
 
 from speechbrain_mamba.nnet import BiMamba, Mamba, MambaStack
-from speechbrain_mamba.ops import triton_bidirectional_conv as conv_ops
-from speechbrain_mamba.ops import triton_bidirectional_scan as scan_ops
 from speechbrain_mamba.ops.backend import cuda_kernels
+from speechbrain_mamba.ops.triton import bidirectional_conv as conv_ops
+from speechbrain_mamba.ops.triton import bidirectional_scan as scan_ops
+
+INTERPRETED = scan_ops.interpreted()
+DEVICE = "cpu" if INTERPRETED else "cuda"
 
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.usefixtures("true_fp32"),
     pytest.mark.skipif(
-        not (torch.cuda.is_available() and scan_ops.available()),
-        reason="needs an NVIDIA GPU and Triton",
+        not (
+            scan_ops.available() and (INTERPRETED or torch.cuda.is_available())
+        ),
+        reason="needs an NVIDIA GPU and Triton, or Triton's interpreter",
     ),
 ]
+#: Tests too large or too CUDA-specific for Triton's CPU interpreter.
+gpu_only = pytest.mark.skipif(INTERPRETED, reason="GPU only (interpreted)")
 
 RTOL, ATOL = 6e-4, 2e-3
+
+
+@pytest.fixture(autouse=True)
+def _short_chunks(monkeypatch):
+    """Under the interpreter, chunks of 16 frames: a few dozen frames then
+    cross chunks (and the carry kernel runs) at an affordable cost."""
+    if INTERPRETED:
+        monkeypatch.setattr(scan_ops, "TRAINING_CHUNK", 16)
+        monkeypatch.setattr(scan_ops, "SHORT_CHUNK", 16)
 
 
 def scan_inputs(batch, time, d_inner, d_state, lengths):
     torch.manual_seed(0)
 
     def make(*shape, scale=1.0):
-        return (torch.randn(*shape, device="cuda") * scale).requires_grad_()
+        return (torch.randn(*shape, device=DEVICE) * scale).requires_grad_()
 
     x_dbl = [make(batch, time, 2 * d_state + 3) for _ in range(2)]
     return {
         "u": make(batch, time, 2 * d_inner),
         "delta_raw": make(batch, time, 2 * d_inner),
         "z": make(batch, time, d_inner),
-        "A": (-torch.rand(2 * d_inner, d_state, device="cuda") - 0.2)
+        "A": (-torch.rand(2 * d_inner, d_state, device=DEVICE) - 0.2)
         .mul(3)
         .requires_grad_(),
         "x_dbl": x_dbl,
         "D": make(2 * d_inner),
         "delta_bias": make(2 * d_inner, scale=0.5),
-        "lengths": torch.tensor(lengths, device="cuda"),
+        "lengths": torch.tensor(lengths, device=DEVICE),
     }
 
 
@@ -88,13 +107,19 @@ def assert_scan_matches_reference(inputs, d_state, scale):
 
 @pytest.mark.parametrize(
     "time,lengths,d_inner,d_state",
-    [(50, [50], 16, 4), (300, [300, 171, 64], 40, 16), (700, [700, 3], 8, 8)],
+    [
+        (40, [40, 23], 8, 4),
+        pytest.param(50, [50], 16, 4, marks=gpu_only),
+        pytest.param(300, [300, 171, 64], 40, 16, marks=gpu_only),
+        pytest.param(700, [700, 3], 8, 8, marks=gpu_only),
+    ],
 )
 def test_scan_equals_loop_reference(time, lengths, d_inner, d_state):
     inputs = scan_inputs(len(lengths), time, d_inner, d_state, lengths)
     assert_scan_matches_reference(inputs, d_state, 0.5)
 
 
+@gpu_only
 def test_scan_step_sizes_over_the_whole_softplus_range():
     """The kernels' softplus and sigmoid use the hardware's base-2 exp/log:
     raw step sizes from -30 (softplus ~ 0) through 0 to 30 (past the
@@ -107,26 +132,29 @@ def test_scan_step_sizes_over_the_whole_softplus_range():
     assert_scan_matches_reference(inputs, 8, 0.5)
 
 
-@pytest.mark.parametrize("chunks", [1, 3, 16, 70, 200])
+@pytest.mark.parametrize(
+    "chunks", [1, 3, *(pytest.param(n, marks=gpu_only) for n in (16, 70, 200))]
+)
 @pytest.mark.parametrize("first_half_reverse", [False, True])
 def test_chunk_states_carry_equals_loop(chunks, first_half_reverse):
     """The carry's block of chunks follows the chunk count (one block of a
     power of two for short sequences, blocks of CHUNK_BLOCK beyond)."""
     torch.manual_seed(0)
-    decay = torch.rand(2, chunks, 6, 3, device="cuda") * 0.9 + 0.05
-    state = torch.randn(2, chunks, 6, 3, device="cuda")
+    decay = torch.rand(2, chunks, 6, 3, device=DEVICE) * 0.9 + 0.05
+    state = torch.randn(2, chunks, 6, 3, device=DEVICE)
     got = scan_ops.carry_chunk_states(decay, state, first_half_reverse)
     expected = torch.zeros_like(state)
     for half in range(2):
         cols = slice(3 * half, 3 * half + 3)
         reverse = (half == 0) == first_half_reverse
-        carry = torch.zeros(2, 3, 3, device="cuda")
+        carry = torch.zeros(2, 3, 3, device=DEVICE)
         for k in reversed(range(chunks)) if reverse else range(chunks):
             expected[:, k, cols] = carry
             carry = carry * decay[:, k, cols] + state[:, k, cols]
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@gpu_only
 def test_scan_carries_state_over_many_chunk_blocks():
     """More chunks than one carry block: the state (and, in backward, the
     adjoint) must cross blocks."""
@@ -141,20 +169,21 @@ def test_scan_carries_state_over_many_chunk_blocks():
 
 def test_conv_equals_reversed_copy_reference():
     torch.manual_seed(0)
-    xz = torch.randn(3, 150, 2 * 70, device="cuda", requires_grad=True)
-    x = xz[..., :70]  # a strided view, as from the input projection
+    time, d = 150, 70  # several time and channel blocks of the kernel
+    xz = torch.randn(3, time, 2 * d, device=DEVICE, requires_grad=True)
+    x = xz[..., :d]  # a strided view, as from the input projection
     params = [
-        torch.randn(70, 1, 4, device="cuda", requires_grad=True)
+        torch.randn(d, 1, 4, device=DEVICE, requires_grad=True)
         if i % 2 == 0
-        else torch.randn(70, device="cuda", requires_grad=True)
+        else torch.randn(d, device=DEVICE, requires_grad=True)
         for i in range(4)
     ]
-    lengths = torch.tensor([150, 99, 2], device="cuda")
+    lengths = torch.tensor([time, 99, 2], device=DEVICE)
     out = conv_ops.bidirectional_conv_silu(x, *params, lengths)
     ref = conv_ops.conv_reference(x, *params, lengths)
-    valid = torch.arange(150, device="cuda")[None, :] < lengths[:, None]
+    valid = torch.arange(time, device=DEVICE)[None, :] < lengths[:, None]
     mask = torch.ones_like(ref)
-    mask[..., 70:] *= valid[..., None]  # backward half: valid frames only
+    mask[..., d:] *= valid[..., None]  # backward half: valid frames only
     torch.testing.assert_close(out * mask, ref * mask, rtol=RTOL, atol=ATOL)
     weights = torch.randn_like(ref) * mask
     grads = torch.autograd.grad((out * weights).sum(), [xz, *params])
@@ -171,7 +200,7 @@ def run_layer(module, backend, x, lengths, dtype):
     x = x.detach().clone().requires_grad_()
     with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
         out = module(x, lengths)
-    weights = torch.linspace(-1, 1, out.numel(), device="cuda")
+    weights = torch.linspace(-1, 1, out.numel(), device=DEVICE)
     (out.float().flatten() * weights).sum().backward()
     grads = {n: p.grad.float().clone() for n, p in module.named_parameters()}
     grads["input"] = x.grad.float()
@@ -192,16 +221,24 @@ def assert_same(a, b, dtype, what):
 @pytest.mark.parametrize("low_memory", [False, True])
 def test_bimamba_triton_equals_torch_path(padded, dtype, combine, low_memory):
     """Plain autograd over the Triton kernels, and the whole layer as one
-    autograd function that keeps only its input (low_memory)."""
+    autograd function that keeps only its input (low_memory). Interpreted:
+    the default layer (mean, lean) in fp32 on a padded batch."""
+    if INTERPRETED and not (
+        padded and dtype == torch.float32 and combine == "mean" and low_memory
+    ):
+        pytest.skip("GPU only (interpreted: one small case)")
     torch.manual_seed(0)
-    module = BiMamba(64, d_state=16, combine=combine, low_memory=low_memory)
-    module = module.cuda()
+    d_model, time = (8, 24) if INTERPRETED else (64, 333)
+    module = BiMamba(
+        d_model, d_state=4 if INTERPRETED else 16, combine=combine,
+        low_memory=low_memory,
+    ).to(DEVICE)  # fmt: skip
     with torch.no_grad():
         for name, p in module.named_parameters():
             if name.startswith("D") or "A_" in name:
                 p.add_(0.3 * torch.randn_like(p))
-    x = torch.randn(3, 333, 64, device="cuda")
-    lengths = torch.tensor([1.0, 0.55, 0.8], device="cuda") if padded else None
+    x = torch.randn(3, time, d_model, device=DEVICE)
+    lengths = torch.tensor([1.0, 0.55, 0.8], device=DEVICE) if padded else None
     out, grads = run_layer(module, "triton", x, lengths, dtype)
     ref, ref_grads = run_layer(module, "torch", x, lengths, dtype)
     assert_same(out, ref, dtype, "output")
@@ -209,6 +246,7 @@ def test_bimamba_triton_equals_torch_path(padded, dtype, combine, low_memory):
         assert_same(grads[name], ref_grads[name], dtype, name)
 
 
+@gpu_only
 @pytest.mark.parametrize("padded", [False, True])
 def test_bimamba_triton_low_memory_is_exact(padded):
     """The lean layer function computes the same outputs as plain autograd
@@ -236,6 +274,7 @@ def test_bimamba_triton_low_memory_is_exact(padded):
         )
 
 
+@gpu_only
 def test_bimamba_triton_trains_a_partly_frozen_layer():
     """Fine-tuning with a frozen input projection and an input without
     gradient still trains the rest (not mistaken for inference)."""
@@ -249,6 +288,7 @@ def test_bimamba_triton_trains_a_partly_frozen_layer():
         assert grad is not None and grad.abs().sum() > 0, name
 
 
+@gpu_only
 def test_bimamba_triton_low_memory_keeps_less_for_backward():
     torch.manual_seed(0)
     layer = BiMamba(64, d_state=16, backend="triton").cuda()
@@ -261,6 +301,7 @@ def test_bimamba_triton_low_memory_keeps_less_for_backward():
     assert kept["auto"] < 0.35 * kept[False], kept
 
 
+@gpu_only
 @pytest.mark.skipif(cuda_kernels() is None, reason="needs mamba_ssm")
 def test_stack_triton_equals_mamba_ssm_on_a_long_sequence():
     """Separation-like length (several chunk blocks), both GPU paths."""
@@ -276,7 +317,12 @@ def test_stack_triton_equals_mamba_ssm_on_a_long_sequence():
 
 @pytest.mark.parametrize(
     "time,lengths,d_inner,d_state",
-    [(50, [50], 16, 4), (700, [700, 311, 5], 24, 12), (20000, [19999], 32, 16)],
+    [
+        (40, [40, 23], 8, 3),
+        pytest.param(50, [50], 16, 4, marks=gpu_only),
+        pytest.param(700, [700, 311, 5], 24, 12, marks=gpu_only),
+        pytest.param(20000, [19999], 32, 16, marks=gpu_only),
+    ],
 )
 def test_inference_scan_equals_loop_reference(time, lengths, d_inner, d_state):
     """The state-in-registers inference kernel (odd channel counts, a
@@ -291,12 +337,14 @@ def test_inference_scan_equals_loop_reference(time, lengths, d_inner, d_state):
     torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("padded", [pytest.param(False, marks=gpu_only), True])
 def test_bimamba_triton_inference_equals_torch_path(padded):
     torch.manual_seed(0)
-    module = BiMamba(64, d_state=16).cuda().eval()
-    x = torch.randn(3, 333, 64, device="cuda")
-    lengths = torch.tensor([1.0, 0.55, 0.8], device="cuda") if padded else None
+    d_model, time = (8, 24) if INTERPRETED else (64, 333)
+    module = BiMamba(d_model, d_state=4 if INTERPRETED else 16)
+    module = module.to(DEVICE).eval()
+    x = torch.randn(3, time, d_model, device=DEVICE)
+    lengths = torch.tensor([1.0, 0.55, 0.8], device=DEVICE) if padded else None
     with torch.no_grad():
         module.backend = "triton"
         out = module(x, lengths)

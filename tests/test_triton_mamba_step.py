@@ -3,22 +3,36 @@ pure-PyTorch step with the same weights and caches: outputs and updated
 conv / SSM states over several steps (RMSNorm and LayerNorm, with and
 without biases, batch 1 and 3, fp32 and autocast), replayed from a CUDA
 graph, and through VALL-M's AR decoder. The dispatch rules and the input
-checks are tested on any machine."""
+checks are tested on any machine; on CPU the small cases run under Triton's
+interpreter (``TRITON_INTERPRET=1``), started by
+tests/test_triton_interpreted.py."""
 
 import pytest
 import torch
 
 from speechbrain_mamba.nnet import BiMamba, Mamba, MambaStack, RMSNorm
-from speechbrain_mamba.ops import triton_mamba_step as step_ops
+from speechbrain_mamba.ops.backend import fused_step_applies
+from speechbrain_mamba.ops.triton import mamba_step as step_ops
 
-ON_GPU = torch.cuda.is_available() and step_ops.available()
+INTERPRETED = step_ops.interpreted() and step_ops.available()
+ON_GPU = torch.cuda.is_available() and step_ops.available() and not INTERPRETED
+#: Where the kernels run: the GPU, or the CPU under Triton's interpreter.
+DEVICE = "cpu" if INTERPRETED else "cuda"
+#: The backend that takes the fused step ("auto" takes it on CUDA only).
+FUSED = "triton" if INTERPRETED else "auto"
+#: Smaller layers under the interpreter (fewer programs to run).
+D_MODEL = 16 if INTERPRETED else 64
 gpu = pytest.mark.skipif(not ON_GPU, reason="needs an NVIDIA GPU and Triton")
+kernels = pytest.mark.skipif(
+    not (ON_GPU or INTERPRETED),
+    reason="needs an NVIDIA GPU and Triton, or Triton's interpreter",
+)
 pytestmark = pytest.mark.usefixtures("true_fp32")
 
 RTOL, ATOL = 6e-4, 2e-3
 
 
-def make_stack(norm="rmsnorm", bias=False, d_model=64, device="cuda"):
+def make_stack(norm="rmsnorm", bias=False, d_model=D_MODEL, device=DEVICE):
     torch.manual_seed(0)
     stack = MambaStack(
         d_model,
@@ -60,7 +74,7 @@ def decode(stack, backend, steps, cache, dtype=torch.float32):
 
 def prefilled(stack, batch, prompt_frames=7):
     torch.manual_seed(1)
-    prompt = torch.randn(batch, prompt_frames, stack.d_model, device="cuda")
+    prompt = torch.randn(batch, prompt_frames, stack.d_model, device=DEVICE)
     cache = stack.init_cache(batch)
     set_backend(stack, "torch")
     with torch.no_grad():
@@ -68,17 +82,20 @@ def prefilled(stack, batch, prompt_frames=7):
     return prompt, cache
 
 
-@gpu
+@kernels
 @pytest.mark.parametrize("norm", ["rmsnorm", "layernorm"])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_fused_step_equals_torch_step(norm, bias, batch):
+    interpreted_cases = (("rmsnorm", False, 3), ("layernorm", True, 1))
+    if INTERPRETED and (norm, bias, batch) not in interpreted_cases:
+        pytest.skip("GPU only (interpreted: two of the eight cases)")
     stack = make_stack(norm, bias)
     _, cache = prefilled(stack, batch)
-    steps = torch.randn(batch, 6, stack.d_model, device="cuda")
+    steps = torch.randn(batch, 6 if ON_GPU else 3, stack.d_model, device=DEVICE)
     reference_cache = copy_cache(cache)
     expected = decode(stack, "torch", steps, reference_cache)
-    set_backend(stack, "auto")
+    set_backend(stack, FUSED)
     with torch.no_grad():
         assert stack.fused_step_applies(steps[:, :1], None, cache)
     got = decode(stack, "triton", steps, cache)
@@ -196,13 +213,14 @@ def test_fused_step_not_taken_on_cpu():
 def test_step_input_checks_name_the_problem():
     mixer = Mamba(8, d_state=4)
     cache = mixer.init_cache(2)
-    with pytest.raises(ValueError, match="CUDA"):
-        step_ops.check_step_inputs(torch.zeros(2, 8), mixer, cache)
-    if not ON_GPU:
+    if not INTERPRETED:
+        with pytest.raises(ValueError, match="CUDA"):
+            step_ops.check_step_inputs(torch.zeros(2, 8), mixer, cache)
+    if not (ON_GPU or INTERPRETED):
         return
-    mixer, norm = mixer.cuda(), RMSNorm(8).cuda()
+    mixer, norm = mixer.to(DEVICE), RMSNorm(8).to(DEVICE)
     cache = mixer.init_cache(2)
-    frame = torch.zeros(2, 8, device="cuda")
+    frame = torch.zeros(2, 8, device=DEVICE)
     with pytest.raises(ValueError, match="fp32"):
         step_ops.mamba_block_step(frame.half(), norm, mixer, cache)
     with pytest.raises(ValueError, match="6 features"):
@@ -213,7 +231,8 @@ def test_step_input_checks_name_the_problem():
     with pytest.raises(ValueError, match="RMSNorm or LayerNorm"):
         step_ops.check_step_inputs(frame, mixer, cache, torch.nn.Identity())
     with pytest.raises(ValueError, match="unidirectional"):
-        step_ops.check_step_inputs(frame, BiMamba(8, d_state=4).cuda(), cache)
+        bimamba = BiMamba(8, d_state=4).to(DEVICE)
+        step_ops.check_step_inputs(frame, bimamba, cache)
     with pytest.raises(ValueError, match="holds 1 sequences"):
         step_ops.check_step_inputs(frame, mixer, mixer.init_cache(1))
     with torch.no_grad():  # a weight stored transposed
@@ -224,27 +243,29 @@ def test_step_input_checks_name_the_problem():
         step_ops.check_step_inputs(frame, mixer, cache)
 
 
-@gpu
+@kernels
 @pytest.mark.parametrize("batch", [1, 6])
 def test_fused_mixer_step_equals_torch_step(batch):
+    if INTERPRETED and batch == 1:
+        pytest.skip("GPU only (interpreted: batch 6)")
     torch.manual_seed(0)
-    layer = Mamba(64, d_state=16, backend="torch").cuda().eval()
+    layer = Mamba(D_MODEL, d_state=16, backend="torch").to(DEVICE).eval()
     cache = layer.init_cache(batch)
     with torch.no_grad():
-        layer(torch.randn(batch, 9, 64, device="cuda"), cache=cache)
+        layer(torch.randn(batch, 9, D_MODEL, device=DEVICE), cache=cache)
     reference = copy_cache([cache])[0]
-    frames = torch.randn(batch, 4, 64, device="cuda")
+    frames = torch.randn(batch, 4, D_MODEL, device=DEVICE)
     with torch.no_grad():
         expected = [layer(f, cache=reference) for f in frames.split(1, 1)]
-        layer.backend = "auto"
-        assert step_ops.fused_step_applies(
-            frames[:, :1], None, cache, "auto", layer.parameters()
+        layer.backend = FUSED
+        assert fused_step_applies(
+            frames[:, :1], None, cache, FUSED, layer.parameters()
         )
         got = [layer(f, cache=cache) for f in frames.split(1, 1)]
-        with torch.autocast("cuda", torch.bfloat16):  # dtype as nn.Linear's
-            assert layer(frames[:, :1], cache=copy_cache([cache])[0]).dtype == (
-                torch.bfloat16
-            )
+        if ON_GPU:  # CUDA autocast: the dtype nn.Linear's would have
+            with torch.autocast("cuda", torch.bfloat16):
+                out = layer(frames[:, :1], cache=copy_cache([cache])[0])
+            assert out.dtype == torch.bfloat16
     torch.testing.assert_close(
         torch.cat(got, 1), torch.cat(expected, 1), rtol=RTOL, atol=ATOL
     )
@@ -284,7 +305,7 @@ def test_batches_beyond_the_limit_take_the_per_operation_path():
     layer = Mamba(32, d_state=8).cuda().eval()
     big = step_ops.MAX_BATCH + 1
     with torch.no_grad():
-        assert not step_ops.fused_step_applies(
+        assert not fused_step_applies(
             torch.zeros(big, 1, 32, device="cuda"),
             None,
             layer.init_cache(big),

@@ -10,7 +10,7 @@ forward + backward, for the paper's shapes:
 - ``asr_40s`` and ``separation_8s``: the short ends of both studies,
 
 on this package's Triton kernels
-(:func:`speechbrain_mamba.ops.triton_bidirectional_scan.bidirectional_scan`)
+(:func:`speechbrain_mamba.ops.triton.bidirectional_scan.bidirectional_scan`)
 and on mamba_ssm's ``selective_scan_fn`` with both directions as one call
 (the backward direction as extra channels with its own B/C group, gate
 inside), bf16 inputs. Ratios are mamba_ssm time / Triton time (> 1: Triton
@@ -34,7 +34,7 @@ import torch
 
 from speechbrain_mamba.benchmarks.timing import measure
 from speechbrain_mamba.ops.backend import cuda_kernels
-from speechbrain_mamba.ops.triton_bidirectional_scan import (
+from speechbrain_mamba.ops.triton.bidirectional_scan import (
     ScanInputs,
     bidirectional_scan,
 )

@@ -18,6 +18,12 @@ from typing import Optional, Union
 
 import torch
 
+from speechbrain_mamba.nnet.bimamba_inner import (
+    BiMambaInnerFunction,
+    causal_conv1d_silu,
+    prepare_scan_inputs,
+    torch_conv1d_silu,
+)
 from speechbrain_mamba.nnet.mamba import Mamba
 from speechbrain_mamba.nnet.padding import (
     check_input_dtype,
@@ -26,23 +32,13 @@ from speechbrain_mamba.nnet.padding import (
     reverse_valid,
     zero_padding,
 )
-from speechbrain_mamba.ops.backend import (
-    cuda_kernels,
-    use_cuda_kernels,
-    use_triton_kernels,
-)
-from speechbrain_mamba.ops.bimamba_inner import (
-    BiMambaInnerFunction,
-    causal_conv1d_silu,
-    prepare_scan_inputs,
-    torch_conv1d_silu,
-)
-from speechbrain_mamba.ops.triton_bidirectional_scan import (
+from speechbrain_mamba.ops.backend import bimamba_path, cuda_kernels
+from speechbrain_mamba.ops.triton.bidirectional_scan import (
     ScanInputs,
     bidirectional_scan,
     bidirectional_scan_inference,
 )
-from speechbrain_mamba.ops.triton_bimamba_layer import (
+from speechbrain_mamba.ops.triton.bimamba_layer import (
     BiMambaLayerFunction,
     bimamba_scan_inputs,
 )
@@ -157,18 +153,17 @@ class BiMamba(Mamba):
                 or any(p.requires_grad for p in self.parameters())
             )
         )
-        if use_triton_kernels(self.backend, x, inference):
-            self.kernels_used = "triton"
+        path = bimamba_path(self.backend, x, self.d_state, inference)
+        self.kernels_used = path
+        if path == "triton":
             return zero_padding(
                 self._both_directions_triton(x, frames, scale, inference),
                 frames,
             )
         x_in, z = self.in_proj(x).chunk(2, dim=-1)
-        if use_cuda_kernels(self.backend, x, self.d_state):
-            self.kernels_used = "mamba_ssm"
+        if path == "mamba_ssm":
             y = self._both_directions_cuda(x_in, z, frames, scale, inference)
         else:
-            self.kernels_used = "torch"
             forward = self._scan_direction(x_in, z, "", frames)
             backward = self._scan_direction(x_in, z, "_b", frames, reverse=True)
             y = (forward + backward) * scale
@@ -206,7 +201,7 @@ class BiMamba(Mamba):
         gating and combination inside (the inference kernel without
         gradients); no reversed copies. With ``low_memory`` the layer is one
         autograd function that keeps only its input
-        (:mod:`speechbrain_mamba.ops.triton_bimamba_layer`). x:
+        (:mod:`speechbrain_mamba.ops.triton.bimamba_layer`). x:
         [batch, time, d_model]; returns the output projection of
         ``scale * (y_forward + y_backward)``, [batch, time, d_model].
         """
@@ -251,7 +246,7 @@ class BiMamba(Mamba):
         (per-item) reversed sequence, with its own B/C as a second group of
         the scan; with ``low_memory`` the part before the scan is recomputed
         in backward rather than stored
-        (:mod:`speechbrain_mamba.ops.bimamba_inner`). x, z:
+        (:mod:`speechbrain_mamba.nnet.bimamba_inner`). x, z:
         [batch, time, d_inner]; returns ``scale`` times the sum of the two
         gated directions, [batch, time, d_inner].
         """

@@ -24,33 +24,7 @@ from typing import Callable, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-
-def reverse_valid(
-    x: torch.Tensor, frames: Optional[torch.Tensor]
-) -> torch.Tensor:
-    """:func:`speechbrain_mamba.nnet.padding.reverse_valid` (imported on
-    use: ``speechbrain_mamba.nnet`` imports this module).
-
-    Arguments
-    ---------
-    x : torch.Tensor
-        [batch, time, ...].
-    frames : torch.Tensor or None
-        Valid frames per item.
-
-    Returns
-    -------
-    torch.Tensor
-        Each item reversed within its valid frames.
-
-    Example
-    -------
-    >>> reverse_valid(torch.arange(3.0).view(1, 3, 1), None)[0, :, 0]
-    tensor([2., 1., 0.])
-    """
-    from speechbrain_mamba.nnet.padding import reverse_valid as reverse
-
-    return reverse(x, frames)
+from speechbrain_mamba.nnet.padding import reverse_valid
 
 
 def causal_conv1d_silu(

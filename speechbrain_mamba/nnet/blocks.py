@@ -29,8 +29,12 @@ from speechbrain_mamba.nnet.padding import (
     lengths_to_frames,
     zero_padding,
 )
-from speechbrain_mamba.ops import triton_mamba_step
-from speechbrain_mamba.ops.backend import fused_add_norm, use_cuda_kernels
+from speechbrain_mamba.ops.backend import (
+    fused_add_norm,
+    fused_step_applies,
+    use_cuda_kernels,
+)
+from speechbrain_mamba.ops.triton import mamba_step
 
 NORMS = ("rmsnorm", "layernorm")
 
@@ -207,7 +211,7 @@ class MambaStack(nn.Module):
     A unidirectional stack decoding one frame at a time through its cache
     on a GPU (no gradient, backend "auto" or "triton") runs each block as
     two fused Triton kernels
-    (:mod:`~speechbrain_mamba.ops.triton_mamba_step`): the step is then
+    (:mod:`~speechbrain_mamba.ops.triton.mamba_step`): the step is then
     bound by the weights it reads, not by kernel launches, and can be
     recorded in a CUDA graph.
 
@@ -310,7 +314,7 @@ class MambaStack(nn.Module):
     ) -> bool:
         """Whether ``forward(x, lengths, cache)`` would run as one decoding
         step on the fused Triton kernels (see
-        :func:`~speechbrain_mamba.ops.triton_mamba_step.fused_step_applies`;
+        :func:`~speechbrain_mamba.ops.backend.fused_step_applies`;
         also: a unidirectional stack, no active stochastic depth).
 
         Arguments
@@ -339,7 +343,7 @@ class MambaStack(nn.Module):
             layer.drop_path.drop_prob > 0 for layer in self.layers
         ):
             return False
-        return triton_mamba_step.fused_step_applies(
+        return fused_step_applies(
             x, lengths, cache, self.layers[0].mixer.backend, self.parameters()
         )
 
@@ -347,14 +351,14 @@ class MambaStack(nn.Module):
         self, x: torch.Tensor, cache: List[MambaCache]
     ) -> torch.Tensor:
         """One decoding step through the fused Triton kernels (two per
-        block; see :mod:`speechbrain_mamba.ops.triton_mamba_step`)."""
+        block; see :mod:`speechbrain_mamba.ops.triton.mamba_step`)."""
         # a copy: the kernels add every block's output to it in place
         residual = x[:, 0].to(torch.float32, copy=True).contiguous()
-        projection = triton_mamba_step.projection_buffer(
+        projection = mamba_step.projection_buffer(
             x.shape[0], self.layers[0].mixer, x.device, len(self.layers)
         )
         for index, (layer, layer_cache) in enumerate(zip(self.layers, cache)):
-            triton_mamba_step.mamba_block_step(
+            mamba_step.mamba_block_step(
                 residual,
                 layer.norm,
                 layer.mixer,

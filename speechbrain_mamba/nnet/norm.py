@@ -28,6 +28,11 @@ class RMSNorm(nn.Module):
     tensor([[ 1.0000, -1.0000,  1.0000, -1.0000]], grad_fn=<MulBackward0>)
     """
 
+    #: Tells the fused decoding step (:mod:`speechbrain_mamba.ops.triton.
+    #: mamba_step`) that this norm computes RMSNorm with ``weight`` and
+    #: ``eps`` (ops does not import nnet).
+    is_rms_norm = True
+
     def __init__(
         self, d_model: int, eps: float = 1e-5, device=None, dtype=None
     ):

@@ -1,20 +1,38 @@
-"""Choice between the pure-PyTorch path and the mamba_ssm CUDA kernels.
+"""Backend dispatch: the one place that decides which kernels a Mamba layer
+call runs on.
+
+Every layer asks this module; nothing else chooses a path. The request is
+the layer's backend name, the input tensor (device, shape), the state size
+and whether a gradient is needed:
+
+:func:`bimamba_path`
+    a BiMamba call: ``"triton"`` (this package's fused kernels,
+    :mod:`speechbrain_mamba.ops.triton`), ``"mamba_ssm"`` (mamba_ssm's
+    selective scan, both directions in one call) or ``"torch"``.
+:func:`use_cuda_kernels`
+    a unidirectional scan on mamba_ssm's kernels (else pure PyTorch, or
+    numba on CPU, see :func:`use_numba_kernels`).
+:func:`fused_step_applies`
+    a decoding step of a unidirectional layer or stack on the two fused
+    Triton step kernels (:mod:`speechbrain_mamba.ops.triton.mamba_step`).
 
 ``backend="auto"`` uses mamba_ssm's ``selective_scan_fn`` (and
 causal_conv1d's ``causal_conv1d_fn`` when installed) for CUDA tensors when
 they can be imported. BiMamba layers on CUDA use this package's Triton
-kernels instead (no reversed copies, both directions in one scan; see
-:mod:`triton_bidirectional_scan` and :mod:`triton_bimamba_layer`) when
+kernels instead (no reversed copies, both directions in one scan) when
 mamba_ssm is missing, and for inputs of at least ``TRITON_TRAINING_FRAMES``
 (with gradients) or ``TRITON_INFERENCE_FRAMES`` (without) frames, where the
 GPU work outweighs the host's launch overhead and the Triton kernels are
 faster; shorter inputs are launch-bound and mamba_ssm's path, with fewer
 launches from Python, is faster there. Everything else runs the
-pure-PyTorch path. ``"torch"`` always uses the pure-PyTorch path;
-``"cuda"`` insists on the mamba_ssm kernels; ``"triton"`` insists on the
-Triton kernels for BiMamba (other layers treat it as "auto"). The
-environment variable ``SBMAMBA_BACKEND`` overrides the argument of every
-layer (handy to compare both paths without touching a YAML file).
+pure-PyTorch path (numba's kernels for CPU inference when installed).
+``"torch"`` always uses the pure-PyTorch path; ``"cuda"`` insists on the
+mamba_ssm kernels; ``"triton"`` insists on the Triton kernels for BiMamba
+and for decoding steps (other calls treat it as "auto"); under Triton's
+interpreter (``TRITON_INTERPRET=1``) ``"triton"`` also takes CPU tensors,
+which is how CI runs the kernels. The environment variable
+``SBMAMBA_BACKEND`` overrides the argument of every layer (handy to compare
+both paths without touching a YAML file).
 
 Author
 ------
@@ -24,7 +42,7 @@ speechbrain-mamba developers
 import functools
 import os
 from types import SimpleNamespace
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 
@@ -42,7 +60,7 @@ def check_backend(backend: str) -> str:
     Arguments
     ---------
     backend : str
-        One of "auto", "torch", "cuda".
+        One of ``BACKENDS``.
 
     Returns
     -------
@@ -199,6 +217,14 @@ TRITON_INFERENCE_FRAMES = 8192
 TRITON_TRAINING_FRAMES = 7000
 
 
+def _triton_runs_on(x: torch.Tensor) -> bool:
+    """Whether the Triton kernels can take ``x``: CUDA tensors, or any
+    tensor under Triton's CPU interpreter (``TRITON_INTERPRET=1``)."""
+    from speechbrain_mamba.ops.triton import bidirectional_scan
+
+    return x.is_cuda or bidirectional_scan.interpreted()
+
+
 def use_triton_kernels(
     backend: str, x: torch.Tensor, inference: bool = False
 ) -> bool:
@@ -223,16 +249,16 @@ def use_triton_kernels(
     >>> use_triton_kernels("torch", torch.zeros(1))
     False
     """
-    from speechbrain_mamba.ops import triton_bidirectional_scan
+    from speechbrain_mamba.ops.triton import bidirectional_scan
 
     backend = effective_backend(backend)
     if backend == "triton":
-        if not triton_bidirectional_scan.available():
+        if not bidirectional_scan.available():
             raise ImportError(
                 "backend='triton' needs Triton, which comes with the CUDA "
                 "builds of PyTorch; use backend='auto' or 'torch'."
             )
-        if not x.is_cuda:
+        if not _triton_runs_on(x):
             raise ValueError(
                 "backend='triton' needs CUDA tensors, got a tensor on "
                 f"{x.device}; move the model to the GPU or use "
@@ -241,12 +267,136 @@ def use_triton_kernels(
         return True
     if backend != "auto" or not x.is_cuda:
         return False
-    if not triton_bidirectional_scan.available():
+    if not bidirectional_scan.available():
         return False
     if cuda_kernels() is None:
         return True
     threshold = TRITON_INFERENCE_FRAMES if inference else TRITON_TRAINING_FRAMES
     return x.shape[0] * x.shape[1] >= threshold
+
+
+def bimamba_path(
+    backend: str, x: torch.Tensor, d_state: int, inference: bool
+) -> str:
+    """The kernels a BiMamba call runs on.
+
+    Arguments
+    ---------
+    backend : str
+        The layer's backend (before the ``SBMAMBA_BACKEND`` override).
+    x : torch.Tensor
+        The layer input, [batch, time, d_model].
+    d_state : int
+        The layer's state size.
+    inference : bool
+        Whether no gradient is needed.
+
+    Returns
+    -------
+    str
+        ``"triton"`` (:mod:`speechbrain_mamba.ops.triton`), ``"mamba_ssm"``
+        (one selective-scan call for both directions) or ``"torch"``.
+
+    Example
+    -------
+    >>> bimamba_path("auto", torch.zeros(1, 5, 8), 16, inference=True)
+    'torch'
+    >>> bimamba_path("cuda", torch.zeros(1, 5, 8), 16, inference=True)
+    Traceback (most recent call last):
+    ...
+    ImportError: backend='cuda' needs the mamba_ssm CUDA kernels, ...
+    """
+    if use_triton_kernels(backend, x, inference):
+        return "triton"
+    if use_cuda_kernels(backend, x, d_state):
+        return "mamba_ssm"
+    return "torch"
+
+
+def use_numba_kernels(x: torch.Tensor, needs_grad: bool) -> bool:
+    """Whether a CPU scan (or convolution) without gradient runs on the
+    optional numba kernels (:mod:`speechbrain_mamba.ops.numba_scan`).
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        The scan input.
+    needs_grad : bool
+        Whether a gradient is needed (numba's kernels have no backward).
+
+    Returns
+    -------
+    bool
+
+    Example
+    -------
+    >>> use_numba_kernels(torch.zeros(1), needs_grad=True)
+    False
+    """
+    from speechbrain_mamba.ops import numba_scan
+
+    return not needs_grad and x.device.type == "cpu" and numba_scan.available()
+
+
+def fused_step_applies(
+    x: torch.Tensor,
+    lengths: Optional[torch.Tensor],
+    cache: Optional[object],
+    backend: str,
+    parameters: Iterable[torch.Tensor],
+) -> bool:
+    """Whether a call of a unidirectional layer or stack is a decoding step
+    the fused Triton step kernels take
+    (:mod:`speechbrain_mamba.ops.triton.mamba_step`): one frame on CUDA
+    (or any device under Triton's interpreter with backend "triton") with a
+    cache, no padding, a batch of at most ``MAX_BATCH``, no gradient,
+    backend "auto" or "triton" (mamba_ssm's kernels are kept for "cuda").
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        The input, [batch, time, d_model].
+    lengths : torch.Tensor, optional
+        Relative lengths of the call.
+    cache : optional
+        The call's cache (None: not a decoding step).
+    backend : str
+        The layer's backend (before the ``SBMAMBA_BACKEND`` override).
+    parameters : iterable of torch.Tensor
+        The layer's parameters (a gradient is needed if one requires it).
+
+    Returns
+    -------
+    bool
+
+    Example
+    -------
+    >>> weight = torch.zeros(8, requires_grad=True)
+    >>> with torch.no_grad():  # a CPU tensor takes the per-operation path
+    ...     fused_step_applies(torch.zeros(1, 1, 8), None, object(), "auto",
+    ...                        [weight])
+    False
+    """
+    from speechbrain_mamba.ops.triton import mamba_step
+
+    backend = effective_backend(backend)
+    if backend not in ("auto", "triton"):
+        return False
+    on_device = x.is_cuda or (backend == "triton" and _triton_runs_on(x))
+    if (
+        cache is None
+        or not on_device
+        or x.dim() != 3
+        or x.shape[1] != 1
+        or lengths is not None
+        or x.shape[0] > mamba_step.MAX_BATCH
+        or not mamba_step.available()
+    ):
+        return False
+    return not (
+        torch.is_grad_enabled()
+        and (x.requires_grad or any(p.requires_grad for p in parameters))
+    )
 
 
 @functools.lru_cache(maxsize=1)

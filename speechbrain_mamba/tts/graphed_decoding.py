@@ -2,7 +2,7 @@
 
 The decoding state of a Mamba AR model has a fixed size (a conv window and
 an SSM state per layer) and its fused decoding step
-(:mod:`speechbrain_mamba.ops.triton_mamba_step`) updates it in place, so one
+(:mod:`speechbrain_mamba.ops.triton.mamba_step`) updates it in place, so one
 step can be recorded once in a CUDA graph and replayed for every token: one
 launch per token instead of one per kernel, the same kernels and numbers.
 A Transformer's key/value cache grows at every step, which a recorded graph

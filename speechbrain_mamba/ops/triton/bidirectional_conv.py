@@ -10,7 +10,7 @@ zeros after the item's last valid frame::
 
 (x = 0 outside [0, length)). Input channels-last [batch, time, d] (any
 time stride: a view of the input projection is fine), output
-[batch, time, 2 d], the layout :mod:`triton_bidirectional_scan` reads, so
+[batch, time, 2 d], the layout :mod:`bidirectional_scan` reads, so
 no reversed copies are made. The backward pass recomputes the
 pre-activation instead of storing it.
 
@@ -21,7 +21,7 @@ speechbrain-mamba developers
 
 import torch
 
-from speechbrain_mamba.ops.triton_bidirectional_scan import (
+from speechbrain_mamba.ops.triton.bidirectional_scan import (
     available,
     interpreted,
 )

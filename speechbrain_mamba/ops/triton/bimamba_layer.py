@@ -24,10 +24,10 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from speechbrain_mamba.ops.triton_bidirectional_conv import (
+from speechbrain_mamba.ops.triton.bidirectional_conv import (
     bidirectional_conv_silu,
 )
-from speechbrain_mamba.ops.triton_bidirectional_scan import (
+from speechbrain_mamba.ops.triton.bidirectional_scan import (
     ScanInputs,
     gate_directions,
     kernel_layout,
@@ -78,7 +78,7 @@ def bimamba_scan_inputs(
 
     Example
     -------
-    >>> from speechbrain_mamba.ops.triton_bidirectional_scan import available
+    >>> from speechbrain_mamba.ops.triton.bidirectional_scan import available
     >>> if torch.cuda.is_available() and available():
     ...     g = lambda *shape: torch.randn(*shape, device="cuda")
     ...     u, delta_raw, z, B_f, C_f, B_b, C_b = bimamba_scan_inputs(

@@ -24,22 +24,20 @@ computed in fp32 from weights of any dtype (the result does not depend on
 autocast) and the caches are updated in place, so a whole decoding step can
 be recorded in a CUDA graph and replayed (the state of a Mamba decoder has
 a fixed size, unlike a key/value cache). The pure-PyTorch step is the
-reference (``tests/test_triton_mamba_step.py``).
+reference (``tests/test_triton_mamba_step.py``); which calls take the fused
+step is decided by :func:`speechbrain_mamba.ops.backend.fused_step_applies`.
 
 Author
 ------
 speechbrain-mamba developers
 """
 
-from typing import Iterable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
-from speechbrain_mamba.nnet.cache import MambaCache
-from speechbrain_mamba.nnet.norm import RMSNorm
-from speechbrain_mamba.ops.backend import effective_backend
-from speechbrain_mamba.ops.triton_bidirectional_scan import (
+from speechbrain_mamba.ops.triton.bidirectional_scan import (
     available,
     interpreted,
 )
@@ -48,7 +46,7 @@ if available():  # Triton comes with the CUDA builds of PyTorch
     import triton
     import triton.language as tl
 
-    from speechbrain_mamba.ops.triton_bidirectional_scan import softplus
+    from speechbrain_mamba.ops.triton.bidirectional_scan import softplus
 
 # Tuned on an H200 (d_model 1024, 24 layers, one item, fp32 weights, CUDA
 # graph): weight tiles of 4096 / 8192 / 16384 elements, 4 or 8 warps; 8
@@ -302,10 +300,21 @@ def _next_power_of_two(value: int) -> int:
     return 1 << max(value - 1, 0).bit_length()
 
 
+def _norm_kind(norm: Optional[nn.Module]) -> Optional[str]:
+    """``"layernorm"`` for ``torch.nn.LayerNorm``, ``"rmsnorm"`` for a module
+    that declares ``is_rms_norm`` (:class:`speechbrain_mamba.nnet.RMSNorm`:
+    ``x / sqrt(mean(x ** 2) + eps) * weight``), else None."""
+    if isinstance(norm, nn.LayerNorm):
+        return "layernorm"
+    if getattr(norm, "is_rms_norm", False):
+        return "rmsnorm"
+    return None
+
+
 def check_step_inputs(
     x: torch.Tensor,
     mixer: nn.Module,
-    cache: MambaCache,
+    cache,
     norm: Optional[nn.Module] = None,
 ) -> None:
     """Raises ValueError when the fused step cannot take these inputs.
@@ -316,10 +325,11 @@ def check_step_inputs(
         The frame, [batch, d_model], contiguous, on CUDA.
     mixer : torch.nn.Module
         A unidirectional :class:`~speechbrain_mamba.nnet.Mamba`.
-    cache : MambaCache
+    cache : speechbrain_mamba.nnet.MambaCache
         The mixer's recurrent cache (batch of ``x``).
     norm : torch.nn.Module, optional
-        A pre-norm (:class:`RMSNorm` or ``torch.nn.LayerNorm``).
+        A pre-norm (:class:`~speechbrain_mamba.nnet.RMSNorm` or
+        ``torch.nn.LayerNorm``).
 
     Example
     -------
@@ -344,7 +354,7 @@ def check_step_inputs(
             f"the frame has {x.shape[1]} features, the mixer "
             f"d_model={mixer.d_model}"
         )
-    if norm is not None and not isinstance(norm, (RMSNorm, nn.LayerNorm)):
+    if norm is not None and _norm_kind(norm) is None:
         raise ValueError(
             f"norm must be RMSNorm or LayerNorm, got {type(norm).__name__}"
         )
@@ -364,8 +374,11 @@ def check_step_inputs(
                 f"the fused decoding step reads {name} as a contiguous "
                 "tensor; it is not (call .contiguous() on it)"
             )
-    if not isinstance(cache, MambaCache):
-        raise ValueError(f"cache must be a MambaCache, got {type(cache)}")
+    if not all(hasattr(cache, name) for name in ("conv", "ssm", "batch_size")):
+        raise ValueError(
+            "cache must be a MambaCache (conv and ssm states), got "
+            f"{type(cache).__name__}"
+        )
     if cache.batch_size != x.shape[0]:
         raise ValueError(
             f"cache holds {cache.batch_size} sequences, the frame has "
@@ -373,60 +386,6 @@ def check_step_inputs(
         )
     if cache.ssm.dtype != torch.float32:
         raise ValueError(f"cache.ssm must be fp32, got {cache.ssm.dtype}")
-
-
-def fused_step_applies(
-    x: torch.Tensor,
-    lengths: Optional[torch.Tensor],
-    cache: Optional[object],
-    backend: str,
-    parameters: Iterable[torch.Tensor],
-) -> bool:
-    """Whether a call of a unidirectional layer or stack is a decoding step
-    the fused kernels take: one frame on CUDA with a cache, no padding, a
-    batch of at most ``MAX_BATCH``, no gradient, backend "auto" or "triton"
-    (mamba_ssm's kernels are kept for "cuda").
-
-    Arguments
-    ---------
-    x : torch.Tensor
-        The input, [batch, time, d_model].
-    lengths : torch.Tensor, optional
-        Relative lengths of the call.
-    cache : optional
-        The call's cache (None: not a decoding step).
-    backend : str
-        The layer's backend (before the ``SBMAMBA_BACKEND`` override).
-    parameters : iterable of torch.Tensor
-        The layer's parameters (a gradient is needed if one requires it).
-
-    Returns
-    -------
-    bool
-
-    Example
-    -------
-    >>> from speechbrain_mamba.nnet import Mamba
-    >>> layer = Mamba(8)
-    >>> fused_step_applies(torch.zeros(1, 1, 8), None, layer.init_cache(1),
-    ...                    "auto", layer.parameters())  # CPU tensor
-    False
-    """
-    if (
-        cache is None
-        or not x.is_cuda
-        or x.dim() != 3
-        or x.shape[1] != 1
-        or lengths is not None
-        or x.shape[0] > MAX_BATCH
-        or not available()
-    ):
-        return False
-    if torch.is_grad_enabled() and (
-        x.requires_grad or any(p.requires_grad for p in parameters)
-    ):
-        return False
-    return effective_backend(backend) in ("auto", "triton")
 
 
 def projection_buffer(
@@ -465,7 +424,7 @@ def _launch(
     output: torch.Tensor,
     norm: Optional[nn.Module],
     mixer: nn.Module,
-    cache: MambaCache,
+    cache,
     projection: Optional[torch.Tensor],
 ) -> None:
     """Runs both kernels: ``output += mixer(norm(x))`` (fp32 output)."""
@@ -508,7 +467,7 @@ def _launch(
         dt_rank + 2 * d_state,
         *cache.conv.stride(),
         HAS_NORM=norm is not None,
-        IS_RMS=isinstance(norm, RMSNorm),
+        IS_RMS=_norm_kind(norm) == "rmsnorm",
         HAS_NORM_BIAS=norm_bias is not None,
         HAS_IN_BIAS=in_proj.bias is not None,
         HAS_CONV_BIAS=conv.bias is not None,
@@ -549,7 +508,7 @@ def mamba_block_step(
     residual: torch.Tensor,
     norm: nn.Module,
     mixer: nn.Module,
-    cache: MambaCache,
+    cache,
     projection: Optional[torch.Tensor] = None,
 ) -> None:
     """Adds one pre-norm Mamba block to the residual stream of one frame:
@@ -560,11 +519,12 @@ def mamba_block_step(
     residual : torch.Tensor
         [batch, d_model] fp32 on CUDA, updated in place.
     norm : torch.nn.Module
-        :class:`RMSNorm` or ``torch.nn.LayerNorm`` over d_model.
+        :class:`~speechbrain_mamba.nnet.RMSNorm` or ``torch.nn.LayerNorm``
+        over d_model.
     mixer : torch.nn.Module
         A unidirectional :class:`~speechbrain_mamba.nnet.Mamba` (its
         in_proj, conv1d, x_proj, dt_proj, A_log, D and out_proj are read).
-    cache : MambaCache
+    cache : speechbrain_mamba.nnet.MambaCache
         The mixer's conv and SSM state, updated in place.
     projection : torch.Tensor, optional
         A zeroed buffer from :func:`projection_buffer` (one layer's slice);
@@ -572,7 +532,7 @@ def mamba_block_step(
 
     Example
     -------
-    >>> from speechbrain_mamba.nnet import Mamba
+    >>> from speechbrain_mamba.nnet import Mamba, RMSNorm
     >>> if torch.cuda.is_available() and available():
     ...     mixer = Mamba(16, d_state=4).cuda()
     ...     norm = RMSNorm(16).cuda()
@@ -589,9 +549,7 @@ def mamba_block_step(
     _launch(residual, residual, norm, mixer, cache, projection)
 
 
-def mamba_mixer_step(
-    x: torch.Tensor, mixer: nn.Module, cache: MambaCache
-) -> torch.Tensor:
+def mamba_mixer_step(x: torch.Tensor, mixer: nn.Module, cache) -> torch.Tensor:
     """One frame through a unidirectional Mamba layer (no norm), updating
     ``cache`` in place.
 
@@ -601,7 +559,7 @@ def mamba_mixer_step(
         [batch, d_model] on CUDA, any float dtype.
     mixer : torch.nn.Module
         A unidirectional :class:`~speechbrain_mamba.nnet.Mamba`.
-    cache : MambaCache
+    cache : speechbrain_mamba.nnet.MambaCache
         Its conv and SSM state, updated in place.
 
     Returns

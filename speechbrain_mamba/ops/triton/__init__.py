@@ -1,0 +1,14 @@
+"""This package's Triton kernels (NVIDIA GPUs; on CPU under Triton's
+interpreter, ``TRITON_INTERPRET=1``, which is how the tests run them in CI).
+
+:mod:`~speechbrain_mamba.ops.triton.bidirectional_scan`
+    both directions of a BiMamba layer in one scan (training and inference).
+:mod:`~speechbrain_mamba.ops.triton.bidirectional_conv`
+    the causal and anti-causal depthwise convolutions in one kernel.
+:mod:`~speechbrain_mamba.ops.triton.bimamba_layer`
+    a whole BiMamba layer as one low-memory autograd function.
+:mod:`~speechbrain_mamba.ops.triton.mamba_step`
+    one decoding step of a unidirectional Mamba block in two kernels.
+
+Which call runs on them is decided in :mod:`speechbrain_mamba.ops.backend`.
+"""

@@ -1,0 +1,51 @@
+"""The Triton kernels on CPU: runs tests/test_triton_bimamba.py and
+tests/test_triton_mamba_step.py in a subprocess under Triton's interpreter
+(``TRITON_INTERPRET=1`` must be set before Triton is imported, so not in
+this process), where their small cases compare every kernel path (BiMamba
+scan forward and backward, inference scan, bidirectional convolution, the
+lean layer function, the fused decoding step) with the PyTorch references,
+gradients and padded items included. On a GPU machine those files run
+compiled kernels directly and this test is skipped."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from speechbrain_mamba.ops.triton import bidirectional_scan
+
+TESTS = Path(__file__).resolve().parent
+FILES = ("test_triton_bimamba.py", "test_triton_mamba_step.py")
+
+#: Tests of FILES that run under the interpreter (so that a change which
+#: skips them all cannot pass here).
+INTERPRETED_TESTS = 14
+
+
+@pytest.mark.skipif(
+    not bidirectional_scan.available(),
+    reason="needs Triton (pip install triton)",
+)
+@pytest.mark.skipif(
+    torch.cuda.is_available() or bidirectional_scan.interpreted(),
+    reason="GPU machine: the files run the compiled kernels themselves",
+)
+def test_triton_kernels_under_the_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1", SBMAMBA_BACKEND="")
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    result = subprocess.run(
+        [*command, *(str(TESTS / name) for name in FILES)],
+        cwd=TESTS.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    tail = result.stdout[-4000:] + result.stderr[-2000:]
+    assert result.returncode == 0, tail
+    passed = re.search(r"(\d+) passed", result.stdout)
+    assert passed and int(passed.group(1)) == INTERPRETED_TESTS, tail
