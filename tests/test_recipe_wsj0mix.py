@@ -67,6 +67,34 @@ def corpus(tmp_path_factory):
     )
 
 
+def test_file_corrupted_after_epoch_1_stops_the_resume_before_training(
+    corpus, tmp_path
+):
+    """Epoch 1 ran, then a training file was cut short: the resumed run
+    (its preparation cached) names the file before any optimiser step."""
+    data = tmp_path / "wsj0-2mix"
+    shutil.copytree(corpus / "wav8k", data / "wav8k")
+    overrides = {
+        **TINY,
+        "data_folder": str(data),
+        "output_folder": str(tmp_path / "exp"),
+        "compute_pesq": False,
+        "compute_stoi": False,
+    }
+    hparams = RECIPE / "hparams" / "mamba_tasnet_XS.yaml"
+    brain = train_and_test(hparams, overrides, {"device": "cpu"}, test=False)
+    assert brain.optimizer_step == 2
+    victim = sorted((data / "wav8k" / "min" / "tr" / "mix").glob("*.wav"))[0]
+    original = victim.read_bytes()
+    victim.write_bytes(original[: len(original) // 2])
+    overrides["number_of_epochs"] = 2
+    with pytest.raises(ValueError, match=f"{victim.name} is truncated"):
+        train_and_test(hparams, overrides, {"device": "cpu"}, test=False)
+    log = (tmp_path / "exp" / "train_log.txt").read_text()
+    assert "epoch: 1," in log and "epoch: 2," not in log
+    assert len(list((tmp_path / "exp" / "save").glob("CKPT+*"))) == 1
+
+
 @pytest.mark.slow
 def test_train_test_and_resume_cli(corpus, tmp_path):
     out = tmp_path / "exp"

@@ -190,3 +190,58 @@ def test_dynamic_mixing_resamples_librispeech(tmp_path):
         DynamicMixer({"a": table["19"], "b": table["26"]}, 3, 8000)
     with pytest.raises(FileNotFoundError, match="base_folder_dm"):
         build_speaker_table(tmp_path / "missing")
+
+
+def test_file_corrupted_after_the_cached_preparation(wsj, tmp_path):
+    """A rerun of a cached preparation notices the changed file, decodes it
+    and names it (it used to crash the next epoch)."""
+    data = tmp_path / "wsj0-2mix"
+    shutil.copytree(wsj / "wav8k", data / "wav8k")
+    paths = prepare_wsj0mix(data, tmp_path / "save")
+    rows = _rows(paths["train"])
+    victim = sorted((data / "wav8k" / "min" / "tr" / "s1").glob("*.wav"))[3]
+    original = victim.read_bytes()
+    victim.write_bytes(original[: len(original) // 2])
+    for _ in range(2):  # also refused on the next call
+        with pytest.raises(ValueError, match=f"{victim.name} is truncated"):
+            prepare_wsj0mix(data, tmp_path / "save")
+    victim.write_bytes(original)
+    prepare_wsj0mix(data, tmp_path / "save")
+    assert _rows(paths["train"]) == rows
+
+
+@pytest.mark.parametrize("damage", ["stereo", "nan"])
+def test_prepare_refuses_stereo_and_nan_sources(wsj, tmp_path, damage):
+    data = tmp_path / "wsj0-2mix"
+    shutil.copytree(wsj / "wav8k", data / "wav8k")
+    victim = sorted((data / "wav8k" / "min" / "cv" / "s2").glob("*.wav"))[0]
+    audio, rate = sf.read(str(victim), dtype="float32")
+    if damage == "stereo":
+        sf.write(str(victim), np.stack([audio, audio], axis=1), rate)
+        match = "has 2 channels"
+    else:
+        audio[len(audio) // 2] = np.inf
+        sf.write(str(victim), audio, rate, subtype="FLOAT")
+        match = "holds NaN or infinite samples"
+    with pytest.raises(ValueError, match=f"{victim.name} {match}"):
+        prepare_wsj0mix(data, tmp_path / "save")
+
+
+def test_dynamic_mixing_sources_are_checked(tmp_path):
+    rng = np.random.RandomState(0)
+    folder = tmp_path / "si_tr_s"
+    for spk in ("01a", "01b", "01c"):
+        (folder / spk).mkdir(parents=True)
+        sf.write(folder / spk / f"{spk}c0201.wav", rng.randn(800) * 0.1, 8000)
+    record = tmp_path / "save" / "dm_record.json"
+    table = build_speaker_table(folder, record_file=record)
+    assert [s.frames for spk in sorted(table) for s in table[spk]] == [800] * 3
+    victim = folder / "01b" / "01bc0201.wav"
+    sf.write(victim, np.stack([rng.randn(800)] * 2, axis=1) * 0.1, 8000)
+    with pytest.raises(ValueError, match=f"{victim.name} has 2 channels"):
+        build_speaker_table(folder, record_file=record)
+    sf.write(victim, rng.randn(800) * 0.1, 8000)
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f"{victim.name} is truncated"):
+        build_speaker_table(folder, record_file=record)

@@ -8,8 +8,11 @@ utterance of each, and a random window of the shortest length (capped by
 source gets a level of N(-27.43, 2.57) dB (clipped to [-45, 0]), each other
 source the first level plus N(-2.51, 2.66) dB; the mixture and its sources
 are then scaled so that no peak exceeds 0.9. Files at another sample rate are
-resampled. All randomness uses torch's generator, which DataLoader workers
-seed independently, so workers never produce the same mixtures.
+resampled; every file is checked once, when the speaker table is built
+(before training), and a file that is unreadable, truncated, stereo, empty
+or not finite is an error naming it. All randomness uses torch's generator,
+which DataLoader workers seed independently, so workers never produce the
+same mixtures.
 
 Author
 ------
@@ -22,13 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import soundfile as sf
 import speechbrain as sb
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 
 from speechbrain_mamba.separation.dataio import output_keys
 from speechbrain_mamba.separation.io import PathLike, read_audio
+from speechbrain_mamba.utils.audio_check import validate_audio_files
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +89,15 @@ def speaker_of(path: Path, folder: Path) -> str:
 
 
 def build_speaker_table(
-    folder: PathLike, extensions: tuple = AUDIO_EXTENSIONS
+    folder: PathLike,
+    extensions: tuple = AUDIO_EXTENSIONS,
+    record_file: Optional[PathLike] = None,
 ) -> dict[str, list[SourceFile]]:
-    """Lists the utterances of every speaker below ``folder``.
+    """Lists the utterances of every speaker below ``folder``, after checking
+    each file with :func:`~speechbrain_mamba.utils.audio_check.
+    validate_audio_files` (decodes to the end, mono, finite, not empty; any
+    sample rate, since the mixer resamples), so that a bad source stops the
+    recipe before training instead of in the middle of an epoch.
 
     Arguments
     ---------
@@ -96,11 +105,19 @@ def build_speaker_table(
         Folder of single-speaker utterances (searched recursively).
     extensions : tuple of str
         File extensions to use.
+    record_file : str or os.PathLike, optional
+        Record of the checked files: files unchanged since the last check
+        are not decoded again.
 
     Returns
     -------
     dict
         Speaker -> list of :class:`SourceFile`.
+
+    Raises
+    ------
+    AudioFileError
+        Naming every file of the folder the mixer cannot use.
 
     Example
     -------
@@ -118,15 +135,15 @@ def build_speaker_table(
     files = sorted(
         p for p in folder.rglob("*") if p.suffix.lower() in extensions
     )
-    for path in files:
-        try:
-            info = sf.info(str(path))
-        except (RuntimeError, sf.LibsndfileError) as err:
-            raise ValueError(f"cannot read audio file {path}: {err}") from err
-        if info.frames == 0:
-            continue
+    infos = validate_audio_files(
+        files,
+        None,
+        record_file,
+        advice="listed as a dynamic mixing source of base_folder_dm",
+    )
+    for path, info in zip(files, infos):
         table.setdefault(speaker_of(path, folder), []).append(
-            SourceFile(str(path), int(info.frames), int(info.samplerate))
+            SourceFile(str(path), info.frames, info.sample_rate)
         )
     if not table:
         raise FileNotFoundError(

@@ -15,8 +15,12 @@ stored relative to ``$data_root`` so that the data folder can move).
 Every problem is reported before training starts, with the folder or file
 that causes it: missing folders, empty folders, sources missing for a
 mixture, unreadable files, wrong sample rates, or length mismatches between a
-mixture and its sources. Preparation is skipped when the CSV files exist and
-were written with the same options.
+mixture and its sources. Every file is decoded to the end and must be mono,
+at the expected sample rate, finite and not empty
+(:mod:`speechbrain_mamba.utils.audio_check`). Preparation is skipped when
+the CSV files exist, were written with the same options and no audio file
+changed since (a file changed after the preparation is checked again, so a
+file corrupted between two runs stops the next run before training).
 
 Author
 ------
@@ -28,12 +32,14 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-import soundfile as sf
-
 from speechbrain_mamba.separation.io import (
     PathLike,
     atomic_write_csv,
     atomic_write_text,
+)
+from speechbrain_mamba.utils.audio_check import (
+    recorded_audio_unchanged,
+    validate_audio_files,
 )
 
 logger = logging.getLogger(__name__)
@@ -95,8 +101,11 @@ def _scan_split(
     mix_dirname: str,
     num_spks: int,
     sample_rate: int,
+    record_file: Optional[Path] = None,
 ) -> list[dict]:
-    """Lists and checks the mixtures of one split folder."""
+    """Lists the mixtures of one split folder, after checking all their
+    audio with :func:`~speechbrain_mamba.utils.audio_check.
+    validate_audio_files`."""
     mix_dir = split_dir / mix_dirname
     source_dirs = [split_dir / f"s{i + 1}" for i in range(num_spks)]
     for folder in [mix_dir, *source_dirs]:
@@ -105,38 +114,29 @@ def _scan_split(
     if not mixtures:
         raise FileNotFoundError(f"no .wav files in {mix_dir}")
 
-    rows = []
+    groups = []
     for mix_path in mixtures:
         paths = [mix_path] + [d / mix_path.name for d in source_dirs]
-        frames = []
-        for path in paths:
+        for path in paths[1:]:
             if not path.is_file():
                 raise FileNotFoundError(
                     f"source file {path} of mixture {mix_path} is missing"
                 )
-            try:
-                info = sf.info(str(path))
-            except (RuntimeError, sf.LibsndfileError) as err:
-                raise ValueError(
-                    f"cannot read audio file {path}: {err}"
-                ) from err
-            if info.samplerate != sample_rate:
-                raise ValueError(
-                    f"{path} has sample rate {info.samplerate} Hz but the "
-                    f"hparams ask for {sample_rate} Hz"
-                )
-            if info.frames == 0:
-                raise ValueError(f"audio file {path} is empty (0 samples)")
-            if info.channels != 1:
-                raise ValueError(f"{path} has {info.channels} channels")
-            frames.append(info.frames)
+        groups.append(paths)
+    infos = validate_audio_files(
+        [path for paths in groups for path in paths], sample_rate, record_file
+    )
+    rows = []
+    for index, paths in enumerate(groups):
+        group = infos[index * len(paths) : (index + 1) * len(paths)]
+        frames = [info.frames for info in group]
         if len(set(frames)) != 1:
             raise ValueError(
-                f"mixture {mix_path} and its sources have different lengths "
+                f"mixture {paths[0]} and its sources have different lengths "
                 f"({frames} samples)"
             )
         row = {
-            "ID": mix_path.stem,
+            "ID": paths[0].stem,
             "duration": round(frames[0] / sample_rate, 4),
         }
         for key, path in zip(csv_columns(num_spks)[2:], paths):
@@ -169,19 +169,36 @@ def _prepare(
         return csv_paths
 
     marker = save_folder / f"{name}_prep.json"
+    records = {
+        stage: save_folder / f"{name}_audio_check_{stage}.json"
+        for stage in split_dirs
+    }
     options = {**options, "data_folder": str(Path(data_folder).resolve())}
     if all(p.is_file() for p in csv_paths.values()) and marker.is_file():
+        unchanged = all(map(recorded_audio_unchanged, records.values()))
         if json.loads(marker.read_text(encoding="utf-8")) == options:
-            logger.info("%s CSV files already prepared, skipping", name)
-            return csv_paths
+            if unchanged:
+                logger.info("%s CSV files already prepared, skipping", name)
+                return csv_paths
+            logger.info(
+                "%s: audio files changed since the preparation, checking "
+                "them again",
+                name,
+            )
 
     data_folder = Path(data_folder)
     _require_dir(data_folder, "data folder")
     for split_dir in split_dirs.values():
         _require_dir(split_dir, "split folder")
+    save_folder.mkdir(parents=True, exist_ok=True)
     for stage, split_dir in split_dirs.items():
         rows = _scan_split(
-            data_folder, split_dir, mix_dirname, num_spks, sample_rate
+            data_folder,
+            split_dir,
+            mix_dirname,
+            num_spks,
+            sample_rate,
+            records[stage],
         )
         atomic_write_csv(csv_paths[stage], csv_columns(num_spks), rows)
         logger.info("wrote %s (%d mixtures)", csv_paths[stage], len(rows))

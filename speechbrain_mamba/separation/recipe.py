@@ -48,6 +48,8 @@ from speechbrain_mamba.separation.dynamic_mixing import (
 
 logger = logging.getLogger(__name__)
 
+#: Record of the checked dynamic mixing sources, in ``save_folder``.
+DM_AUDIO_RECORD = "dynamic_mixing_audio_check.json"
 REQUIRED_KEYS = (
     "output_folder",
     "save_folder",
@@ -130,8 +132,11 @@ def make_datasets(hparams: dict) -> tuple:
         "sample_rate": hparams["sample_rate"],
     }
     if hparams.get("dynamic_mixing", False):
+        record = None
+        if hparams.get("save_folder"):
+            record = Path(hparams["save_folder"]) / DM_AUDIO_RECORD
         mixer = DynamicMixer(
-            build_speaker_table(hparams["base_folder_dm"]),
+            build_speaker_table(hparams["base_folder_dm"], record_file=record),
             hparams["num_spks"],
             hparams["sample_rate"],
             max_length=hparams.get("training_signal_len"),

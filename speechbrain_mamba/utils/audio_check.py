@@ -175,9 +175,10 @@ def validate_audio_file(
     try:
         info = sf.info(path)
     except (RuntimeError, sf.SoundFileError) as err:
-        raise AudioFileError(
-            [(path, f"cannot read audio file {path}: {err}")]
-        ) from err
+        message = f"cannot read audio file {path}: {err}"
+        if advice:
+            message += f" ({advice})"
+        raise AudioFileError([(path, message)]) from err
     if info.channels != 1:
         raise _fail(
             path,
