@@ -6,7 +6,6 @@ Skipped on machines without a GPU or without mamba_ssm."""
 import pytest
 import torch
 from conftest import requires_cuda
-from gpu_memory import memory_kept_for_backward
 
 from speechbrain_mamba.nnet import BiMamba, CrossMamba, Mamba, MambaStack
 
@@ -105,41 +104,6 @@ def test_gpu_step_decoding_equals_full_forward():
             layer(target[:, t : t + 1], memory, cache=cache) for t in range(9)
         ]
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=RTOL, atol=ATOL)
-
-
-@pytest.mark.parametrize("padded", [False, True])
-def test_bimamba_low_memory_recompute_is_exact(padded):
-    """Recomputing the pre-scan activations in backward gives the same
-    outputs and gradients as keeping them (bf16 autocast: the recompute
-    must run under the same autocast state), with less memory kept."""
-    torch.manual_seed(0)
-    layer = randomise(BiMamba(64, d_state=16)).cuda()
-    x = torch.randn(2, 3000, 64, device="cuda")
-    lengths = torch.tensor([1.0, 0.6], device="cuda") if padded else None
-    results = {}
-    for low_memory in (False, True):
-        layer.low_memory = low_memory
-        out, grads = run(layer, "cuda", [x], lengths, torch.bfloat16)
-        results[low_memory] = (out, grads)
-    out_lean, grads_lean = results[True]
-    out_plain, grads_plain = results[False]
-    assert torch.equal(out_lean, out_plain)
-    for name in grads_plain:
-        torch.testing.assert_close(
-            grads_lean[name], grads_plain[name], rtol=1e-2, atol=1e-3
-        )
-
-
-def test_bimamba_low_memory_keeps_less_for_backward():
-    torch.manual_seed(0)
-    layer = BiMamba(64, d_state=16, backend="cuda").cuda()
-    x = torch.randn(1, 20000, 64, device="cuda", requires_grad=True)
-    assert layer.low_memory == "auto"  # 20000 frames: recomputes
-    kept = {
-        mode: memory_kept_for_backward(layer, x, mode)
-        for mode in (False, "auto")
-    }
-    assert kept["auto"] < 0.6 * kept[False], kept
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

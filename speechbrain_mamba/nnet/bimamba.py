@@ -19,7 +19,6 @@ from typing import Optional, Union
 import torch
 
 from speechbrain_mamba.nnet.bimamba_inner import (
-    BiMambaInnerFunction,
     causal_conv1d_silu,
     prepare_scan_inputs,
     torch_conv1d_silu,
@@ -45,11 +44,6 @@ from speechbrain_mamba.ops.triton.bimamba_layer import (
 
 COMBINE_MODES = ("mean", "sum")
 
-#: On the mamba_ssm path, inputs of at least this many frames (batch x
-#: time) recompute the pre-scan activations in backward when
-#: ``low_memory="auto"``.
-LOW_MEMORY_FRAMES = 16384
-
 
 class BiMamba(Mamba):
     """Bidirectional Mamba: forward and backward selective scans.
@@ -61,16 +55,12 @@ class BiMamba(Mamba):
     combine : str
         How the two directions are merged: "mean" (default) or "sum".
     low_memory : bool or "auto"
-        Recompute the cheap activations before the scan in backward
-        instead of keeping them, same numbers: on the Triton path the layer
-        keeps only its input and one state per chunk of frames; on the
-        mamba_ssm path about half the layer's training memory, for about
-        10% more step time.
-        "auto" (default) always does so on the Triton path (the backward
-        scan reruns the forward anyway) and, on the mamba_ssm path, for
-        inputs of at least ``LOW_MEMORY_FRAMES`` frames (batch x time);
-        shorter ones are launch-bound there and the recompute would cost
-        more host time than it saves.
+        On the Triton path, recompute the cheap activations before the
+        scan in backward instead of keeping them (same numbers; the layer
+        keeps only its input and one state per chunk of frames, at no
+        measurable cost in time, since the backward scan reruns the forward
+        anyway). True and "auto" (default) do so, False keeps them. The
+        other paths keep their activations.
     **kwargs
         Every other argument of :class:`speechbrain_mamba.nnet.Mamba`
         (d_state, d_conv, expand, dt_rank, dt_min, dt_max, dt_init,
@@ -162,23 +152,17 @@ class BiMamba(Mamba):
             )
         x_in, z = self.in_proj(x).chunk(2, dim=-1)
         if path == "mamba_ssm":
-            y = self._both_directions_cuda(x_in, z, frames, scale, inference)
+            y = self._both_directions_cuda(x_in, z, frames, scale)
         else:
             forward = self._scan_direction(x_in, z, "", frames)
             backward = self._scan_direction(x_in, z, "_b", frames, reverse=True)
             y = (forward + backward) * scale
         return zero_padding(self.out_proj(y), frames)
 
-    def _lean(
-        self, x: torch.Tensor, inference: bool, triton: bool = False
-    ) -> bool:
-        """Whether this call recomputes activations in backward instead of
-        keeping them (``low_memory``; "auto" always does on the Triton
-        path, where it costs nothing measurable)."""
-        lean = self.low_memory
-        if lean == "auto":
-            lean = triton or x.shape[0] * x.shape[1] >= LOW_MEMORY_FRAMES
-        return bool(lean) and not inference
+    def _lean(self, inference: bool) -> bool:
+        """Whether this Triton call recomputes activations in backward
+        instead of keeping them (``low_memory``)."""
+        return self.low_memory in (True, "auto") and not inference
 
     def _scan_parameters(self):
         """A [2 d_inner, d_state], D and the step-size bias [2 d_inner] of
@@ -220,7 +204,7 @@ class BiMamba(Mamba):
         )  # fmt: skip
         sizes = (self.d_inner, self.dt_rank, self.d_state)
         A, D, delta_bias = self._scan_parameters()
-        if self._lean(x, inference, triton=True):
+        if self._lean(inference):
             return BiMambaLayerFunction.apply(
                 x, frames, sizes, scale, A, D, delta_bias,
                 self.out_proj.weight, self.out_proj.bias, *weights,
@@ -238,15 +222,12 @@ class BiMamba(Mamba):
         z: torch.Tensor,
         frames: Optional[torch.Tensor],
         scale: float,
-        inference: bool,
     ) -> torch.Tensor:
         """Both directions in one conv and one mamba_ssm selective-scan call.
 
         The backward direction becomes d_inner extra channels holding the
         (per-item) reversed sequence, with its own B/C as a second group of
-        the scan; with ``low_memory`` the part before the scan is recomputed
-        in backward rather than stored
-        (:mod:`speechbrain_mamba.nnet.bimamba_inner`). x, z:
+        the scan (:mod:`speechbrain_mamba.nnet.bimamba_inner`). x, z:
         [batch, time, d_inner]; returns ``scale`` times the sum of the two
         gated directions, [batch, time, d_inner].
         """
@@ -265,12 +246,6 @@ class BiMamba(Mamba):
             (self.dt_proj.weight, self.dt_proj_b.weight),
         )
         sizes = (self.d_inner, self.dt_rank, self.d_state)
-        if self._lean(x, inference):
-            return BiMambaInnerFunction.apply(
-                x, z, conv_weight, conv_bias, *projections[0],
-                *projections[1], A, D, delta_bias, frames, sizes,
-                conv_silu, scale,
-            )  # fmt: skip
         u, delta, B, C, gate = prepare_scan_inputs(
             x, z, frames, conv_weight, conv_bias, *projections, sizes,
             conv_silu,

@@ -1,18 +1,11 @@
-"""Memory-lean inner part of a BiMamba layer on the mamba_ssm kernels.
+"""The part of a BiMamba layer between its projections on the mamba_ssm
+kernels (the path "auto" takes for short inputs when mamba_ssm is installed,
+see :func:`speechbrain_mamba.ops.backend.bimamba_path`).
 
-Between the input projection and the output projection, a BiMamba layer
-runs (for both directions at once, the backward one as extra channels on
-the per-item reversed sequence): depthwise conv + SiLU, x_proj, dt_proj,
-one selective scan with gating, and the sum of the two directions. Under
-plain autograd every intermediate of that chain is kept for backward
-(reversed copies, conv output, step sizes, gate, scan output: about eight
-[batch, 2 d_inner, time] tensors per layer). Here only the projection
-output (which autograd keeps anyway), the scan's pre-gate output and its
-chunk states are kept; the cheap part before the scan is recomputed in
-backward (under the same autocast state, so bit-identical) and its
-gradients come from autograd, while the scan's backward is mamba_ssm's own
-kernel. Same numbers as :meth:`BiMamba._both_directions_cuda` with plain
-autograd, with about half the activation memory.
+Both directions run at once, the backward one as extra channels on the
+per-item reversed sequence: one depthwise conv + SiLU (causal_conv1d's
+kernel when installed), x_proj, dt_proj, then one mamba_ssm selective scan
+with gating (its B/C as a second group), whose two halves are summed.
 
 Author
 ------
@@ -90,12 +83,6 @@ def torch_conv1d_silu(
     return F.silu(out[..., :time])
 
 
-def _scan_module():
-    import selective_scan_cuda  # shipped with mamba_ssm
-
-    return selective_scan_cuda
-
-
 def prepare_scan_inputs(
     x: torch.Tensor,
     z: torch.Tensor,
@@ -168,169 +155,3 @@ def prepare_scan_inputs(
     C = torch.stack([C_f, C_b], dim=1).transpose(-1, -2).contiguous()
     gate = torch.cat([z, reverse_valid(z, frames)], dim=-1)
     return u, delta, B, C, gate.transpose(1, 2).contiguous()
-
-
-class BiMambaInnerFunction(torch.autograd.Function):
-    """Forward: prepare + mamba_ssm scan without keeping intermediates;
-    backward: recompute the preparation, scan backward, autograd through
-    the preparation."""
-
-    @staticmethod
-    def forward(
-        ctx,
-        x,
-        z,
-        conv_weight,
-        conv_bias,
-        x_proj_f,
-        x_proj_b,
-        dt_proj_f,
-        dt_proj_b,
-        A,
-        D,
-        delta_bias,
-        frames,
-        sizes,
-        conv_silu,
-        scale,
-    ):
-        ctx.autocast = (
-            torch.is_autocast_enabled("cuda"),
-            torch.get_autocast_dtype("cuda"),
-        )
-        ctx.sizes, ctx.conv_silu, ctx.scale = sizes, conv_silu, scale
-        ctx.has_conv_bias = conv_bias is not None
-        with torch.no_grad():
-            u, delta, B, C, gate = prepare_scan_inputs(
-                x,
-                z,
-                frames,
-                conv_weight,
-                conv_bias,
-                (x_proj_f, x_proj_b),
-                (dt_proj_f, dt_proj_b),
-                sizes,
-                conv_silu,
-            )
-            out, states, out_z = _scan_module().fwd(
-                u, delta, A, B, C, D, gate, delta_bias, True
-            )[:3]
-        y = out_z.transpose(1, 2)
-        d_inner = sizes[0]
-        result = y[..., :d_inner] + reverse_valid(y[..., d_inner:], frames)
-        ctx.save_for_backward(
-            x,
-            z,
-            conv_weight,
-            conv_bias if conv_bias is not None else x.new_empty(0),
-            x_proj_f,
-            x_proj_b,
-            dt_proj_f,
-            dt_proj_b,
-            A,
-            D,
-            delta_bias,
-            frames if frames is not None else x.new_empty(0),
-            states,
-            out,
-        )
-        ctx.has_frames = frames is not None
-        return result * scale if scale != 1.0 else result
-
-    @staticmethod
-    def backward(ctx, grad):
-        (
-            x,
-            z,
-            conv_weight,
-            conv_bias,
-            x_proj_f,
-            x_proj_b,
-            dt_proj_f,
-            dt_proj_b,
-            A,
-            D,
-            delta_bias,
-            frames,
-            states,
-            out,
-        ) = ctx.saved_tensors
-        frames = frames if ctx.has_frames else None
-        conv_bias = conv_bias if ctx.has_conv_bias else None
-        grad = grad * ctx.scale if ctx.scale != 1.0 else grad
-        grad_out_z = torch.cat([grad, reverse_valid(grad, frames)], dim=-1)
-        grad_out_z = grad_out_z.transpose(1, 2).contiguous()
-        leaves = [
-            t.detach().requires_grad_(need)
-            for t, need in zip(
-                (
-                    x,
-                    z,
-                    conv_weight,
-                    conv_bias,
-                    x_proj_f,
-                    x_proj_b,
-                    dt_proj_f,
-                    dt_proj_b,
-                ),
-                ctx.needs_input_grad[:8],
-            )
-            if t is not None
-        ]
-        if conv_bias is None:
-            leaves.insert(3, None)
-        enabled, dtype = ctx.autocast
-        with (
-            torch.enable_grad(),
-            torch.autocast("cuda", dtype=dtype, enabled=enabled),
-        ):
-            recomputed = prepare_scan_inputs(
-                leaves[0],
-                leaves[1],
-                frames,
-                leaves[2],
-                leaves[3],
-                (leaves[4], leaves[5]),
-                (leaves[6], leaves[7]),
-                ctx.sizes,
-                ctx.conv_silu,
-            )
-        u, delta, B, C, gate = (t.detach() for t in recomputed)
-        du, ddelta, dA, dB, dC, dD, ddelta_bias, dgate = _scan_module().bwd(
-            u,
-            delta,
-            A,
-            B,
-            C,
-            D,
-            gate,
-            delta_bias,
-            grad_out_z,
-            states,
-            out,
-            None,
-            True,
-            False,
-        )[:8]
-        pairs = [
-            (t, g.to(t.dtype))
-            for t, g in zip(recomputed, (du, ddelta, dB, dC, dgate))
-            if t.requires_grad
-        ]
-        if pairs:
-            torch.autograd.backward(
-                [t for t, _ in pairs], [g for _, g in pairs]
-            )
-        leaf_grads = [
-            None if t is None or not t.requires_grad else t.grad for t in leaves
-        ]
-        return (
-            *leaf_grads,
-            dA,
-            dD,
-            ddelta_bias,
-            None,
-            None,
-            None,
-            None,
-        )
