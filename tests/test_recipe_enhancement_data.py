@@ -3,6 +3,7 @@ enhancement metrics."""
 
 import csv
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -119,6 +120,20 @@ def test_prepare_errors(voicebank, tmp_path):
         prepare_voicebank(voicebank, tmp_path / "out", sample_rate=48000)
     with pytest.raises(FileNotFoundError, match="skip_prep"):
         prepare_voicebank(voicebank, tmp_path / "nothing", skip_prep=True)
+
+
+def test_prepare_notices_a_file_corrupted_after_it(voicebank, tmp_path):
+    data = tmp_path / "voicebank"
+    shutil.copytree(voicebank, data)
+    paths = prepare_voicebank(data, tmp_path / "save")
+    stamp = paths["test"].stat().st_mtime_ns
+    prepare_voicebank(data, tmp_path / "save")  # cached: nothing rewritten
+    assert paths["test"].stat().st_mtime_ns == stamp
+    victim = sorted(data.glob("clean_testset_wav*/*.wav"))[0]
+    audio, rate = sf.read(str(victim))
+    sf.write(str(victim), np.stack([audio, audio], axis=1), rate)
+    with pytest.raises(ValueError, match=f"{victim.name} has 2 channels"):
+        prepare_voicebank(data, tmp_path / "save")
 
 
 def test_metrics():

@@ -7,10 +7,12 @@ and writes CSV files in the format of the separation recipes with one
 source: ``ID, duration, mix_wav`` (the noisy file), ``s1_wav`` (the clean
 file), paths relative to ``$data_root``. The training speakers p226 and p287
 form the validation set, as in SpeechBrain's VoiceBank recipes. Every
-problem (missing folder, noisy file without clean file, unreadable file,
-wrong sample rate, length mismatch) stops the preparation with the path
-that causes it. Nothing is rewritten when the CSV files exist for the same
-options.
+problem (missing folder, noisy file without clean file, a file that is
+unreadable, truncated, not mono, at another sample rate, empty or not
+finite (:mod:`speechbrain_mamba.utils.audio_check`), length mismatch) stops
+the preparation with the path that causes it. Nothing is rewritten when the
+CSV files exist for the same options and no audio file changed since they
+were written.
 
 Author
 ------
@@ -22,12 +24,14 @@ import logging
 from pathlib import Path
 from typing import Dict, Sequence
 
-import soundfile as sf
-
 from speechbrain_mamba.separation.io import (
     PathLike,
     atomic_write_csv,
     atomic_write_text,
+)
+from speechbrain_mamba.utils.audio_check import (
+    recorded_audio_unchanged,
+    validate_audio_files,
 )
 
 logger = logging.getLogger(__name__)
@@ -37,6 +41,15 @@ TRAIN_DIRS = ("clean_trainset_28spk_wav", "noisy_trainset_28spk_wav")
 TEST_DIRS = ("clean_testset_wav", "noisy_testset_wav")
 VALID_SPEAKERS = ("p226", "p287")
 MARKER = "voicebank_prep.json"
+#: Records of the checked audio of the training and test folders.
+AUDIO_RECORDS = {
+    "train": "voicebank_audio_check_train.json",
+    "test": "voicebank_audio_check_test.json",
+}
+RATE_ADVICE = (
+    "VoiceBank-DEMAND is distributed at 48 kHz; the recipe reads 16 kHz "
+    "copies from *_16k folders"
+)
 
 
 def _find_dir(root: Path, name: str) -> Path:
@@ -50,36 +63,35 @@ def _find_dir(root: Path, name: str) -> Path:
     )
 
 
-def _rows(root: Path, clean_dir: Path, noisy_dir: Path, sample_rate: int):
+def _rows(
+    root: Path,
+    clean_dir: Path,
+    noisy_dir: Path,
+    sample_rate: int,
+    record_file: Path,
+):
     noisy_files = sorted(noisy_dir.glob("*.wav"))
     if not noisy_files:
         raise FileNotFoundError(f"no .wav files in {noisy_dir}")
-    rows = []
+    pairs = []
     for noisy in noisy_files:
         clean = clean_dir / noisy.name
         if not clean.is_file():
             raise FileNotFoundError(
                 f"clean file {clean} of noisy file {noisy} is missing"
             )
-        frames = []
-        for path in (noisy, clean):
-            try:
-                info = sf.info(str(path))
-            except (RuntimeError, sf.LibsndfileError) as err:
-                raise ValueError(
-                    f"cannot read audio file {path}: {err}"
-                ) from err
-            if info.samplerate != sample_rate:
-                raise ValueError(
-                    f"{path} has sample rate {info.samplerate} Hz but "
-                    f"{sample_rate} Hz is expected (the original corpus is at "
-                    "48 kHz: resample it to 16 kHz into *_16k folders)"
-                )
-            if info.frames == 0:
-                raise ValueError(f"audio file {path} is empty (0 samples)")
-            if info.channels != 1:
-                raise ValueError(f"{path} has {info.channels} channels")
-            frames.append(info.frames)
+        pairs.append((noisy, clean))
+    infos = validate_audio_files(
+        [path for pair in pairs for path in pair],
+        sample_rate,
+        record_file,
+        advice=RATE_ADVICE,
+    )
+    rows = []
+    for (noisy, clean), noisy_info, clean_info in zip(
+        pairs, infos[::2], infos[1::2]
+    ):
+        frames = [noisy_info.frames, clean_info.frames]
         if frames[0] != frames[1]:
             raise ValueError(
                 f"{noisy} and {clean} differ in length ({frames} samples)"
@@ -148,15 +160,26 @@ def prepare_voicebank(
         "valid_speakers": list(valid_speakers),
     }
     marker = save / MARKER
+    records = {k: save / name for k, name in AUDIO_RECORDS.items()}
     if marker.is_file() and all(p.is_file() for p in paths.values()):
+        unchanged = all(map(recorded_audio_unchanged, records.values()))
         if json.loads(marker.read_text(encoding="utf-8")) == options:
-            logger.info("VoiceBank CSV files already prepared in %s", save)
-            return paths
+            if unchanged:
+                logger.info("VoiceBank CSV files already prepared in %s", save)
+                return paths
+            logger.info("audio files changed since the preparation in %s", save)
+    save.mkdir(parents=True, exist_ok=True)
     train_rows = _rows(
-        root, *(_find_dir(root, name) for name in TRAIN_DIRS), sample_rate
+        root,
+        *(_find_dir(root, name) for name in TRAIN_DIRS),
+        sample_rate,
+        records["train"],
     )
     test_rows = _rows(
-        root, *(_find_dir(root, name) for name in TEST_DIRS), sample_rate
+        root,
+        *(_find_dir(root, name) for name in TEST_DIRS),
+        sample_rate,
+        records["test"],
     )
     valid = set(valid_speakers)
     split = {
