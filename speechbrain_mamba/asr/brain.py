@@ -26,6 +26,7 @@ import torch
 from speechbrain.utils.distributed import if_main_process
 
 from speechbrain_mamba.utils.atomic import atomic_target
+from speechbrain_mamba.utils.time_budget import TrainTimeBudget
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +37,10 @@ def _write_stats_atomically(metric: Any, path: str) -> None:
             metric.write_stats(fout)
 
 
-class _AveragingBrain(sb.core.Brain):
+class _AveragingBrain(TrainTimeBudget, sb.core.Brain):
     """Averages the best checkpoints into the model before evaluation and
-    writes test statistics."""
+    writes test statistics; ``train_time_budget_s`` stops training (see
+    :mod:`speechbrain_mamba.utils.time_budget`)."""
 
     def _decode_tokens(self, tokens) -> str:
         """Token ids to text; ids the tokenizer does not know (a model with

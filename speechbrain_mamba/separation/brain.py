@@ -19,8 +19,9 @@ SpeechBrain's separation recipes and of the Mamba-TasNet paper:
   and average SI-SNR, SI-SNRi, SDR, SDRi, PESQ and STOI to a CSV file
   (see :mod:`speechbrain_mamba.separation.metrics`) and saves a few separated
   examples;
-- an optional wall-clock budget (``train_time_budget_s``) stops training
-  after the running batch, validates and checkpoints;
+- an optional wall-clock budget (``train_time_budget_s``, see
+  :mod:`speechbrain_mamba.utils.time_budget`) stops training after the
+  running batch, validates and checkpoints;
 - on one GPU, ``cuda_graphs: True`` replays the mask network's training
   forward and backward from CUDA graphs (one per input shape: crop the
   signals with ``limit_training_signal_len``), which removes the launch
@@ -38,7 +39,6 @@ speechbrain-mamba developers
 
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -53,6 +53,7 @@ from speechbrain_mamba.separation.lr_schedule import WarmupCosineScheduler
 from speechbrain_mamba.separation.metrics import METRICS, separation_metrics
 from speechbrain_mamba.separation.results import write_results_csv
 from speechbrain_mamba.utils.graphed_training import GraphedTraining
+from speechbrain_mamba.utils.time_budget import TrainTimeBudget
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def _distributed() -> bool:
     )
 
 
-class SeparationBrain(sb.Brain):
+class SeparationBrain(TrainTimeBudget, sb.Brain):
     """Trains and evaluates an encoder / masknet / decoder separator.
 
     Expects ``modules`` with keys ``encoder``, ``masknet`` and ``decoder``
@@ -380,7 +381,6 @@ class SeparationBrain(sb.Brain):
         scheduler = self._opt("lr_scheduler")
         if isinstance(scheduler, WarmupCosineScheduler):
             scheduler(self.optimizer, self.optimizer_step)
-        self._fit_start_time = time.time()
 
     def fit(
         self,
@@ -400,7 +400,6 @@ class SeparationBrain(sb.Brain):
                 train_set, stage=sb.Stage.TRAIN, **train_loader_kwargs
             )
         self._configure_schedule(epoch_counter, train_set)
-        self._fit_start_time = time.time()
         super().fit(
             epoch_counter,
             train_set,
@@ -408,21 +407,6 @@ class SeparationBrain(sb.Brain):
             progressbar=progressbar,
             valid_loader_kwargs=valid_loader_kwargs,
         )
-
-    @property
-    def _optimizer_step_limit_exceeded(self):
-        if super()._optimizer_step_limit_exceeded:
-            return True
-        budget = self._opt("train_time_budget_s")
-        start = getattr(self, "_fit_start_time", None)
-        if budget is None or start is None:
-            return False
-        over = time.time() - start >= float(budget)
-        if _distributed():  # every process follows the main one
-            flag = [over]
-            torch.distributed.broadcast_object_list(flag, src=0)
-            over = flag[0]
-        return over
 
     # ------------------------------------------------------------------
     # Evaluation

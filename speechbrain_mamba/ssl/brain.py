@@ -17,8 +17,9 @@ step, checkpoint at the end of every epoch (and within epochs with
 SpeechBrain's ``ckpt_interval_minutes`` / ``ckpt_interval_steps``), resume
 from the last checkpoint when restarted and run under DDP (``torchrun``).
 Training stops after ``optimizer_step_limit`` updates (SpeechBrain's run
-option) or, with ``train_time_budget_s``, after that many seconds of this
-process (the running epoch is then validated and checkpointed).
+option) or, with ``train_time_budget_s``, after that many seconds of
+training (:mod:`speechbrain_mamba.utils.time_budget`; the running epoch is
+then validated and checkpointed).
 
 Author
 ------
@@ -27,7 +28,6 @@ speechbrain-mamba developers
 
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -36,6 +36,8 @@ import speechbrain as sb
 import torch
 import torch.nn.functional as F
 from speechbrain.utils.distributed import if_main_process
+
+from speechbrain_mamba.utils.time_budget import TrainTimeBudget
 
 logger = logging.getLogger(__name__)
 
@@ -50,34 +52,6 @@ def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if _distributed():
         torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
     return values
-
-
-class _TimeBudget:
-    """Mixin: ``train_time_budget_s`` ends training like
-    ``optimizer_step_limit`` (decided jointly by all DDP processes)."""
-
-    _budget_start: Optional[float] = None
-
-    def on_fit_start(self):
-        """Starts the budget clock."""
-        super().on_fit_start()
-        self._budget_start = time.monotonic()
-
-    @property
-    def _optimizer_step_limit_exceeded(self):
-        if super()._optimizer_step_limit_exceeded:
-            return True
-        budget = getattr(self.hparams, "train_time_budget_s", None)
-        if budget is None or self._budget_start is None:
-            return False
-        over = time.monotonic() - self._budget_start > float(budget)
-        if _distributed():
-            flag = torch.tensor([float(over)], device=self.device)
-            torch.distributed.all_reduce(
-                flag, op=torch.distributed.ReduceOp.MAX
-            )
-            over = bool(flag.item() > 0)
-        return over
 
 
 def frame_targets(
@@ -124,7 +98,7 @@ def frame_targets(
     return targets, positions < usable[:, None]
 
 
-class HuBERTPretrainBrain(_TimeBudget, sb.Brain):
+class HuBERTPretrainBrain(TrainTimeBudget, sb.Brain):
     """Masked prediction of k-means targets (see the module docstring).
 
     Needs the modules ``model`` (HuBERTModel) and the hyperparameters
@@ -244,7 +218,7 @@ class HuBERTPretrainBrain(_TimeBudget, sb.Brain):
             )
 
 
-class CTCFinetuneBrain(_TimeBudget, sb.Brain):
+class CTCFinetuneBrain(TrainTimeBudget, sb.Brain):
     """CTC fine-tuning of a pretrained HuBERTModel (see the module
     docstring).
 
