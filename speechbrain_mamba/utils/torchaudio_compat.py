@@ -6,44 +6,25 @@ native extension was built against CUDA. Loading that extension raises
 imports torchaudio at import time, ``import speechbrain`` fails too.
 
 torchaudio works without its native extension for everything this package
-and SpeechBrain's recipes use (audio I/O goes through soundfile). This module
-imports torchaudio once, and if its native extension cannot be loaded it
-retries in pure-Python mode, so that a later ``import speechbrain`` succeeds.
+and SpeechBrain's recipes use (audio I/O goes through soundfile). The
+installed package fixes this at interpreter start-up, so that a plain
+``import speechbrain`` works (see the top-level module
+``_speechbrain_mamba_startup`` and its ``speechbrain_mamba.pth``); importing
+``speechbrain_mamba`` also calls :func:`import_torchaudio`, which covers a
+source checkout used without installing it.
 
 Author
 ------
 speechbrain-mamba developers
 """
 
-import importlib
-import logging
-import sys
 from types import ModuleType
 from typing import Optional
 
-logger = logging.getLogger(__name__)
+import _speechbrain_mamba_startup as startup
 
-_EXTENSION_UTILS = "torchaudio._extension.utils"
-
-#: Set to the original error when torchaudio runs without its native library.
+#: The original error when torchaudio runs without its native library.
 NATIVE_EXTENSION_ERROR: Optional[BaseException] = None
-
-
-def _load_lib_or_skip(original_loader):
-    """Wraps torchaudio's extension loader so that a library that cannot be
-    loaded counts as absent instead of raising."""
-
-    def load_lib(lib: str) -> bool:
-        try:
-            return original_loader(lib)
-        except OSError as err:
-            logger.debug(
-                "torchaudio: skipping native library %s (%s)", lib, err
-            )
-            return False
-
-    load_lib.__wrapped__ = original_loader
-    return load_lib
 
 
 def import_torchaudio() -> Optional[ModuleType]:
@@ -57,36 +38,12 @@ def import_torchaudio() -> Optional[ModuleType]:
 
     Example
     -------
+    >>> import sys
     >>> ta = import_torchaudio()
-    >>> ta is None or hasattr(ta, "__version__")
+    >>> ta is None or ta is sys.modules["torchaudio"]
     True
     """
     global NATIVE_EXTENSION_ERROR
-    if "torchaudio" in sys.modules:
-        return sys.modules["torchaudio"]
-    try:
-        return importlib.import_module("torchaudio")
-    except ImportError as err:
-        if getattr(err, "name", None) == "torchaudio":
-            return None
-        raise
-    except OSError as err:
-        utils = sys.modules.get(_EXTENSION_UTILS)
-        if utils is None or not hasattr(utils, "_load_lib"):
-            raise
-        NATIVE_EXTENSION_ERROR = err
-        utils._load_lib = _load_lib_or_skip(utils._load_lib)
-        # The failed import left half-initialised parents behind: drop them
-        # (but keep the patched utils module) and import again.
-        for name in list(sys.modules):
-            if (name == "torchaudio" or name.startswith("torchaudio.")) and (
-                name != _EXTENSION_UTILS
-            ):
-                del sys.modules[name]
-        module = importlib.import_module("torchaudio")
-        logger.info(
-            "torchaudio's native extension could not be loaded (%s); "
-            "using torchaudio in pure-Python mode.",
-            err,
-        )
-        return module
+    module = startup.import_torchaudio()
+    NATIVE_EXTENSION_ERROR = startup.NATIVE_EXTENSION_ERROR
+    return module
