@@ -40,9 +40,9 @@ reason is in the summary), 2 when a required package is missing.
 Build the corpora where espeak-ng is installed, then run on the GPU with
 the corpus folder copied there (``--prebuilt`` never rebuilds it)::
 
-    python -m speechbrain_mamba.benchmarks.mi_curves --stage corpora \\
+    python experiments/mi_curves.py --stage corpora \\
         --corpora .gpudata/mi_corpora
-    python -m speechbrain_mamba.benchmarks.mi_curves --prebuilt \\
+    python experiments/mi_curves.py --prebuilt \\
         --corpora .gpudata/mi_corpora --work /tmp/mi --out $OUT \\
         --budget_s 240 --device cuda
 
@@ -62,8 +62,6 @@ import math
 import multiprocessing
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -72,8 +70,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from jobs import REPO, Job, error_line, log_tail, repo_env
+from jobs import run_jobs as run_all
 
-REPO = Path(__file__).resolve().parents[2]
 ASR_RECIPE = REPO / "recipes" / "LibriSpeech" / "ASR" / "CTC"
 SEP_RECIPE = REPO / "recipes" / "WSJ0Mix" / "separation"
 SSL_RECIPE = REPO / "recipes" / "LibriSpeech" / "self-supervised-learning"
@@ -509,7 +508,6 @@ def training_jobs(
                 script = ASR_RECIPE / "train.py"
                 values = {**ASR_COMMON, **extra, **common}
                 values["test_csv"] = f"[{out}/test-clean.csv]"
-                values["training_budget_s"] = budgets[job]
                 layers_key = "num_encoder_layers"
             elif task == "separation":
                 hparams = SEP_RECIPE / "hparams" / "mamba_tasnet_XS.yaml"
@@ -518,15 +516,14 @@ def training_jobs(
                     hparams = _transformer_sep_yaml(work / task)
                 script = SEP_RECIPE / "train.py"
                 values = {**SEP_COMMON, **spec, **common, "data_folder": wsj}
-                values["train_time_budget_s"] = budgets[job]
                 layers_key = "num_layers"
             else:
                 yaml, extra = spec
                 hparams = SSL_RECIPE / "hparams" / yaml
                 script = SSL_RECIPE / "train.py"
                 values = {**SSL_COMMON, **extra, **common}
-                values["train_time_budget_s"] = budgets[job]
                 layers_key = "num_layers"
+            values["train_time_budget_s"] = budgets[job]
             values["precision"] = precision
             if tiny:
                 values.update(TINY[task])
@@ -557,7 +554,7 @@ def run_jobs(
 
     Each job's output goes to ``<out>/benchmark_stdout.txt``; its exit
     status (or ``"timeout"``) and wall time are stored in the job. A job
-    past its timeout is killed with its data-loader workers.
+    past its timeout is ended with its data-loader workers.
 
     Arguments
     ---------
@@ -566,47 +563,25 @@ def run_jobs(
     parallel : bool
         Start every job at once.
     timeouts : dict
-        Job name -> seconds before it is killed.
+        Job name -> seconds before it is ended.
     """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    env.setdefault("OMP_NUM_THREADS", "2")
-    env["PYTHONUNBUFFERED"] = "1"
-    pending = list(jobs)
-    running: Dict[str, tuple] = {}
-    while pending or running:
-        while pending and (parallel or not running):
-            name = pending.pop(0)
-            job = jobs[name]
-            job["out"].mkdir(parents=True, exist_ok=True)
-            log = open(job["out"] / "benchmark_stdout.txt", "w")
-            job["start"] = time.time()
-            proc = subprocess.Popen(
-                job["cmd"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            running[name] = (proc, log)
-            logger.info("started %s (budget %.0f s)", name, job["budget_s"])
-        time.sleep(0.5)
-        for name in list(running):
-            proc, log = running[name]
-            job = jobs[name]
-            elapsed = time.time() - job["start"]
-            code = proc.poll()
-            if code is None and elapsed > timeouts[name]:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                code = "timeout"
-            if code is None:
-                continue
-            log.close()
-            del running[name]
-            job["returncode"] = code
-            job["seconds"] = round(elapsed, 1)
-            logger.info("%s finished: %s (%.0f s)", name, code, elapsed)
+    env = repo_env(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    runs = {
+        name: Job(
+            job["cmd"],
+            job["out"] / "benchmark_stdout.txt",
+            timeouts[name],
+            env=env,
+            name=name,
+        )
+        for name, job in jobs.items()
+    }
+    logger.info("training %s", ", ".join(runs))
+    run_all(runs.values(), parallel=parallel)
+    for name, run in runs.items():
+        jobs[name]["returncode"] = run.status
+        jobs[name]["seconds"] = run.seconds
+        logger.info("%s finished: %s (%s s)", name, run.status, run.seconds)
 
 
 # ---------------------------------------------------------------------------
@@ -626,35 +601,6 @@ def _last_valid(log: Path) -> dict:
         if match:
             out[key] = int(match.group(1))
     return out
-
-
-def log_tail(path: Path, lines: int = 40) -> str:
-    """The last lines of a log file (empty when there is none).
-
-    Arguments
-    ---------
-    path : pathlib.Path
-        Log file.
-    lines : int
-        Number of lines.
-
-    Returns
-    -------
-    str
-    """
-    if not path.is_file():
-        return ""
-    text = path.read_text(errors="replace").splitlines()
-    return "\n".join(text[-lines:])
-
-
-def _error_line(text: str) -> str:
-    """The last exception line of a log (or its last line)."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line):
-            return line
-    return lines[-1] if lines else ""
 
 
 def training_result(job: dict) -> dict:
@@ -698,7 +644,7 @@ def training_result(job: dict) -> dict:
     if code not in (0, None):
         tail = log_tail(out / "benchmark_stdout.txt")
         result["error"] = f"training exit status {code}: " + (
-            _error_line(tail) or "no log"
+            error_line(tail) or "no log"
         )
     return result
 

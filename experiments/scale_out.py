@@ -2,11 +2,11 @@
 ``torchrun`` with 1 and N processes (GPUs, or CPU processes over gloo) on
 the mini corpora; training throughput, checkpoints and world size checked.
 
-Each run is a fresh experiment of the recipe's own ``train.py`` (WSJ0Mix
-separation with Mamba-TasNet, LibriSpeech S2S with ConMamba small), started
-as ``torchrun --standalone --nproc_per_node N`` through
-:mod:`speechbrain_mamba.benchmarks.train_throughput`, which records every
-rank's training batches and loop times. Every run does the same work: the
+Each run is a fresh experiment of the recipe (WSJ0Mix separation with
+Mamba-TasNet, LibriSpeech S2S with ConMamba small), started as
+``torchrun --standalone --nproc_per_node N`` through
+``experiments/train_throughput.py``, which records every rank's training
+batches and loop times. Every run does the same work: the
 same number of epochs over the same training set, with the same batch size
 per process, so with N processes each epoch takes N times fewer steps per
 process (SpeechBrain's ``DistributedSampler`` gives each rank 1/N of the
@@ -46,7 +46,7 @@ of the run, so that the recipe does not resume an older experiment).
 Rows of an earlier command with the same settings are kept, so the tasks
 can be run by separate commands into one report::
 
-    python -m speechbrain_mamba.benchmarks.scale_out \\
+    python experiments/scale_out.py \\
         --corpus-dir .gpudata/scale_out/corpus --out results/scale_out \\
         --nproc 1 2 --device cuda
 
@@ -65,11 +65,8 @@ import csv
 import json
 import logging
 import math
-import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -78,14 +75,13 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
+from jobs import REPO, Job, log_tail, repo_env, run_job
+from train_throughput import aggregate
 
-from speechbrain_mamba.benchmarks.train_throughput import aggregate
 from speechbrain_mamba.separation.io import atomic_write_text
 from speechbrain_mamba.utils.checkpoints import COMPLETE_MARKER
 
 logger = logging.getLogger(__name__)
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -96,8 +92,8 @@ class Task:
     ---------
     name : str
         Task name (``separation`` or ``recognition``).
-    script : str
-        Recipe ``train.py``, relative to the repository root.
+    recipe : str
+        Recipe of ``experiments/train_throughput.py`` (``--recipe``).
     hparams_dir : str
         Folder of its hparams files, relative to the repository root.
     corpus : str
@@ -115,7 +111,7 @@ class Task:
     """
 
     name: str
-    script: str
+    recipe: str
     hparams_dir: str
     corpus: str
     corpus_dirs: tuple
@@ -128,7 +124,7 @@ class Task:
 TASKS = {
     "separation": Task(
         name="separation",
-        script="recipes/WSJ0Mix/separation/train.py",
+        recipe="separation",
         hparams_dir="recipes/WSJ0Mix/separation/hparams",
         corpus="wsj0-2mix",
         corpus_dirs=tuple(
@@ -152,7 +148,7 @@ TASKS = {
     ),
     "recognition": Task(
         name="recognition",
-        script="recipes/LibriSpeech/ASR/S2S/train.py",
+        recipe="s2s",
         hparams_dir="recipes/LibriSpeech/ASR/S2S/hparams",
         corpus="LibriSpeech",
         corpus_dirs=("train-clean-100", "dev-clean", "test-clean"),
@@ -338,12 +334,12 @@ def torchrun_command(
         "--standalone",
         "--nproc_per_node",
         str(nproc),
-        "-m",
-        "speechbrain_mamba.benchmarks.train_throughput",
+        str(REPO / "experiments" / "train_throughput.py"),
         "--stats",
         str(stats),
+        "--recipe",
+        task.recipe,
         "--",
-        str(REPO / task.script),
         str(hparams),
         "--noprogressbar",
     ]
@@ -437,7 +433,7 @@ def check_checkpoints(save_folder: Path, task: Task, epochs: int) -> dict:
     >>> check_checkpoints(tmpdir, TASKS["separation"], 2)
     Traceback (most recent call last):
     ...
-    speechbrain_mamba.benchmarks.scale_out.RunError: newest checkpoint \
+    scale_out.RunError: newest checkpoint \
 ... is from epoch 1, expected 2
     """
     folders = sorted(save_folder.glob("CKPT+*"))
@@ -580,93 +576,6 @@ def recipe_precision(hparams: Path) -> Optional[str]:
     return match.group(1) if match else None
 
 
-def log_tail(path: Path, lines: int = 60) -> str:
-    """The last lines of a log file.
-
-    Arguments
-    ---------
-    path : pathlib.Path
-        Log file.
-    lines : int
-        How many lines.
-
-    Returns
-    -------
-    str
-        The tail (empty if the file does not exist).
-    """
-    if not path.is_file():
-        return ""
-    text = path.read_text(encoding="utf-8", errors="replace")
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def launch(
-    cmd: Sequence[str], cwd: Path, env: dict, log: Path, timeout: float
-) -> int:
-    """Runs a command with its output (stdout and stderr) in a log file.
-
-    Arguments
-    ---------
-    cmd : sequence of str
-        The command.
-    cwd : pathlib.Path
-        Working folder.
-    env : dict
-        Environment.
-    log : pathlib.Path
-        Log file (overwritten).
-    timeout : float
-        Seconds before the command and the processes it started are
-        ended (``TimeoutExpired`` is raised).
-
-    Returns
-    -------
-    int
-        Exit status.
-
-    Example
-    -------
-    >>> log = Path(getfixture("tmpdir")) / "log.txt"
-    >>> launch([sys.executable, "-c", "print('hi')"], log.parent,
-    ...        dict(os.environ), log, 60)
-    0
-    >>> log.read_text()
-    'hi\\n'
-    """
-    with open(log, "w", encoding="utf-8") as fout:
-        # its own process group, so that a timeout also ends torchrun's
-        # worker processes
-        proc = subprocess.Popen(
-            list(cmd),
-            cwd=cwd,
-            env=env,
-            stdout=fout,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _end_group(proc)
-            raise
-
-
-def _end_group(proc: subprocess.Popen) -> None:
-    """Terminates the process group led by ``proc``, then kills what is
-    left of it."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
 def run_one(
     task_name: str, nproc: int, args: argparse.Namespace, corpus: Path
 ) -> dict:
@@ -720,18 +629,18 @@ def run_one(
         "log": str(out / "torchrun.log"),
         "command": cmd,
     }
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO), env.get("PYTHONPATH", "")) if p
-    )
-    env["OMP_NUM_THREADS"] = str(args.omp_threads)
+    env = repo_env(OMP_NUM_THREADS=str(args.omp_threads))
     logger.info("%s, %d process(es): %s", task_name, nproc, " ".join(cmd))
     start = time.monotonic()
     try:
-        returncode = launch(cmd, out, env, out / "torchrun.log", args.timeout)
+        job = run_job(
+            Job(cmd, out / "torchrun.log", args.timeout, cwd=out, env=env)
+        )
         row["total_wall_s"] = round(time.monotonic() - start, 1)
-        if returncode != 0:
-            raise RunError(f"torchrun exited with status {returncode}")
+        if job.timed_out:
+            raise RunError(f"torchrun ran past --timeout {args.timeout} s")
+        if job.returncode != 0:
+            raise RunError(f"torchrun exited with status {job.returncode}")
         train_log = out / "train_log.txt"
         if not re.search(
             rf"^epoch: {args.epochs},",
@@ -747,10 +656,10 @@ def run_one(
         records = check_stats(stats, nproc, backend, args.epochs, batches)
         ckpt = check_checkpoints(out / "save", task, args.epochs)
         result = aggregate(records, warmup_epochs=args.warmup_epochs)
-    except (RunError, OSError, subprocess.TimeoutExpired, ValueError) as err:
+    except (RunError, OSError, ValueError) as err:
         row.setdefault("total_wall_s", round(time.monotonic() - start, 1))
         row.update(status="failed", error=str(err))
-        tail = log_tail(out / "torchrun.log")
+        tail = log_tail(out / "torchrun.log", 60)
         print(
             f"\n=== {task_name}, {nproc} process(es) FAILED: {err}\n"
             f"--- last lines of {out / 'torchrun.log'}:\n{tail}\n===",
@@ -1005,7 +914,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         0 when every run passed its checks, 1 otherwise, 2 on bad options.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m speechbrain_mamba.benchmarks.scale_out",
+        prog="python experiments/scale_out.py",
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument("--corpus-dir", required=True, type=Path)

@@ -1,9 +1,10 @@
 """Training throughput of a SpeechBrain recipe, measured inside each of its
 processes (one process, or every rank under ``torchrun``).
 
-The recipe script runs unchanged: this module's command line runs it (as
-``python train.py ...`` would) after attaching a
-:class:`TrainThroughputMeter` to every ``Brain`` whose ``fit`` is called.
+This module's command line runs a recipe of this repository, as its
+``train.py`` would, with its Brain replaced by a subclass
+(:func:`metered_brain`) that attaches a :class:`TrainThroughputMeter` when
+``fit`` is called; nothing else of the recipe changes.
 The meter counts, per epoch and process, the training batches, utterances
 and seconds of audio given to ``fit_batch`` (before any augmentation or
 cropping the recipe does inside it), and times the training loop:
@@ -15,14 +16,16 @@ line per epoch and, when ``fit`` returns, writes ``rank<R>.json`` into the
 :func:`aggregate` turns the files of all ranks into throughput figures::
 
     torchrun --standalone --nproc_per_node 2 \\
-        -m speechbrain_mamba.benchmarks.train_throughput --stats STATS -- \\
-        recipes/WSJ0Mix/separation/train.py \\
-        recipes/WSJ0Mix/separation/hparams/mamba_tasnet_S.yaml \\
+        experiments/train_throughput.py --stats STATS --recipe separation \\
+        -- recipes/WSJ0Mix/separation/hparams/mamba_tasnet_S.yaml \\
         --data_folder DATA --device cuda
+
+``--recipe`` is ``separation`` (the WSJ0Mix and LibriMix recipes), ``s2s``
+or ``ctc`` (the LibriSpeech ASR recipes).
 
 A bare ``--device cuda`` (or ``cuda:0``) given to the recipe becomes
 ``cuda:<LOCAL_RANK>`` in each process, so that every rank uses its own GPU.
-See :mod:`speechbrain_mamba.benchmarks.scale_out` for the 1 vs N process
+See ``experiments/scale_out.py`` for the 1 vs N process
 comparison built on it.
 
 Author
@@ -35,7 +38,6 @@ import json
 import logging
 import math
 import os
-import runpy
 import socket
 import sys
 import time
@@ -44,12 +46,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+# isort: off
+import speechbrain_mamba  # noqa: F401  (before speechbrain: torchaudio shim)
+
+# isort: on
 import speechbrain as sb
 import torch
 
 from speechbrain_mamba.separation.io import atomic_write_text
 
-logger = logging.getLogger("speechbrain_mamba.benchmarks.train_throughput")
+logger = logging.getLogger(__name__)
 
 #: Batch keys holding the input signal, tried in this order.
 SIGNAL_KEYS = ("mix_sig", "noisy_sig", "sig")
@@ -501,44 +507,105 @@ def per_rank_device(args: Sequence[str], local_rank: int) -> list[str]:
     return out
 
 
-def install(
-    stats_folder, sample_rate: Optional[float], signal_key: Optional[str]
-) -> None:
-    """Makes every ``Brain.fit`` of this process measure its training and
-    write the statistics file when it returns.
+def metered_brain(
+    brain_class: type,
+    stats_folder,
+    sample_rate: Optional[float] = None,
+    signal_key: Optional[str] = None,
+) -> type:
+    """A subclass of a recipe's Brain whose ``fit`` measures its training
+    and writes the statistics file when it returns.
 
     Arguments
     ---------
+    brain_class : type
+        The recipe's ``speechbrain.Brain`` subclass.
     stats_folder : str or os.PathLike
         Where ``rank<R>.json`` goes.
     sample_rate : float, optional
-        Sample rate of the signals (default: each brain's hparams).
+        Sample rate of the signals (default: the brain's hparams).
     signal_key : str, optional
         Batch entry with the signal.
+
+    Returns
+    -------
+    type
+        The subclass (``Metered<Name>``).
+
+    Example
+    -------
+    >>> from speechbrain.dataio.batch import PaddedBatch
+    >>> class Toy(sb.Brain):
+    ...     def compute_forward(self, batch, stage):
+    ...         return self.modules.lin(batch.sig.data.unsqueeze(-1))
+    ...     def compute_objectives(self, out, batch, stage):
+    ...         return out.pow(2).mean()
+    >>> stats = Path(getfixture("tmpdir"))
+    >>> Metered = metered_brain(Toy, stats, sample_rate=100)
+    >>> brain = Metered({"lin": torch.nn.Linear(1, 1)}, torch.optim.SGD,
+    ...                 run_opts={"device": "cpu"})
+    >>> data = [PaddedBatch([{"id": "a", "sig": torch.ones(50)}])] * 2
+    >>> loader = torch.utils.data.DataLoader(data, batch_size=None)
+    >>> brain.fit(range(1, 2), loader, progressbar=False)
+    >>> record = json.loads((stats / "rank0.json").read_text())
+    >>> Metered.__name__, [(e["batches"], e["audio_s"]) for e in
+    ...                    record["epochs"]]
+    ('MeteredToy', [(2, 1.0)])
     """
-    original = sb.core.Brain.fit
-    if getattr(original, "_throughput_meter", False):
-        return
 
     def fit(self, *args, **kwargs):
-        if getattr(self, "_throughput_meter", None) is not None:
-            return original(self, *args, **kwargs)  # nested (super().fit)
         meter = TrainThroughputMeter(sample_rate, signal_key).attach(self)
-        self._throughput_meter = meter
         try:
-            return original(self, *args, **kwargs)
+            return brain_class.fit(self, *args, **kwargs)
         finally:
-            self._throughput_meter = None
             if meter.epochs:
                 meter.write(stats_folder)
 
-    fit._throughput_meter = True
-    sb.core.Brain.fit = fit
+    return type(f"Metered{brain_class.__name__}", (brain_class,), {"fit": fit})
+
+
+def run_recipe(recipe: str, argv: Sequence[str], brain_wrapper) -> None:
+    """Runs a recipe of this repository as its ``train.py`` would, with
+    ``brain_wrapper(<the recipe's Brain class>)`` as its Brain.
+
+    Arguments
+    ---------
+    recipe : str
+        One of :data:`RECIPES`.
+    argv : sequence of str
+        The recipe's command line (hparams file, overrides, run options).
+    brain_wrapper : callable
+        Brain class -> Brain class (e.g. :func:`metered_brain`).
+    """
+    if recipe == "separation":
+        from speechbrain_mamba.separation.brain import SeparationBrain
+        from speechbrain_mamba.separation.recipe import train_and_test
+
+        hparams_file, run_opts, overrides = sb.parse_arguments(list(argv))
+        train_and_test(
+            hparams_file,
+            overrides,
+            run_opts,
+            brain_class=brain_wrapper(SeparationBrain),
+        )
+    elif recipe in ("s2s", "ctc"):
+        from speechbrain_mamba.asr.brain import CTCASR, S2SASR
+        from speechbrain_mamba.asr.recipe import run_recipe as run_asr
+
+        brain = S2SASR if recipe == "s2s" else CTCASR
+        run_asr(list(argv), recipe, brain_class=brain_wrapper(brain))
+    else:
+        raise ValueError(f"unknown recipe {recipe!r}; choose from {RECIPES}")
+
+
+#: Recipes :func:`run_recipe` runs.
+RECIPES = ("separation", "s2s", "ctc")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command line: ``--stats DIR [--sample-rate SR] [--signal-key KEY]
-    -- SCRIPT [recipe arguments]`` (see the module docstring).
+    """Command line: ``--stats DIR --recipe NAME [--sample-rate SR]
+    [--signal-key KEY] -- HPARAMS [recipe arguments]`` (see the module
+    docstring).
 
     Arguments
     ---------
@@ -551,29 +618,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         Exit status (0; errors of the recipe propagate).
     """
     parser = argparse.ArgumentParser(
-        prog="python -m speechbrain_mamba.benchmarks.train_throughput",
-        description="Run a SpeechBrain recipe and record its training "
-        "throughput in every process.",
+        prog="python experiments/train_throughput.py",
+        description="Run a recipe and record its training throughput in "
+        "every process.",
     )
     parser.add_argument("--stats", required=True, type=Path)
+    parser.add_argument("--recipe", required=True, choices=RECIPES)
     parser.add_argument("--sample-rate", type=float, default=None)
     parser.add_argument("--signal-key", default=None)
-    parser.add_argument("script", type=Path, help="recipe train.py")
+    parser.add_argument("hparams", type=Path, help="recipe hparams file")
     parser.add_argument("recipe_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    if not args.script.is_file():
-        parser.error(f"recipe script not found: {args.script}")
+    if not args.hparams.is_file():
+        parser.error(f"recipe hparams file not found: {args.hparams}")
     recipe_args = list(args.recipe_args)
     if recipe_args[:1] == ["--"]:
         recipe_args = recipe_args[1:]
     recipe_args = per_rank_device(
         recipe_args, int(os.environ.get("LOCAL_RANK", 0))
     )
-    install(args.stats.resolve(), args.sample_rate, args.signal_key)
-    script = args.script.resolve()
-    sys.argv = [str(script), *recipe_args]
-    sys.path.insert(0, str(script.parent))
-    runpy.run_path(str(script), run_name="__main__")
+    stats = args.stats.resolve()
+    run_recipe(
+        args.recipe,
+        [str(args.hparams), *recipe_args],
+        lambda brain: metered_brain(
+            brain, stats, args.sample_rate, args.signal_key
+        ),
+    )
     return 0
 
 

@@ -7,10 +7,10 @@ Two stages, so that the corpus can be made where espeak-ng is installed and
 the training run where the GPU is::
 
     # 1. corpus, manifests (phonemes), codec, token extraction (CPU is fine)
-    python -m speechbrain_mamba.benchmarks.tts_train_compare --stage prepare \\
+    python experiments/tts_train_compare.py --stage prepare \\
         --out results/tts_compare --num_utterances 2000
     # 2. training and evaluation (reads OUT/prepared: manifests + tokens)
-    python -m speechbrain_mamba.benchmarks.tts_train_compare --stage train \\
+    python experiments/tts_train_compare.py --stage train \\
         --out results/tts_compare --budget_min 10 --device cuda:0
 
 ``--stage all`` does both. Without ``--codec`` (a local EncodecModel folder
@@ -43,6 +43,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 import speechbrain_mamba  # noqa: F401
+from speechbrain_mamba.benchmarks.models import joint_loss
 from speechbrain_mamba.benchmarks.timing import synchronize
 from speechbrain_mamba.lobes.tts.factory import build_codec_lm, count_parameters
 
@@ -142,47 +143,6 @@ def collate(batch: List[Item], device) -> Dict[str, torch.Tensor]:
         "code_lens": (code_frames.float() / frames).to(device),
         "code_frames": code_frames.to(device),
     }
-
-
-def joint_loss(
-    ar,
-    nar,
-    batch,
-    generator=None,
-    prompt: Optional[torch.Tensor] = None,
-    stage: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """AR + NAR cross-entropy of one batch; the NAR prompt frames and stage
-    ([batch] long each) are drawn at random unless given."""
-    from speechbrain_mamba.tts.brain import nar_targets, sample_prompt_frames
-    from speechbrain_mamba.tts.metrics import token_nll
-
-    codes = batch["codes"]
-    ar_logits = ar(
-        batch["phonemes"],
-        codes[:, 0],
-        batch["phoneme_lens"],
-        batch["code_lens"],
-    )
-    loss = token_nll(ar_logits, ar.targets(codes[:, 0], batch["code_lens"]))
-    frames = batch["code_frames"]
-    if prompt is None:
-        prompt = sample_prompt_frames(frames, 0.25, 0.5, 225, generator)
-    if stage is None:
-        stage = torch.randint(
-            1, nar.num_codebooks, (codes.shape[0],), generator=generator
-        ).to(codes.device)
-    nar_logits = nar(
-        batch["phonemes"],
-        codes,
-        prompt,
-        stage,
-        batch["phoneme_lens"],
-        batch["code_lens"],
-    )
-    return loss + token_nll(
-        nar_logits, nar_targets(codes, prompt, frames, stage)
-    )
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""The MI-curves benchmark (speechbrain_mamba.benchmarks.mi_curves): a tiny
+"""The MI-curves experiment (experiments/mi_curves.py): a tiny
 CPU run of the ASR pair gives MI rows (input and character labels) for both
 models; a model that yields no rows fails the command with its reason in the
 summary; budgets, corpora checks and the summary logic."""
@@ -9,9 +9,9 @@ import math
 import shutil
 from pathlib import Path
 
+import mi_curves
 import pytest
 
-from speechbrain_mamba.benchmarks import mi_curves
 from speechbrain_mamba.data.mini_corpus import build_librispeech
 
 TINY_RUN = [
@@ -158,7 +158,7 @@ def test_budgets():
         {**budgets, "ssl/transformer": 7.0},
         "fp32",
     )
-    assert "--training_budget_s=30.0" in jobs_cmd["asr/conformer"]["cmd"]
+    assert "--train_time_budget_s=30.0" in jobs_cmd["asr/conformer"]["cmd"]
     assert "--train_time_budget_s=7.0" in jobs_cmd["ssl/transformer"]["cmd"]
 
 

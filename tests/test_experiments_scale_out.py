@@ -1,4 +1,4 @@
-"""The scale-out benchmark (speechbrain_mamba.benchmarks.scale_out) on CPU:
+"""The scale-out experiment (experiments/scale_out.py) on CPU:
 the separation and recognition recipes under torchrun with 1 and 2 gloo
 processes on tiny corpora and models; result rows, checkpoints, world size,
 data split over the ranks, and the failure path."""
@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 
 import pytest
+import scale_out
+from scale_out import TASKS, RunError, main
 
-from speechbrain_mamba.benchmarks import scale_out
-from speechbrain_mamba.benchmarks.scale_out import TASKS, RunError, main
 from speechbrain_mamba.data.mini_corpus import (
     build_librispeech,
     build_wsj0_2mix,
@@ -120,13 +120,16 @@ def test_scale_out_on_cpu(corpus_dir, tmp_path, monkeypatch):
 
 
 def test_failed_run_prints_log_and_exits_1(tmp_path, monkeypatch, capsys):
-    def fake_launch(cmd, cwd, env, log, timeout):
-        assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"]
-        assert str(scale_out.REPO) in env["PYTHONPATH"].split(os.pathsep)
-        log.write_text("Traceback (most recent call last):\nboom: bad recipe\n")
-        return 3
+    def fake_run_job(job):
+        assert job.cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"]
+        assert str(scale_out.REPO) in job.env["PYTHONPATH"].split(os.pathsep)
+        job.log.write_text(
+            "Traceback (most recent call last):\nboom: bad recipe\n"
+        )
+        job.returncode = 3
+        return job
 
-    monkeypatch.setattr(scale_out, "launch", fake_launch)
+    monkeypatch.setattr(scale_out, "run_job", fake_run_job)
     corpus_dir = tmp_path / "corpus"  # the folders the checks look for
     for name in TASKS["separation"].corpus_dirs:
         (corpus_dir / "wsj0-2mix" / name).mkdir(parents=True)

@@ -123,7 +123,7 @@ def test_vallm_recipe_end_to_end_resume_export(corpus, tmp_path, monkeypatch):
     assert sf.info(str(written)).frames > 0
 
     # the GPU comparison script runs on the same prepared data
-    from speechbrain_mamba.benchmarks import tts_train_compare
+    import tts_train_compare  # experiments/ (pytest pythonpath)
 
     tts_train_compare.main(
         [

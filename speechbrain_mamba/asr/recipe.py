@@ -166,7 +166,9 @@ def _ctc_test_searcher(hparams: Dict[str, Any], tokenizer: Any) -> Any:
     return CTCBeamSearcher(**options, vocab_list=vocab)
 
 
-def run_recipe(argv: List[str], kind: str) -> Dict[str, Path]:
+def run_recipe(
+    argv: List[str], kind: str, brain_class: Optional[type] = None
+) -> Dict[str, Path]:
     """Runs a recipe end to end.
 
     Arguments
@@ -176,6 +178,9 @@ def run_recipe(argv: List[str], kind: str) -> Dict[str, Path]:
         run options such as ``--device``).
     kind : str
         ``"s2s"`` (joint CTC/attention) or ``"ctc"``.
+    brain_class : type, optional
+        The Brain to run (a subclass of the kind's; default: ``S2SASR`` or
+        ``CTCASR``).
 
     Returns
     -------
@@ -203,7 +208,8 @@ def run_recipe(argv: List[str], kind: str) -> Dict[str, Path]:
         valid_sampler,
     ) = dataio_prepare(hparams, tokenizer, kind)
 
-    brain_class = S2SASR if kind == "s2s" else CTCASR
+    if brain_class is None:
+        brain_class = S2SASR if kind == "s2s" else CTCASR
     brain = brain_class(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],

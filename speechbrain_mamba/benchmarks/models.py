@@ -8,7 +8,7 @@ Author
 speechbrain-mamba developers
 """
 
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -175,11 +175,83 @@ TTS_PHONEMES_PER_SECOND = 12.0
 TTS_NUM_SYMBOLS, TTS_CODEBOOK_SIZE, TTS_NUM_CODEBOOKS = 128, 1024, 8
 
 
+def joint_loss(
+    ar,
+    nar,
+    batch,
+    generator=None,
+    prompt: Optional[torch.Tensor] = None,
+    stage: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """AR + NAR cross-entropy of one batch of VALL-E / VALL-M (the training
+    loss of the recipe's ``train_stage: both``).
+
+    Arguments
+    ---------
+    ar : CodecAR
+        The AR model.
+    nar : CodecNAR
+        The NAR model.
+    batch : dict
+        ``phonemes``, ``codes`` [B, codebooks, frames], ``phoneme_lens``,
+        ``code_lens`` (relative) and ``code_frames``.
+    generator : torch.Generator, optional
+        Draws the NAR prompt frames and stage.
+    prompt : torch.Tensor, optional
+        [B] long prompt frames of the NAR pass (drawn when None).
+    stage : torch.Tensor, optional
+        [B] long NAR codebook to predict (drawn when None).
+
+    Returns
+    -------
+    torch.Tensor
+        The scalar loss.
+
+    Example
+    -------
+    >>> pair = vall_m("tiny")
+    >>> batch = tts_batch(0.1, 2, "cpu")
+    >>> loss = joint_loss(pair.ar, pair.nar, batch,
+    ...                   prompt=batch["prompt_frames"], stage=batch["stage"])
+    >>> bool(loss == pair.train()(batch)), loss.dim()
+    (True, 0)
+    """
+    from speechbrain_mamba.tts.brain import nar_targets, sample_prompt_frames
+    from speechbrain_mamba.tts.metrics import token_nll
+
+    codes = batch["codes"]
+    ar_logits = ar(
+        batch["phonemes"],
+        codes[:, 0],
+        batch["phoneme_lens"],
+        batch["code_lens"],
+    )
+    loss = token_nll(ar_logits, ar.targets(codes[:, 0], batch["code_lens"]))
+    frames = batch["code_frames"]
+    if prompt is None:
+        prompt = sample_prompt_frames(frames, 0.25, 0.5, 225, generator)
+    if stage is None:
+        stage = torch.randint(
+            1, nar.num_codebooks, (codes.shape[0],), generator=generator
+        ).to(codes.device)
+    nar_logits = nar(
+        batch["phonemes"],
+        codes,
+        prompt,
+        stage,
+        batch["phoneme_lens"],
+        batch["code_lens"],
+    )
+    return loss + token_nll(
+        nar_logits, nar_targets(codes, prompt, frames, stage)
+    )
+
+
 class CodecLMPair(nn.Module):
     """The AR and NAR models of VALL-E or VALL-M as one module.
 
     In training mode the forward pass returns the joint AR + NAR training
-    loss (a scalar, as in ``tts_train_compare``); in eval mode it returns
+    loss (a scalar, :func:`joint_loss`); in eval mode it returns
     the NAR logits of one stage over the whole utterance (the NAR pass of
     inference). The AR model alone is reached as ``.ar`` (decoding).
 
@@ -212,10 +284,6 @@ class CodecLMPair(nn.Module):
         """Training loss (train mode) or NAR logits (eval mode) of a batch
         from :func:`tts_batch`."""
         if self.training:
-            from speechbrain_mamba.benchmarks.tts_train_compare import (
-                joint_loss,
-            )
-
             return joint_loss(
                 self.ar,
                 self.nar,
