@@ -7,6 +7,7 @@ time axis for the plain layers) keep working and give the right values."""
 import pytest
 import torch
 
+from speechbrain_mamba.lobes.asr import MambaTransformerASR
 from speechbrain_mamba.lobes.asr.conmamba import ConMambaEncoder
 from speechbrain_mamba.lobes.mamba_tasnet import MambaTasNetMaskNet
 from speechbrain_mamba.nnet import BiMamba, Mamba, MambaStack
@@ -118,3 +119,27 @@ def test_zero_time_frames():
         ConMambaEncoder(1, 16, 32, kernel_size=3)(torch.rand(2, 0, 16))
     with pytest.raises(ValueError, match="0 frames"):
         MambaTasNetMaskNet(16, num_layers=1)(torch.rand(2, 16, 0))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_conmamba_asr_refuses_non_finite_wav_lens(bad):
+    # ConMamba sees a padding mask made from wav_len; a NaN length used to
+    # become an all-padding item and an infinite one a full-length item.
+    model = MambaTransformerASR(
+        input_size=8,
+        tgt_vocab=10,
+        d_model=16,
+        nhead=2,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        d_ffn=32,
+        encoder_module="conmamba",
+        attention_type="RelPosMHAXL",
+        normalize_before=True,
+    ).eval()
+    src = torch.randn(2, 10, 8)
+    wav_len = torch.tensor([1.0, bad])
+    with pytest.raises(ValueError, match="finite relative lengths"):
+        model.encode(src, wav_len)
+    with pytest.raises(ValueError, match="finite relative lengths"):
+        model(src, torch.randint(1, 10, (2, 4)), wav_len.clone())

@@ -46,10 +46,19 @@ from speechbrain_mamba.lobes.asr.mamba_decoder import (
     MambaDecoderCache,
 )
 from speechbrain_mamba.nnet import reset_mamba_parameters
+from speechbrain_mamba.nnet.padding import check_relative_lengths
+from speechbrain_mamba.utils.value_checks import check_once
 
 SB_ENCODERS = ("transformer", "conformer", "branchformer")
 MAMBA_ENCODERS = ("conmamba",)
 DECODERS = ("transformer", "mamba")
+
+
+def _check_wav_len(wav_len: Optional[torch.Tensor]) -> None:
+    """Rejects NaN / infinite / out-of-range relative lengths before they
+    become padding masks (a NaN length would mask the whole item)."""
+    if isinstance(wav_len, torch.Tensor):
+        check_once(wav_len, "relative lengths", check_relative_lengths)
 
 
 class MambaTransformerASR(TransformerASR):
@@ -320,6 +329,7 @@ class MambaTransformerASR(TransformerASR):
         in the middle when ``output_hidden_states``); without: the encoder's
         output tuple, like ``TransformerASR``.
         """
+        _check_wav_len(wav_len)
         if not (self.has_mamba_encoder or self.has_mamba_decoder):
             return super().forward(src, tgt, wav_len, pad_idx=pad_idx)
         if src.ndim == 4:
@@ -409,6 +419,7 @@ class MambaTransformerASR(TransformerASR):
             Encoder output, [batch, time, d_model] (and the hidden states
             when ``output_hidden_states``).
         """
+        _check_wav_len(wav_len)
         if not self.has_mamba_encoder:
             return super().encode(
                 src, wav_len, pad_idx, dynchunktrain_config=dynchunktrain_config
