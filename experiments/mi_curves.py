@@ -1176,7 +1176,8 @@ def summary_markdown(summary: dict) -> str:
     """
     settings = summary["settings"]
     lines = [
-        "# Layer-wise MI of Mamba vs attention models (`benchmarks.mi_curves`)",
+        "# Layer-wise MI of Mamba vs attention models "
+        "(`experiments/mi_curves.py`)",
         "",
         f"Device {settings.get('device')}"
         + (f" ({settings['gpu']})" if settings.get("gpu") else "")
