@@ -1,22 +1,29 @@
-"""Speech separation demo: a small Mamba-TasNet trained on CPU in minutes.
+"""Speech separation demo: the shipped Mamba-TasNet separates unseen
+speakers, then the recipe trains a small one from scratch on CPU.
 
 The demo
 
-1. builds the mini WSJ0-2mix corpus (speech synthesised by espeak-ng, in the
-   WSJ0-2mix folder layout; see :mod:`speechbrain_mamba.data.mini_corpus`);
-2. trains a small Mamba-TasNet on its training mixtures with the WSJ0Mix
-   separation recipe (:mod:`speechbrain_mamba.separation.recipe`) on CPU,
-   for a fixed wall-clock budget;
-3. separates the held-out test mixtures (unseen speakers), prints SI-SNRi /
-   SDRi (and SI-SNR, SDR, PESQ, STOI), and writes the separated wavs.
+1. builds a mini WSJ0-2mix corpus (Festival voices recorded from real
+   speakers and espeak-ng voices, in the WSJ0-2mix folder layout; see
+   :mod:`speechbrain_mamba.data.mini_corpus`); its test mixtures use only
+   voices the shipped model never heard;
+2. loads the shipped Mamba-TasNet S
+   (:data:`speechbrain_mamba.separation.pretrained.MINI_WSJ0MIX_MODEL`)
+   with SpeechBrain's own ``SepformerSeparation`` and separates the test
+   mixtures, printing SI-SNRi / SDRi / PESQ / STOI and writing the wavs and
+   a spectrogram of one mixture and its estimates;
+3. trains a small Mamba-TasNet from scratch with the WSJ0Mix recipe
+   (:mod:`speechbrain_mamba.separation.recipe`) on the corpus's training
+   mixtures for a short wall-clock budget, with SpeechBrain's progress bar,
+   and prints how its loss fell.
 
 Command line::
 
-    python -m speechbrain_mamba.demo.separation [--out DIR] [--minutes 3]
-        [--smoke] [--num-utterances N] [--seed S]
+    python -m speechbrain_mamba.demo.separation [--out DIR] [--seed S]
+        [--num-test N] [--train-minutes M] [--model HUB_FOLDER] [--smoke]
 
-``--smoke`` runs a seconds-long version (tiny corpus and model) that checks
-the pipeline, not the quality.
+``--smoke`` runs a seconds-long version (two test mixtures, a tiny model
+trained for a few steps) that checks the pipeline, not the quality.
 
 Author
 ------
@@ -25,12 +32,13 @@ speechbrain-mamba developers
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from speechbrain_mamba.separation.io import atomic_write_text
+from speechbrain_mamba.utils.atomic import atomic_write_text
 
 #: The demo's hyperparameters (the WSJ0Mix recipe, sized for a CPU).
 DEMO_YAML = """\
@@ -58,10 +66,10 @@ test_limit: null
 num_spks: 2
 sample_rate: 8000
 precision: fp32
-noprogressbar: True
-save_audio: True
-n_audio_to_save: 100
-compute_pesq: True
+noprogressbar: False
+save_audio: False
+n_audio_to_save: 0
+compute_pesq: False
 compute_stoi: True
 
 number_of_epochs: 1000
@@ -72,7 +80,7 @@ loss_upper_lim: 999999
 threshold_byloss: True
 threshold: -40
 limit_training_signal_len: True
-training_signal_len: 4000
+training_signal_len: 8000
 use_speedperturb: False
 dynamic_mixing: False
 
@@ -151,58 +159,165 @@ root:
   handlers: [console, file_handler]
 """
 
-#: Overrides of the seconds-long smoke run.
+#: Overrides of the seconds-long smoke run (tiny model, a few steps).
 SMOKE = {
     "N_encoder_out": 16,
     "out_channels": 16,
     "num_layers": 1,
     "train_limit": 2,
     "valid_limit": 1,
-    "test_limit": 2,
-    "n_audio_to_save": 2,
-    "compute_pesq": False,
+    "test_limit": 1,
+    "compute_stoi": False,
 }
 
+#: Mixtures per epoch of the training demo (short epochs: the loss of each
+#: one is printed) and the mixtures it validates and tests on.
+TRAIN_DEMO = {"train_limit": 40, "valid_limit": 4, "test_limit": 4}
 
-def run_demo(
-    out_dir: str = "results/demo_separation",
-    minutes: float = 3.0,
-    smoke: bool = False,
-    num_utterances: int = 140,
-    seed: int = 0,
-) -> dict:
-    """Builds the corpus, trains, evaluates and writes the separated wavs.
+
+def _bar(done: int, total: int) -> None:
+    width = 30
+    filled = width * done // total
+    print(
+        f"\r  separating [{'#' * filled}{'.' * (width - filled)}] "
+        f"{done}/{total}",
+        end="\n" if done == total else "",
+        flush=True,
+    )
+
+
+def _mean(rows: Sequence[dict]) -> dict:
+    keys = [k for k in rows[0] if k != "snt_id"]
+    return {k: sum(float(r[k]) for r in rows) / len(rows) for k in keys}
+
+
+def plot_spectrograms(
+    path: Path, mixture: Path, estimates: Sequence[Path], title: str
+) -> Path:
+    """Writes a PNG of the spectrograms of a mixture and its estimates.
 
     Arguments
     ---------
-    out_dir : str
-        Output folder (corpus, experiment, separated wavs).
-    minutes : float
-        Training wall-clock budget in minutes.
-    smoke : bool
-        Seconds-long check of the pipeline (tiny corpus and model).
-    num_utterances : int
-        Mixtures in the mini corpus (split 5:1:1 into train/valid/test).
-    seed : int
-        Seed of the corpus and of the training.
+    path : pathlib.Path
+        PNG to write (atomically).
+    mixture : pathlib.Path
+        Mixture wav.
+    estimates : sequence of pathlib.Path
+        Estimated source wavs.
+    title : str
+        Figure title.
 
     Returns
     -------
-    dict
-        ``test`` (average metrics), ``valid`` (last validation stats),
-        ``steps``, ``num_test``, ``audio_folder``, ``results_file``.
-    """
-    from speechbrain_mamba.data.mini_corpus import build_wsj0_2mix
-    from speechbrain_mamba.separation.recipe import train_and_test
-    from speechbrain_mamba.separation.results import read_results_csv
+    pathlib.Path
+        ``path``.
 
-    out = Path(out_dir).resolve()
-    if smoke:
-        num_utterances = min(num_utterances, 14)
-    corpus = build_wsj0_2mix(
-        out / "corpus" / "wsj0-2mix", seed=seed, num_utterances=num_utterances
+    Example
+    -------
+    >>> import numpy as np, soundfile as sf
+    >>> tmp = getfixture("tmp_path")
+    >>> t = np.arange(8000) / 8000
+    >>> for name, f in (("m", 300), ("a", 300), ("b", 900)):
+    ...     sf.write(tmp / f"{name}.wav", np.sin(2 * np.pi * f * t) / 4, 8000)
+    >>> png = plot_spectrograms(tmp / "s.png", tmp / "m.wav",
+    ...                         [tmp / "a.wav", tmp / "b.wav"], "test")
+    >>> png.read_bytes()[:4] == b"\\x89PNG"
+    True
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import soundfile as sf
+
+    from speechbrain_mamba.utils.atomic import atomic_target
+
+    files = [mixture, *estimates]
+    labels = ["mixture"] + [f"estimate {i + 1}" for i in range(len(estimates))]
+    fig, axes = plt.subplots(len(files), 1, figsize=(8, 2.2 * len(files)))
+    top = None
+    for ax, file, label in zip(axes, files, labels):
+        wav, rate = sf.read(str(file), dtype="float32")
+        wav = wav + 1e-6  # no log of zero in silent frames
+        if top is None:  # one colour scale: the mixture's 70 dB range
+            with np.errstate(divide="ignore"):
+                spec = ax.specgram(wav, NFFT=256, Fs=rate, noverlap=192)[0]
+            top = 10 * np.log10(spec.max())
+            ax.clear()
+        ax.specgram(
+            wav,
+            NFFT=256,
+            Fs=rate,
+            noverlap=192,
+            cmap="magma",
+            vmin=top - 70,
+            vmax=top,
+        )
+        ax.set_ylabel(f"{label}\nHz")
+    axes[0].set_title(title)
+    axes[-1].set_xlabel("time (s)")
+    fig.tight_layout()
+    with atomic_target(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def separate_held_out(
+    corpus: Path, out: Path, model: Path, num_test: int, perceptual: bool
+) -> dict:
+    """Separates the corpus's test mixtures with the hub model ``model``.
+
+    Returns the average metrics, the number of mixtures and the files."""
+    from speechbrain_mamba.separation.pretrained import (
+        load_separator,
+        score_separator,
+        split_mixtures,
     )
-    exp = out / ("smoke" if smoke else "mamba_tasnet")
+
+    mixtures = split_mixtures(corpus, "tt")[:num_test]
+    separator = load_separator(model, savedir=out / "pretrained_model")
+    audio = out / "separated"
+    print(
+        f"Separating {len(mixtures)} held-out mixtures (voices the model "
+        f"never heard) with {model.name} on CPU ...",
+        flush=True,
+    )
+    rows = score_separator(
+        separator,
+        mixtures,
+        audio,
+        compute_pesq=perceptual,
+        compute_stoi=perceptual,
+        progress=_bar,
+    )
+    first = mixtures[0].stem
+    png = plot_spectrograms(
+        out / "spectrogram.png",
+        audio / f"{first}_mix.wav",
+        [audio / f"{first}_s{i}_hat.wav" for i in (1, 2)],
+        f"{first}: mixture and the two separated speakers",
+    )
+    return {
+        "test": _mean(rows),
+        "num_test": len(rows),
+        "num_params": sum(p.numel() for p in separator.mods.parameters()),
+        "audio_folder": audio,
+        "results_file": audio / "results.csv",
+        "spectrogram": png,
+    }
+
+
+def train_from_scratch(
+    corpus: Path, out: Path, minutes: float, seed: int, smoke: bool
+) -> dict:
+    """Trains the small demo Mamba-TasNet with the WSJ0Mix recipe.
+
+    Returns the train loss of every epoch, the steps and the folder."""
+    from speechbrain_mamba.separation.recipe import train_and_test
+
+    exp = out / ("smoke" if smoke else "training")
     hparams_file = atomic_write_text(exp / "demo.yaml", DEMO_YAML)
     log_config = atomic_write_text(exp / "log-config.yaml", LOG_CONFIG)
     overrides = {
@@ -210,38 +325,93 @@ def run_demo(
         "output_folder": str(exp),
         "seed": seed,
         "train_time_budget_s": float(minutes) * 60,
-        **(SMOKE if smoke else {}),
+        **(SMOKE if smoke else TRAIN_DEMO),
     }
     run_opts = {
         "device": "cpu",
-        "noprogressbar": True,
+        "noprogressbar": smoke,
         "log_config": str(log_config),
     }
     print(
-        f"Training Mamba-TasNet on CPU for {minutes:g} min "
-        f"(log: {exp / 'log.txt'}) ...",
+        f"\nTraining a small Mamba-TasNet from scratch on CPU for "
+        f"{minutes:g} min (WSJ0Mix recipe; log: {exp / 'train_log.txt'}):",
         flush=True,
     )
     brain = train_and_test(hparams_file, overrides, run_opts)
-    results = read_results_csv(exp / "test_results.csv")
-    return {
-        "test": results["avg"],
-        "valid": getattr(brain, "valid_stats", {}),
-        "steps": brain.optimizer_step,
-        "num_test": len(results) - 1,
-        "num_params": sum(p.numel() for p in brain.modules.parameters()),
-        "audio_folder": exp / "audio_results",
-        "results_file": exp / "test_results.csv",
-    }
+    losses = [
+        float(m.group(1))
+        for m in re.finditer(
+            r"train loss: (-?[0-9.e+-]+)",
+            (exp / "train_log.txt").read_text(encoding="utf-8"),
+        )
+    ]
+    return {"losses": losses, "steps": brain.optimizer_step, "folder": exp}
+
+
+def run_demo(
+    out_dir: str = "results/demo_separation",
+    seed: int = 1,
+    num_test: int = 24,
+    train_minutes: float = 1.0,
+    model: Optional[str] = None,
+    smoke: bool = False,
+) -> dict:
+    """Builds the corpus, separates its held-out mixtures with the shipped
+    model, then trains a small model from scratch.
+
+    Arguments
+    ---------
+    out_dir : str
+        Output folder (corpus, separated wavs, spectrogram, training run).
+    seed : int
+        Seed of the corpus and of the training.
+    num_test : int
+        Held-out test mixtures to separate (the corpus holds 7 times as
+        many mixtures: 5 parts training, 1 validation, 1 test).
+    train_minutes : float
+        Wall-clock budget of the training demo.
+    model : str, optional
+        Hub folder to separate with (default: the shipped Mamba-TasNet S).
+    smoke : bool
+        Seconds-long check of the pipeline.
+
+    Returns
+    -------
+    dict
+        ``test`` (average metrics of the shipped model), ``num_test``,
+        ``num_params``, ``audio_folder``, ``results_file``,
+        ``spectrogram``, ``training`` (``losses`` per epoch, ``steps``,
+        ``folder``).
+    """
+    from speechbrain_mamba.data.mini_corpus import build_wsj0_2mix
+    from speechbrain_mamba.separation.pretrained import MINI_WSJ0MIX_MODEL
+
+    if num_test < 1:
+        raise ValueError(f"num_test must be at least 1, got {num_test}")
+    out = Path(out_dir).resolve()
+    model = Path(model) if model else MINI_WSJ0MIX_MODEL
+    if smoke:
+        num_test = min(num_test, 2)
+    print(f"Building the mini WSJ0-2mix corpus in {out / 'corpus'} ...")
+    corpus = build_wsj0_2mix(
+        out / "corpus" / "wsj0-2mix", seed=seed, num_utterances=7 * num_test
+    )
+    summary = separate_held_out(corpus, out, model, num_test, not smoke)
+    print(format_summary(summary), flush=True)
+    summary["training"] = train_from_scratch(
+        corpus, out, 0.05 if smoke else train_minutes, seed, smoke
+    )
+    print(format_training(summary["training"]), flush=True)
+    return summary
 
 
 def format_summary(summary: dict) -> str:
-    """Human-readable result lines of :func:`run_demo`.
+    """Result lines of the shipped model on the held-out mixtures.
 
     Arguments
     ---------
     summary : dict
-        Output of :func:`run_demo`.
+        Output of :func:`run_demo` (or :func:`separate_held_out`).
 
     Returns
     -------
@@ -250,24 +420,91 @@ def format_summary(summary: dict) -> str:
 
     Example
     -------
-    >>> s = {"test": {"si-snr_i": 5.0, "sdr_i": 5.5, "si-snr": 5.0,
-    ...      "sdr": 5.2, "pesq": 1.5, "stoi": 0.7}, "steps": 10,
-    ...      "num_test": 2, "num_params": 1000, "audio_folder": "a",
-    ...      "results_file": "r.csv", "valid": {}}
-    >>> print(format_summary(s).splitlines()[2])
-      SI-SNRi = 5.00 dB, SDRi = 5.50 dB
+    >>> s = {"test": {"si-snr_i": 10.0, "sdr_i": 10.5, "si-snr": 10.0,
+    ...      "sdr": 10.2, "pesq": 1.9, "stoi": 0.88}, "num_test": 24,
+    ...      "num_params": 7.9e6}
+    >>> print(format_summary(s).splitlines()[1])
+      SI-SNRi = 10.00 dB, SDRi = 10.50 dB, PESQ = 1.90, STOI = 0.880
     """
     t = summary["test"]
     return "\n".join(
         [
-            f"Mamba-TasNet ({summary['num_params'] / 1e3:.0f} k parameters) "
-            f"trained for {summary['steps']} steps on CPU.",
-            f"Held-out test mixtures (unseen speakers): {summary['num_test']}",
-            f"  SI-SNRi = {t['si-snr_i']:.2f} dB, SDRi = {t['sdr_i']:.2f} dB",
-            f"  SI-SNR = {t['si-snr']:.2f} dB, SDR = {t['sdr']:.2f} dB, "
+            f"Mamba-TasNet S ({summary['num_params'] / 1e6:.1f} M "
+            f"parameters), {summary['num_test']} held-out mixtures "
+            "(unseen speakers):",
+            f"  SI-SNRi = {t['si-snr_i']:.2f} dB, SDRi = {t['sdr_i']:.2f} dB, "
             f"PESQ = {t['pesq']:.2f}, STOI = {t['stoi']:.3f}",
-            f"Separated wavs: {summary['audio_folder']}",
-            f"Per-utterance metrics: {summary['results_file']}",
+        ]
+    )
+
+
+def format_training(training: dict) -> str:
+    """Result lines of the training demo.
+
+    Arguments
+    ---------
+    training : dict
+        ``training`` entry of :func:`run_demo`'s result.
+
+    Returns
+    -------
+    str
+        Text to print.
+
+    Example
+    -------
+    >>> text = format_training({"losses": [12.0, 8.5, 6.1], "steps": 120,
+    ...                         "folder": "f"})
+    >>> text.split("; ")[1]
+    'train loss (negative SI-SNR) per epoch: 12.00 -> 8.50 -> 6.10'
+    """
+    losses = " -> ".join(f"{v:.2f}" for v in training["losses"])
+    return (
+        f"Training: {training['steps']} steps, {len(training['losses'])} "
+        f"epochs; train loss (negative SI-SNR) per epoch: {losses}"
+    )
+
+
+def format_next_steps(summary: dict, out: Path) -> str:
+    """The closing lines: where the files are and what to run next.
+
+    Arguments
+    ---------
+    summary : dict
+        Output of :func:`run_demo`.
+    out : pathlib.Path
+        The demo's output folder.
+
+    Returns
+    -------
+    str
+        Text to print.
+
+    Example
+    -------
+    >>> s = {"audio_folder": "o/separated", "results_file": "o/r.csv",
+    ...      "spectrogram": "o/s.png", "training": {"folder": "o/t"}}
+    >>> "o/separated" in format_next_steps(s, Path("o"))
+    True
+    """
+    return "\n".join(
+        [
+            "",
+            "Files:",
+            f"  separated wavs:       {summary['audio_folder']}",
+            f"  per-mixture metrics:  {summary['results_file']}",
+            f"  spectrogram:          {summary['spectrogram']}",
+            f"  training run:         {summary['training']['folder']}",
+            "Next:",
+            '  your own mixture:  python -c "import speechbrain_mamba; '
+            "from speechbrain_mamba.separation.pretrained import "
+            "load_separator; print(load_separator().separate_file("
+            "'mix.wav').shape)\"",
+            "  your own data:     python recipes/WSJ0Mix/separation/train.py "
+            "recipes/WSJ0Mix/separation/hparams/mamba_tasnet_S.yaml "
+            "--data_folder /data/wsj0-mix/2speakers",
+            "  on a GPU:          add --device cuda (bf16 by default); see "
+            "docs/separation.md",
         ]
     )
 
@@ -285,27 +522,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     int
         Exit status.
     """
+    from speechbrain_mamba.utils.cli import (
+        non_negative_int,
+        positive_float,
+        positive_int,
+    )
+
     parser = argparse.ArgumentParser(
         prog="python -m speechbrain_mamba.demo.separation",
-        description="Train a small Mamba-TasNet on CPU and separate speech.",
+        description="Separate unseen speakers with the shipped Mamba-TasNet, "
+        "then train a small one on CPU.",
     )
     parser.add_argument("--out", default="results/demo_separation")
+    parser.add_argument("--seed", type=non_negative_int, default=1)
     parser.add_argument(
-        "--minutes", type=float, default=3.0, help="training time budget"
+        "--num-test", type=positive_int, default=24, help="mixtures to separate"
     )
+    parser.add_argument(
+        "--train-minutes",
+        type=positive_float,
+        default=1.0,
+        help="training demo budget",
+    )
+    parser.add_argument("--model", help="hub folder (default: shipped model)")
     parser.add_argument("--smoke", action="store_true", help="seconds-long run")
-    parser.add_argument("--num-utterances", type=int, default=140)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     summary = run_demo(
         args.out,
-        minutes=0.1 if args.smoke else args.minutes,
-        smoke=args.smoke,
-        num_utterances=args.num_utterances,
         seed=args.seed,
+        num_test=args.num_test,
+        train_minutes=args.train_minutes,
+        model=args.model,
+        smoke=args.smoke,
     )
-    print(format_summary(summary))
+    print(format_next_steps(summary, Path(args.out)))
     return 0
 
 
