@@ -5,13 +5,12 @@ Skipped on machines without a GPU or without mamba_ssm."""
 
 import pytest
 import torch
-from conftest import requires_cuda
 
 from speechbrain_mamba.nnet import BiMamba, CrossMamba, Mamba, MambaStack
 
 pytestmark = [
-    pytest.mark.cuda,
-    requires_cuda,
+    pytest.mark.gpu,
+    pytest.mark.mamba_ssm,
     pytest.mark.usefixtures("true_fp32"),
 ]
 

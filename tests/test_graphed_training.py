@@ -17,10 +17,6 @@ from speechbrain_mamba.lobes.mamba_tasnet import MambaTasNetMaskNet
 from speechbrain_mamba.separation.brain import SeparationBrain
 from speechbrain_mamba.utils.graphed_training import GraphedTraining
 
-gpu = pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs an NVIDIA GPU"
-)
-
 
 def mask_net(device="cpu"):
     torch.manual_seed(0)
@@ -59,7 +55,7 @@ def test_cpu_calls_are_plain_calls():
         GraphedTraining(net, max_graphs=0)
 
 
-@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_replays_equal_eager_training_steps(dtype):
     eager_net = mask_net("cuda")
@@ -86,7 +82,7 @@ def test_replays_equal_eager_training_steps(dtype):
             torch.testing.assert_close(grads[name], grads_ref[name], **tol)
 
 
-@gpu
+@pytest.mark.gpu
 def test_one_graph_per_shape_up_to_the_limit():
     net = mask_net("cuda")
     graphed = GraphedTraining(net, max_graphs=2)
@@ -113,7 +109,7 @@ class HostCopy(torch.nn.Module):
         return x * self.scale + torch.tensor(1.0).to(x.device)
 
 
-@gpu
+@pytest.mark.gpu
 def test_unrecordable_module_runs_eagerly():
     module = HostCopy().cuda()
     graphed = GraphedTraining(module)
@@ -184,7 +180,7 @@ def test_separation_brain_option_on_cpu_trains_eagerly():
     assert plain._mask_network() is plain.modules.masknet
 
 
-@gpu
+@pytest.mark.gpu
 def test_separation_brain_trains_through_graphs():
     data = batches(3)
     eager = separation_brain("cuda", cuda_graphs=False)

@@ -100,8 +100,7 @@ def test_speechbrain_loads_it_on_cpu_and_the_estimates_explain_the_mix(
     assert abs(float(a @ b) / float(a.norm() * b.norm())) < 0.3
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.gpu
 def test_speechbrain_loads_it_on_gpu_with_the_cpu_output(tmp_path, true_fp32):
     _, cpu, _ = _separate_example("cpu", tmp_path / "cpu")
     _, gpu, _ = _separate_example("cuda", tmp_path / "gpu")

@@ -156,7 +156,7 @@ def test_upload_uses_huggingface_hub(experiment, tmp_path, monkeypatch):
         upload_to_hub(hub, "me/x")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.gpu
 def test_export_separates_on_gpu(experiment, tmp_path):
     exp, _ = experiment
     hub = export_experiment(exp, tmp_path / "hub", verify=False)

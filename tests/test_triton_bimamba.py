@@ -13,25 +13,13 @@ import torch
 from gpu_memory import memory_kept_for_backward
 
 from speechbrain_mamba.nnet import BiMamba, Mamba, MambaStack
-from speechbrain_mamba.ops.backend import cuda_kernels
 from speechbrain_mamba.ops.triton import bidirectional_conv as conv_ops
 from speechbrain_mamba.ops.triton import bidirectional_scan as scan_ops
 
 INTERPRETED = scan_ops.interpreted()
 DEVICE = "cpu" if INTERPRETED else "cuda"
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.usefixtures("true_fp32"),
-    pytest.mark.skipif(
-        not (
-            scan_ops.available() and (INTERPRETED or torch.cuda.is_available())
-        ),
-        reason="needs an NVIDIA GPU and Triton, or Triton's interpreter",
-    ),
-]
-#: Tests too large or too CUDA-specific for Triton's CPU interpreter.
-gpu_only = pytest.mark.skipif(INTERPRETED, reason="GPU only (interpreted)")
+pytestmark = [pytest.mark.triton, pytest.mark.usefixtures("true_fp32")]
 
 RTOL, ATOL = 6e-4, 2e-3
 
@@ -109,9 +97,9 @@ def assert_scan_matches_reference(inputs, d_state, scale):
     "time,lengths,d_inner,d_state",
     [
         (40, [40, 23], 8, 4),
-        pytest.param(50, [50], 16, 4, marks=gpu_only),
-        pytest.param(300, [300, 171, 64], 40, 16, marks=gpu_only),
-        pytest.param(700, [700, 3], 8, 8, marks=gpu_only),
+        pytest.param(50, [50], 16, 4, marks=pytest.mark.gpu),
+        pytest.param(300, [300, 171, 64], 40, 16, marks=pytest.mark.gpu),
+        pytest.param(700, [700, 3], 8, 8, marks=pytest.mark.gpu),
     ],
 )
 def test_scan_equals_loop_reference(time, lengths, d_inner, d_state):
@@ -119,7 +107,7 @@ def test_scan_equals_loop_reference(time, lengths, d_inner, d_state):
     assert_scan_matches_reference(inputs, d_state, 0.5)
 
 
-@gpu_only
+@pytest.mark.gpu
 def test_scan_step_sizes_over_the_whole_softplus_range():
     """The kernels' softplus and sigmoid use the hardware's base-2 exp/log:
     raw step sizes from -30 (softplus ~ 0) through 0 to 30 (past the
@@ -133,7 +121,8 @@ def test_scan_step_sizes_over_the_whole_softplus_range():
 
 
 @pytest.mark.parametrize(
-    "chunks", [1, 3, *(pytest.param(n, marks=gpu_only) for n in (16, 70, 200))]
+    "chunks",
+    [1, 3, *(pytest.param(n, marks=pytest.mark.gpu) for n in (16, 70, 200))],
 )
 @pytest.mark.parametrize("first_half_reverse", [False, True])
 def test_chunk_states_carry_equals_loop(chunks, first_half_reverse):
@@ -154,7 +143,7 @@ def test_chunk_states_carry_equals_loop(chunks, first_half_reverse):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-@gpu_only
+@pytest.mark.gpu
 def test_scan_carries_state_over_many_chunk_blocks():
     """More chunks than one carry block: the state (and, in backward, the
     adjoint) must cross blocks."""
@@ -246,7 +235,7 @@ def test_bimamba_triton_equals_torch_path(padded, dtype, combine, low_memory):
         assert_same(grads[name], ref_grads[name], dtype, name)
 
 
-@gpu_only
+@pytest.mark.gpu
 @pytest.mark.parametrize("padded", [False, True])
 def test_bimamba_triton_low_memory_is_exact(padded):
     """The lean layer function computes the same outputs as plain autograd
@@ -274,7 +263,7 @@ def test_bimamba_triton_low_memory_is_exact(padded):
         )
 
 
-@gpu_only
+@pytest.mark.gpu
 def test_bimamba_triton_trains_a_partly_frozen_layer():
     """Fine-tuning with a frozen input projection and an input without
     gradient still trains the rest (not mistaken for inference)."""
@@ -288,7 +277,7 @@ def test_bimamba_triton_trains_a_partly_frozen_layer():
         assert grad is not None and grad.abs().sum() > 0, name
 
 
-@gpu_only
+@pytest.mark.gpu
 def test_bimamba_triton_low_memory_keeps_less_for_backward():
     torch.manual_seed(0)
     layer = BiMamba(64, d_state=16, backend="triton").cuda()
@@ -301,8 +290,8 @@ def test_bimamba_triton_low_memory_keeps_less_for_backward():
     assert kept["auto"] < 0.35 * kept[False], kept
 
 
-@gpu_only
-@pytest.mark.skipif(cuda_kernels() is None, reason="needs mamba_ssm")
+@pytest.mark.gpu
+@pytest.mark.mamba_ssm
 def test_stack_triton_equals_mamba_ssm_on_a_long_sequence():
     """Separation-like length (several chunk blocks), both GPU paths."""
     torch.manual_seed(0)
@@ -319,9 +308,9 @@ def test_stack_triton_equals_mamba_ssm_on_a_long_sequence():
     "time,lengths,d_inner,d_state",
     [
         (40, [40, 23], 8, 3),
-        pytest.param(50, [50], 16, 4, marks=gpu_only),
-        pytest.param(700, [700, 311, 5], 24, 12, marks=gpu_only),
-        pytest.param(20000, [19999], 32, 16, marks=gpu_only),
+        pytest.param(50, [50], 16, 4, marks=pytest.mark.gpu),
+        pytest.param(700, [700, 311, 5], 24, 12, marks=pytest.mark.gpu),
+        pytest.param(20000, [19999], 32, 16, marks=pytest.mark.gpu),
     ],
 )
 def test_inference_scan_equals_loop_reference(time, lengths, d_inner, d_state):
@@ -337,7 +326,9 @@ def test_inference_scan_equals_loop_reference(time, lengths, d_inner, d_state):
     torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("padded", [pytest.param(False, marks=gpu_only), True])
+@pytest.mark.parametrize(
+    "padded", [pytest.param(False, marks=pytest.mark.gpu), True]
+)
 def test_bimamba_triton_inference_equals_torch_path(padded):
     torch.manual_seed(0)
     d_model, time = (8, 24) if INTERPRETED else (64, 333)

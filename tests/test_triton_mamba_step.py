@@ -15,6 +15,7 @@ from speechbrain_mamba.ops.backend import fused_step_applies
 from speechbrain_mamba.ops.triton import mamba_step as step_ops
 
 INTERPRETED = step_ops.interpreted() and step_ops.available()
+#: Whether the compiled kernels run (on a GPU).
 ON_GPU = torch.cuda.is_available() and step_ops.available() and not INTERPRETED
 #: Where the kernels run: the GPU, or the CPU under Triton's interpreter.
 DEVICE = "cpu" if INTERPRETED else "cuda"
@@ -22,11 +23,6 @@ DEVICE = "cpu" if INTERPRETED else "cuda"
 FUSED = "triton" if INTERPRETED else "auto"
 #: Smaller layers under the interpreter (fewer programs to run).
 D_MODEL = 16 if INTERPRETED else 64
-gpu = pytest.mark.skipif(not ON_GPU, reason="needs an NVIDIA GPU and Triton")
-kernels = pytest.mark.skipif(
-    not (ON_GPU or INTERPRETED),
-    reason="needs an NVIDIA GPU and Triton, or Triton's interpreter",
-)
 pytestmark = pytest.mark.usefixtures("true_fp32")
 
 RTOL, ATOL = 6e-4, 2e-3
@@ -82,7 +78,7 @@ def prefilled(stack, batch, prompt_frames=7):
     return prompt, cache
 
 
-@kernels
+@pytest.mark.triton
 @pytest.mark.parametrize("norm", ["rmsnorm", "layernorm"])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("batch", [1, 3])
@@ -105,7 +101,8 @@ def test_fused_step_equals_torch_step(norm, bias, batch):
         torch.testing.assert_close(fused.conv, plain.conv, rtol=RTOL, atol=ATOL)
 
 
-@gpu
+@pytest.mark.gpu
+@pytest.mark.triton
 def test_fused_step_under_autocast_and_bf16_weights():
     stack = make_stack()
     _, cache = prefilled(stack, 2)
@@ -125,7 +122,8 @@ def test_fused_step_under_autocast_and_bf16_weights():
     torch.testing.assert_close(got, expected, rtol=3e-2, atol=3e-2)
 
 
-@gpu
+@pytest.mark.gpu
+@pytest.mark.triton
 def test_fused_step_replays_from_a_cuda_graph():
     stack = make_stack()
     _, cache = prefilled(stack, 1)
@@ -153,7 +151,8 @@ def test_fused_step_replays_from_a_cuda_graph():
         torch.testing.assert_close(c.ssm, want.ssm, rtol=1e-5, atol=1e-5)
 
 
-@gpu
+@pytest.mark.gpu
+@pytest.mark.triton
 def test_vallm_ar_decoding_equals_torch_path():
     from speechbrain_mamba.lobes.tts.factory import build_codec_lm
 
@@ -181,7 +180,8 @@ def test_vallm_ar_decoding_equals_torch_path():
     )
 
 
-@gpu
+@pytest.mark.gpu
+@pytest.mark.triton
 def test_fused_step_dispatch_rules():
     stack = make_stack()
     set_backend(stack, "auto")
@@ -243,7 +243,7 @@ def test_step_input_checks_name_the_problem():
         step_ops.check_step_inputs(frame, mixer, cache)
 
 
-@kernels
+@pytest.mark.triton
 @pytest.mark.parametrize("batch", [1, 6])
 def test_fused_mixer_step_equals_torch_step(batch):
     if INTERPRETED and batch == 1:
@@ -272,7 +272,8 @@ def test_fused_mixer_step_equals_torch_step(batch):
     torch.testing.assert_close(cache.ssm, reference.ssm, rtol=RTOL, atol=ATOL)
 
 
-@gpu
+@pytest.mark.gpu
+@pytest.mark.triton
 def test_mamba_asr_decoder_steps_equal_torch_path():
     """Its self Mamba and CrossMamba layers step on the fused kernels."""
     from speechbrain_mamba.lobes.asr.mamba_decoder import MambaDecoder
@@ -300,7 +301,8 @@ def test_mamba_asr_decoder_steps_equal_torch_path():
     torch.testing.assert_close(run("auto"), run("torch"), rtol=RTOL, atol=ATOL)
 
 
-@gpu
+@pytest.mark.gpu
+@pytest.mark.triton
 def test_batches_beyond_the_limit_take_the_per_operation_path():
     layer = Mamba(32, d_state=8).cuda().eval()
     big = step_ops.MAX_BATCH + 1

@@ -13,10 +13,6 @@ from speechbrain_mamba.tts.graphed_decoding import (
     make_step,
 )
 
-gpu = pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs an NVIDIA GPU"
-)
-
 
 def ar_model(kind, device):
     torch.manual_seed(0)
@@ -62,7 +58,7 @@ def test_cpu_generation_ignores_the_graph_option():
     assert make_step(ar, state, torch.zeros(2).long(), True) is None
 
 
-@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_graphed_generation_equals_eager(dtype):
     ar = ar_model("vallm", "cuda")
@@ -74,7 +70,7 @@ def test_graphed_generation_equals_eager(dtype):
     assert torch.equal(got[1], expected[1])
 
 
-@gpu
+@pytest.mark.gpu
 def test_recording_leaves_the_state_unchanged():
     ar = ar_model("vallm", "cuda")
     with torch.no_grad():
@@ -93,7 +89,7 @@ def test_recording_leaves_the_state_unchanged():
         assert torch.equal(state.next_position, reference.next_position)
 
 
-@gpu
+@pytest.mark.gpu
 def test_transformer_ar_steps_eagerly():
     ar = ar_model("valle", "cuda")
     with torch.no_grad():
