@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import soundfile as sf
 
 from speechbrain_mamba.data import espeak as espeak_mod
 from speechbrain_mamba.data import festival as festival_mod
+from speechbrain_mamba.data import mini_corpus
 from speechbrain_mamba.data.espeak import (
     ESPEAK_SAMPLE_RATE,
     EspeakNotFoundError,
@@ -514,3 +516,189 @@ def test_remix_from_flac_sources_equals_build(tmp_path):
     (root / "mix_2_spk_cv.txt").unlink()
     with pytest.raises(FileNotFoundError, match="mix_2_spk_cv.txt"):
         remix_wsj0_2mix(root)
+
+
+# ---------------------------------------------------------------------------
+# Build safety: files the generator did not write, concurrent builds
+# ---------------------------------------------------------------------------
+def _after_write(monkeypatch, action):
+    """Calls ``action()`` when a LibriSpeech build has written its files,
+    before it moves them into place (as a user or another process may)."""
+    original = mini_corpus._write_chapters
+
+    def write_then_act(*args, **kwargs):
+        count = original(*args, **kwargs)
+        action()
+        return count
+
+    monkeypatch.setattr(mini_corpus, "_write_chapters", write_then_act)
+
+
+def _leftovers(parent):
+    """Temporary, moved-aside and lock files the builds left in parent."""
+    return sorted(p.name for p in Path(parent).iterdir() if p.name[0] == ".")
+
+
+def test_file_added_during_rebuild_survives(tmp_path, monkeypatch):
+    out = build_librispeech(tmp_path / "ls", seed=0, num_utterances=3)
+    before = tree_hashes(out)
+    _after_write(monkeypatch, lambda: (out / "notes.txt").write_text("mine"))
+    with pytest.raises(FileExistsError, match="did not write.*notes.txt"):
+        build_librispeech(out, seed=1, num_utterances=3)
+    assert (out / "notes.txt").read_text() == "mine"
+    after = tree_hashes(out)
+    del after["notes.txt"]
+    assert after == before  # the previous corpus is untouched
+    assert _leftovers(tmp_path) == []
+
+
+def test_file_added_to_new_folder_during_build_survives(tmp_path, monkeypatch):
+    out = tmp_path / "new"
+
+    def user_writes():
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+
+    _after_write(monkeypatch, user_writes)
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        build_librispeech(out, num_utterances=3)
+    assert tree_hashes(out) == {
+        "notes.txt": hashlib.sha256(b"mine").hexdigest()
+    }
+    assert _leftovers(tmp_path) == []
+
+
+def test_rebuild_refuses_foreign_or_changed_files(tmp_path, monkeypatch):
+    out = build_librispeech(tmp_path / "ls", seed=0, num_utterances=3)
+    # A file put there before the build: refused before any synthesis.
+    (out / "train-clean-100" / "mine.txt").write_text("mine")
+    (out / "dev-clean" / "extra").mkdir()
+    (out / "dev-clean" / "extra" / "b.txt").write_text("b")
+    with monkeypatch.context() as m:
+        m.setattr(mini_corpus, "_write_chapters", None)  # never reached
+        with pytest.raises(FileExistsError) as err:
+            build_librispeech(out, seed=1, num_utterances=3)
+    assert "dev-clean/extra/b.txt, train-clean-100/mine.txt" in str(err.value)
+    assert (out / "train-clean-100" / "mine.txt").read_text() == "mine"
+    (out / "train-clean-100" / "mine.txt").unlink()
+    shutil.rmtree(out / "dev-clean" / "extra")
+    # A corpus file edited in place (same size) during the build: the
+    # hashes differ at the swap, so the edit is kept.
+    speakers = out / "SPEAKERS.txt"
+    edited = speakers.read_text().replace("Mini", "Mine")
+    assert len(edited) == len(speakers.read_text())
+    _after_write(monkeypatch, lambda: speakers.write_text(edited))
+    with pytest.raises(FileExistsError, match="SPEAKERS.txt"):
+        build_librispeech(out, seed=1, num_utterances=3)
+    assert speakers.read_text() == edited
+    monkeypatch.undo()
+    # Corpus files the user deleted are no reason to refuse.
+    speakers.unlink()
+    build_librispeech(out, seed=1, num_utterances=3)
+    assert '"seed": 1' in (out / MARKER_NAME).read_text()
+    assert (out / "SPEAKERS.txt").is_file()
+    # A corpus of an older generator (no file list) is kept while up to
+    # date, but not replaced: added files could not be told apart.
+    marker = json.loads((out / MARKER_NAME).read_text())
+    del marker["files"]
+    (out / MARKER_NAME).write_text(json.dumps(marker))
+    assert build_librispeech(out, seed=1, num_utterances=3) == out
+    before = tree_hashes(out)
+    with pytest.raises(FileExistsError, match="older version"):
+        build_librispeech(out, seed=2, num_utterances=3)
+    assert tree_hashes(out) == before
+    assert _leftovers(tmp_path) == []
+
+
+def _concurrent_builds(monkeypatch, out, seeds):
+    """Builds ``out`` once per seed in threads whose writes all finish
+    before any of them moves its corpus into place. Returns each build's
+    folder or exception."""
+    barrier = threading.Barrier(len(seeds), timeout=120)
+    _after_write(monkeypatch, barrier.wait)
+    results = [None] * len(seeds)
+
+    def build(i):
+        try:
+            results[i] = build_librispeech(
+                out, seed=seeds[i], num_utterances=3, num_workers=1
+            )
+        except Exception as err:  # the test checks which one failed
+            results[i] = err
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    monkeypatch.undo()
+    return results
+
+
+def test_concurrent_different_builds_one_fails_clearly(tmp_path, monkeypatch):
+    out = tmp_path / "ls"
+    results = _concurrent_builds(monkeypatch, out, (1, 2))
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert len(errors) == 1, results
+    assert isinstance(errors[0], FileExistsError)
+    assert "another build" in str(errors[0])
+    assert "seed 1" in str(errors[0]) and "seed 2" in str(errors[0])
+    winner = (1, 2)[results.index(out.resolve())]
+    marker = json.loads((out / MARKER_NAME).read_text())
+    assert marker["seed"] == winner
+    reference = build_librispeech(
+        tmp_path / "ref", seed=winner, num_utterances=3
+    )
+    assert tree_hashes(out) == tree_hashes(reference)
+    assert _leftovers(tmp_path) == []
+
+
+def test_concurrent_identical_builds_both_succeed(tmp_path, monkeypatch):
+    out = tmp_path / "ls"
+    results = _concurrent_builds(monkeypatch, out, (4, 4))
+    assert results == [out.resolve(), out.resolve()]
+    reference = build_librispeech(tmp_path / "ref", seed=4, num_utterances=3)
+    assert tree_hashes(out) == tree_hashes(reference)
+    assert _leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------
+# Option checks
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--workers", "0", "argument --workers: expected a positive integer"),
+        ("--seed", "-1", "argument --seed: expected a non-negative integer"),
+        ("-n", "0", "argument -n/--num-utterances: expected a positive"),
+        ("--max-words", "3", "argument --max-words: expected an integer of"),
+        ("--sample-rates", "-8000", "argument --sample-rates: expected a"),
+    ],
+)
+def test_cli_names_the_bad_option(tmp_path, capsys, option, value, message):
+    out = tmp_path / "corpus"
+    with pytest.raises(SystemExit) as err:
+        main(["wsj0-2mix", "--out", str(out), option, value, "-q"])
+    assert err.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_api_refuses_bad_workers_and_seed(tmp_path):
+    out = tmp_path / "corpus"
+    for workers in (0, -2, 1.5, "4", True):
+        with pytest.raises(ValueError, match="build_libritts: num_workers"):
+            build_libritts(out, num_utterances=3, num_workers=workers)
+    with pytest.raises(ValueError, match="build_librimix: seed must be"):
+        build_librimix(out, seed=-1, num_utterances=3)
+    assert not out.exists()
+    with pytest.raises(ValueError, match="remix_wsj0_2mix: num_workers"):
+        remix_wsj0_2mix(out, num_workers=0)
+
+
+def test_cli_sample_rates_without_max_words(tmp_path):
+    out = tmp_path / "wsj"
+    args = ["wsj0-2mix", "--out", str(out), "-n", "3", "--voices", "espeak"]
+    assert main([*args, "--sample-rates", "8000", "16000", "-q"]) == 0
+    assert sorted(p.name for p in out.glob("wav*")) == ["wav16k", "wav8k"]
+    assert len(list(out.glob("wav16k/min/*/mix/*.wav"))) == 3

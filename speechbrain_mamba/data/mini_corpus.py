@@ -11,8 +11,11 @@ Everything is deterministic from the seed: building twice with the same
 arguments (and the same espeak-ng version) gives byte-identical files.
 Each corpus is written to a temporary folder next to its destination and
 renamed into place when complete; a marker file (``.mini_corpus.json``)
-records the parameters, so a second call with the same parameters returns
-at once.
+records the parameters and the files written, so a second call with the
+same parameters returns at once, and a rebuild replaces an older corpus
+only if the folder holds nothing else (files the generator did not write
+are never deleted). Builds of other parameters that run at the same time
+into one folder do not both succeed: the later one stops with an error.
 
 Speakers are split as in the real datasets: training subsets use 10
 pseudo-speakers, development and test subsets 3 unseen ones each.
@@ -21,7 +24,9 @@ Command line::
 
     python -m speechbrain_mamba.data.mini_corpus \\
         {librispeech,wsj0-2mix,librimix,libritts,all} --out DIR \\
-        [--seed 0] [-n N] [--workers W] [--force]
+        [--seed 0] [-n N] [--workers W] [--force] [--max-words M] \\
+        [--voices {auto,festival,espeak}] [--sample-rates R ...] \\
+        [--modes {min,max} ...]
 
 Author
 ------
@@ -29,16 +34,20 @@ speechbrain-mamba developers
 """
 
 import argparse
+import contextlib
 import csv
+import fcntl
+import hashlib
 import io
 import json
 import logging
+import operator
 import os
 import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +88,7 @@ from speechbrain_mamba.data.sentences import (
     SentenceGenerator,
     librispeech_text,
 )
+from speechbrain_mamba.utils.cli import non_negative_int, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -445,6 +455,8 @@ def _start_planning(
     corpus's generator and a sentence generator drawing from it.
     """
     what = "build_" + corpus.replace("-", "_")
+    if int(seed) < 0:
+        raise ValueError(f"{what}: seed must be non-negative, got {seed}")
     counts = _split_counts(num_utterances, weights, what)
     rng = _rng(seed, corpus)
     return counts, rng, SentenceGenerator(rng, 4, max_words)
@@ -697,9 +709,158 @@ def _write_mixtures(
 def _read_marker(folder: Path) -> Optional[dict]:
     try:
         with open(folder / MARKER_NAME, encoding="utf-8") as f:
-            return json.load(f)
+            marker = json.load(f)
     except (OSError, ValueError):
         return None
+    return marker if isinstance(marker, dict) else None
+
+
+def _params_of(marker: Optional[dict], *drop: str) -> Optional[dict]:
+    """A marker's parameters: everything but its file list (and ``drop``)."""
+    if marker is None:
+        return None
+    return {k: v for k, v in marker.items() if k not in ("files", *drop)}
+
+
+def _walk_files(folder: Path) -> list:
+    """Relative paths (``/``-separated) of everything in ``folder`` that is
+    not a folder (symbolic links included, not followed), sorted."""
+    stack = [""]
+    found = []
+    while stack:
+        rel = stack.pop()
+        with os.scandir(folder / rel) as entries:
+            for entry in entries:
+                path = f"{rel}{entry.name}"
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(path + "/")
+                else:
+                    found.append(path)
+    return sorted(found)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_list(folder: Path) -> dict:
+    """``{relative path: [size, sha256]}`` of every file in ``folder``."""
+    return {
+        rel: [(folder / rel).stat().st_size, _sha256(folder / rel)]
+        for rel in _walk_files(folder)
+    }
+
+
+def _foreign_files(folder: Path, marker: dict, hashes: bool) -> list:
+    """Files of ``folder`` that the corpus recorded in ``marker`` did not
+    write, or that changed since (size, and with ``hashes`` the SHA-256);
+    the marker itself excluded. Files of the corpus that are missing are
+    not listed (replacing the folder loses nothing of the user's)."""
+    recorded = marker.get("files", {})
+    foreign = []
+    for rel in _walk_files(folder):
+        if rel == MARKER_NAME:
+            continue
+        path = folder / rel
+        entry = recorded.get(rel)
+        if entry is None or path.is_symlink():
+            foreign.append(rel)
+        elif path.stat().st_size != entry[0]:
+            foreign.append(rel)
+        elif hashes and _sha256(path) != entry[1]:
+            foreign.append(rel)
+    return foreign
+
+
+def _check_replaceable(
+    folder: Path, marker: Optional[dict], hashes: bool, where: Path
+) -> None:
+    """Raises ``FileExistsError`` unless replacing ``folder`` (a corpus
+    folder, or the copy of one moved aside) deletes only files that the
+    generator wrote there. ``where`` is the folder named in messages."""
+    if marker is None:
+        raise FileExistsError(
+            f"{where} is not empty and was not made by the mini corpus "
+            f"generator (no {MARKER_NAME}); refusing to overwrite it. Choose "
+            "a new or empty folder."
+        )
+    if "files" not in marker:
+        raise FileExistsError(
+            f"{where} holds a corpus of an older version of the generator, "
+            "which did not record its files, so files added to it cannot "
+            "be told apart from the corpus; refusing to replace it. Delete "
+            "it yourself (or choose another folder) and build again."
+        )
+    foreign = _foreign_files(folder, marker, hashes)
+    if foreign:
+        listed = ", ".join(foreign[:5])
+        if len(foreign) > 5:
+            listed += f" and {len(foreign) - 5} more"
+        raise FileExistsError(
+            f"{where} holds files that the corpus built there did not write "
+            f"(or that changed since): {listed}; refusing to replace it, "
+            "which would delete them. Move them elsewhere (or choose "
+            "another folder) and build again."
+        )
+
+
+@contextlib.contextmanager
+def _folder_lock(final: Path) -> Iterator[None]:
+    """Holds an exclusive lock on ``final``'s hidden sibling
+    ``.NAME.lock`` (``fcntl.flock``: released if the process dies), which
+    is deleted on release. Builds into one folder swap it in turn."""
+    path = final.parent / f".{final.name}.lock"
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # The previous holder may have deleted the file while this
+            # process waited on it: lock the file that is there now.
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(path)
+        finally:
+            os.close(fd)
+
+
+def _check_workers(num_workers: Optional[int], what: str) -> int:
+    """``num_workers``, or the default for ``None``; refuses anything but
+    an integer of at least 1 (nothing is clamped silently)."""
+    if num_workers is None:
+        return _default_workers()
+    try:
+        if isinstance(num_workers, bool):
+            raise TypeError
+        workers = operator.index(num_workers)
+    except TypeError:
+        raise ValueError(
+            f"{what}: num_workers must be an integer, got {num_workers!r}"
+        ) from None
+    if workers < 1:
+        raise ValueError(
+            f"{what}: num_workers must be at least 1 (or None for the "
+            f"default), got {workers}"
+        )
+    return workers
+
+
+def _describe_params(marker: dict) -> str:
+    keys = ("corpus", "seed", "num_utterances", "max_words")
+    return ", ".join(f"{k} {marker.get(k)}" for k in keys)
 
 
 def _atomic_build(
@@ -711,10 +872,22 @@ def _atomic_build(
     workers: Optional[int],
 ) -> Path:
     """Runs ``write(tmp_dir, final_dir, espeak_binary, workers)`` in a
-    temporary folder and moves the result to ``out_dir``."""
+    temporary folder and moves the result to ``out_dir``.
+
+    Never deletes a file it did not write: a corpus already in ``out_dir``
+    is replaced only if it holds exactly the files its marker records
+    (checked by name and size before the build, by SHA-256 too at the
+    swap); anything else there stops the build with the files named. The
+    swap holds a lock (``.NAME.lock`` next to ``out_dir``) and re-reads
+    the marker: if another build finished there meanwhile, an identical
+    one is kept (both builds succeed) and a different one stops this
+    build with an error instead of being replaced.
+    """
+    what = "build_" + str(params["corpus"]).replace("-", "_")
     final = Path(out_dir).expanduser().resolve()
     if final.exists() and not final.is_dir():
         raise FileExistsError(f"{final} exists and is not a folder")
+    workers = _check_workers(workers, what)
     marker = _read_marker(final) if final.is_dir() else None
     params = {
         "generator": "speechbrain_mamba.data.mini_corpus",
@@ -726,43 +899,37 @@ def _atomic_build(
     except EspeakNotFoundError:
         # A complete corpus stays usable on a machine without espeak-ng.
         if marker and not force:
-            if {k: v for k, v in marker.items() if k != "espeak"} == params:
+            if _params_of(marker, "espeak") == params:
                 logger.info("%s: already built (%s)", params["corpus"], final)
                 return final
         raise
     params["espeak"] = espeak_version(binary)
-    workers = _default_workers() if workers is None else max(1, int(workers))
-    if marker == params and not force:
+    if _params_of(marker) == params and not force:
         logger.info("%s: already built, skipping (%s)", params["corpus"], final)
         return final
-    if marker is None and final.is_dir() and any(final.iterdir()):
-        raise FileExistsError(
-            f"{final} is not empty and was not made by the mini corpus "
-            f"generator (no {MARKER_NAME}); refusing to overwrite it. Choose "
-            "a new or empty folder."
-        )
+    if final.is_dir() and any(final.iterdir()):
+        # Fails before the work; checked again, with hashes, at the swap.
+        _check_replaceable(final, marker, False, final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
     tmp.mkdir()
     start = time.perf_counter()
     try:
         count = write(tmp, final, binary, workers)
+        record = {**params, "files": _file_list(tmp)}
         _write_text(
-            tmp / MARKER_NAME, json.dumps(params, indent=2, sort_keys=True)
+            tmp / MARKER_NAME, json.dumps(record, indent=2, sort_keys=True)
         )
-        old = None
-        if final.exists():
-            if any(final.iterdir()):
-                old = final.parent / f".{final.name}.old-{uuid.uuid4().hex}"
-                os.replace(final, old)
-            else:
-                final.rmdir()
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+        with _folder_lock(final):
+            if not _swap_in(tmp, final, marker, params):
+                logger.info(
+                    "%s: an identical build finished first (%s)",
+                    params["corpus"],
+                    final,
+                )
+                return final
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info(
         "%s: built %d files in %.1f s (%s)",
         params["corpus"],
@@ -771,6 +938,49 @@ def _atomic_build(
         final,
     )
     return final
+
+
+def _swap_in(
+    tmp: Path, final: Path, marker: Optional[dict], params: dict
+) -> bool:
+    """Moves the built corpus ``tmp`` to ``final`` (under the folder's
+    lock). ``marker`` is what ``final`` held when the build started.
+    Returns False, leaving ``final`` as it is, if another build of the same
+    parameters finished there meanwhile; raises ``FileExistsError`` if one
+    of other parameters did, or if ``final`` holds files the generator did
+    not write."""
+    current = _read_marker(final) if final.is_dir() else None
+    if current != marker:  # another build finished while this one ran
+        if _params_of(current) == params:
+            return False
+        if current is not None:
+            raise FileExistsError(
+                f"another build wrote a corpus of other parameters into "
+                f"{final} while this one ran ({_describe_params(current)}; "
+                f"this one: {_describe_params(params)}); it was kept and "
+                "this build discarded. Build each corpus into its own folder."
+            )
+    if final.exists():
+        # Moved aside first, so nothing can be added after the check.
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex}"
+        os.rename(final, old)
+        try:
+            if any(old.iterdir()):
+                _check_replaceable(old, current, True, final)
+        except BaseException:
+            os.rename(old, final)
+            raise
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            # Something took the name meanwhile: keep the old corpus.
+            if not final.exists():
+                os.rename(old, final)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    return True
 
 
 def _check_rates(rates: Sequence[int], what: str) -> tuple:
@@ -862,8 +1072,8 @@ def build_librispeech(
     num_utterances : int
         Number of utterances over all subsets (at least 3).
     num_workers : int, optional
-        Parallel espeak-ng processes (default: twice the CPU count, at
-        most 8).
+        Parallel espeak-ng processes, at least 1 (default: twice the CPU
+        count, at most 8).
     force : bool
         Rebuild even if ``out_dir`` holds this corpus already.
     espeak : str, optional
@@ -881,7 +1091,12 @@ def build_librispeech(
     EspeakNotFoundError
         If espeak-ng is not installed.
     FileExistsError
-        If ``out_dir`` holds files not made by this generator.
+        If ``out_dir`` holds files not made by this generator (named in
+        the message), or another build of other parameters finished in
+        ``out_dir`` while this one ran.
+    ValueError
+        If ``seed``, ``num_utterances``, ``num_workers`` or ``max_words``
+        is out of range.
 
     Example
     -------
@@ -1075,6 +1290,7 @@ def remix_wsj0_2mix(
     """
     root = Path(root)
     modes = _check_modes(modes, "remix_wsj0_2mix")
+    workers = _check_workers(num_workers, "remix_wsj0_2mix")
     jobs = []
     for subset in WSJ0_2MIX_SUBSETS:
         listing = root / f"mix_2_spk_{subset}.txt"
@@ -1105,8 +1321,7 @@ def remix_wsj0_2mix(
             root, subset, name, snr1, source(src1), source(src2), modes
         )
 
-    workers = _default_workers() if num_workers is None else num_workers
-    _parallel(mix, jobs, max(1, int(workers)))
+    _parallel(mix, jobs, workers)
     return len(jobs)
 
 
@@ -1553,13 +1768,26 @@ def build_all(
     return out
 
 
+def _max_words(text: str) -> int:
+    """``--max-words``: an integer of at least 4 (the shortest sentences
+    have 4 words)."""
+    value = positive_int(text)
+    if value < 4:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer of at least 4, got {text!r}"
+        )
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m speechbrain_mamba.data.mini_corpus",
         description=(
-            "Build small speech corpora synthesised with espeak-ng in the "
-            "layouts of LibriSpeech, WSJ0-2mix, Libri2Mix and LibriTTS. "
-            "Deterministic from the seed."
+            "Build small speech corpora synthesised with espeak-ng (and, "
+            "for wsj0-2mix and librimix, Festival's voices) in the layouts "
+            "of LibriSpeech, WSJ0-2mix, Libri2Mix and LibriTTS. "
+            "Deterministic from the seed. Never deletes files it did not "
+            "write."
         ),
     )
     parser.add_argument(
@@ -1571,11 +1799,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", required=True, type=Path, help="output folder (corpus root)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="random seed (>= 0)"
+    )
     parser.add_argument(
         "-n",
         "--num-utterances",
-        type=int,
+        type=positive_int,
         default=None,
         help="utterances (LibriSpeech, LibriTTS) or mixtures (WSJ0-2mix, "
         "Libri2Mix) over all subsets; defaults: "
@@ -1583,13 +1813,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=None,
-        help="parallel espeak-ng processes (default: 2 x CPUs, at most 8)",
+        help="parallel synthesis processes, at least 1 (default: 2 x CPUs, "
+        "at most 8)",
     )
     parser.add_argument(
         "--sample-rates",
-        type=int,
+        type=positive_int,
         nargs="+",
         default=None,
         help="mixture sampling rates for wsj0-2mix (default 8000) and "
@@ -1604,14 +1835,17 @@ def _parser() -> argparse.ArgumentParser:
         "(default min max)",
     )
     parser.add_argument(
-        "--force", action="store_true", help="rebuild even if up to date"
+        "--force",
+        action="store_true",
+        help="rebuild even if up to date (files the generator did not write "
+        "are never deleted: a folder holding any is refused)",
     )
     parser.add_argument(
         "--espeak", default=None, help="espeak-ng executable to use"
     )
     parser.add_argument(
         "--max-words",
-        type=int,
+        type=_max_words,
         default=None,
         help="most words per sentence (default 10; sentences have 4 or more)",
     )
@@ -1644,7 +1878,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     Example
     -------
-    >>> main(["librispeech", "--out", "unused", "-n", "0", "-q"])
+    >>> main(["librispeech", "--out", "unused", "-n", "2", "-q"])
     1
     """
     args = _parser().parse_args(argv)
@@ -1668,10 +1902,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print("error: --max-words applies to one corpus", file=sys.stderr)
             return 1
         options["max_words"] = args.max_words
-        if args.sample_rates:
-            options["sample_rates"] = args.sample_rates
-        if args.modes:
-            options["modes"] = args.modes
+    if args.sample_rates:
+        options["sample_rates"] = args.sample_rates
+    if args.modes:
+        options["modes"] = args.modes
     start = time.perf_counter()
     try:
         if args.corpus == "all":
