@@ -3,10 +3,12 @@
 Parameter names, shapes and initialisation are those of
 ``mamba_ssm.modules.mamba_simple.Mamba`` (in_proj, conv1d, x_proj, dt_proj,
 A_log, D, out_proj), so state dicts load in either with ``strict=True``.
-The layer runs on any device in pure PyTorch, uses the mamba_ssm CUDA kernels
-for CUDA tensors when they are installed, and uses an optional numba kernel
-for CPU inference. It understands SpeechBrain's relative lengths and keeps a
-recurrent cache for streaming and step-by-step decoding.
+The layer runs on any device in pure PyTorch; on CUDA tensors it runs on the
+mamba_ssm CUDA kernels when they are installed, and on this package's Triton
+convolution and scan kernels otherwise (see
+:func:`speechbrain_mamba.ops.backend.mamba_path`); it uses an optional numba
+kernel for CPU inference. It understands SpeechBrain's relative lengths and
+keeps a recurrent cache for streaming and step-by-step decoding.
 
 Author
 ------
@@ -36,6 +38,7 @@ from speechbrain_mamba.ops.backend import (
     cuda_kernels,
     effective_backend,
     fused_step_applies,
+    mamba_path,
     state_update_kernel,
     use_cuda_kernels,
     use_numba_kernels,
@@ -43,6 +46,12 @@ from speechbrain_mamba.ops.backend import (
 from speechbrain_mamba.ops.depthwise_conv import depthwise_conv_channels_last
 from speechbrain_mamba.ops.selective_scan import selective_scan_torch
 from speechbrain_mamba.ops.triton import mamba_step
+from speechbrain_mamba.ops.triton.bidirectional_conv import causal_conv_silu
+from speechbrain_mamba.ops.triton.bidirectional_scan import (
+    ScanInputs,
+    bidirectional_scan,
+    bidirectional_scan_inference,
+)
 
 
 def _single_step(
@@ -95,7 +104,8 @@ class Mamba(nn.Module):
     layer_idx : int, optional
         Index of the layer in a stack (kept for mamba_ssm compatibility).
     backend : str
-        "auto", "torch" or "cuda" (see :mod:`speechbrain_mamba.ops.backend`).
+        "auto", "torch", "cuda" or "triton" (see
+        :mod:`speechbrain_mamba.ops.backend`).
     device, dtype : optional
         Factory arguments for the parameters.
 
@@ -177,6 +187,9 @@ class Mamba(nn.Module):
         for suffix in self.directions:
             self._add_direction(suffix, factory)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+        #: Kernels of the last full-sequence call (no cache): "triton",
+        #: "mamba_ssm" or "torch" (backend.mamba_path); None before one.
+        self.kernels_used: Optional[str] = None
 
     # -- parameters -------------------------------------------------------
     @staticmethod
@@ -526,9 +539,49 @@ class Mamba(nn.Module):
                 else x.dtype
             )
             return y.to(dtype)[:, None]
+        if cache is None:
+            path = mamba_path(self.backend, x, self.d_state)
+            self.kernels_used = path
+            if path == "triton":
+                return zero_padding(self._forward_triton(x, frames), frames)
         x_in, z = self.in_proj(x).chunk(2, dim=-1)
         y = self._scan_direction(x_in, z, "", frames, cache)
         return zero_padding(self.out_proj(y), frames)
+
+    def _forward_triton(
+        self, x: torch.Tensor, frames: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """The layer on this package's Triton kernels: the causal
+        convolution with SiLU, then the forward selective scan with gating
+        (the forward direction of BiMamba's kernels; without gradients, the
+        inference scan). x: [batch, time, d_model]; returns the output
+        projection, [batch, time, d_model] (padded frames: of a zero
+        scan output)."""
+        batch, time, _ = x.shape
+        if frames is None:
+            frames = torch.full((batch,), time, device=x.device)
+        inference = not (
+            torch.is_grad_enabled()
+            and (
+                x.requires_grad
+                or any(p.requires_grad for p in self.parameters())
+            )
+        )
+        x_in, z = self.in_proj(x).chunk(2, dim=-1)
+        conv_bias = self.conv1d.bias
+        if conv_bias is None:
+            conv_bias = x.new_zeros(self.d_inner, dtype=torch.float32)
+        u = causal_conv_silu(x_in, self.conv1d.weight, conv_bias, frames)
+        dt_low, B, C = torch.split(
+            self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1
+        )
+        delta_raw = F.linear(dt_low, self.dt_proj.weight)  # bias: in the scan
+        inputs = ScanInputs(
+            u, delta_raw, z, -torch.exp(self.A_log.float()), B, C, None,
+            None, self.D.float(), self.dt_proj.bias.float(), frames,
+        )  # fmt: skip
+        scan = bidirectional_scan_inference if inference else bidirectional_scan
+        return self.out_proj(scan(inputs))
 
     def extra_repr(self) -> str:
         """Shown by print(module)."""

@@ -9,6 +9,10 @@ and whether a gradient is needed:
     a BiMamba call: ``"triton"`` (this package's fused kernels,
     :mod:`speechbrain_mamba.ops.triton`), ``"mamba_ssm"`` (mamba_ssm's
     selective scan, both directions in one call) or ``"torch"``.
+:func:`mamba_path`
+    a full-sequence call of a unidirectional Mamba layer (no cache):
+    ``"triton"`` (the forward direction of the same Triton conv and scan
+    kernels), ``"mamba_ssm"`` or ``"torch"``.
 :func:`use_cuda_kernels`
     a unidirectional scan on mamba_ssm's kernels (else pure PyTorch, or
     numba on CPU, see :func:`use_numba_kernels`).
@@ -24,11 +28,16 @@ mamba_ssm is missing, and for inputs of at least ``TRITON_TRAINING_FRAMES``
 (with gradients) or ``TRITON_INFERENCE_FRAMES`` (without) frames, where the
 GPU work outweighs the host's launch overhead and the Triton kernels are
 faster; shorter inputs are launch-bound and mamba_ssm's path, with fewer
-launches from Python, is faster there. Everything else runs the
+launches from Python, is faster there. Full-sequence calls of
+unidirectional layers on CUDA (Mamba, CrossMamba, MambaStack) use the Triton
+kernels when mamba_ssm is missing (instead of the pure-PyTorch scan) and
+mamba_ssm's otherwise: one direction has no reversed copies to save, and
+mamba_ssm's path launches fewer kernels. Everything else runs the
 pure-PyTorch path (numba's kernels for CPU inference when installed).
 ``"torch"`` always uses the pure-PyTorch path; ``"cuda"`` insists on the
-mamba_ssm kernels; ``"triton"`` insists on the Triton kernels for BiMamba
-and for decoding steps (other calls treat it as "auto"); under Triton's
+mamba_ssm kernels; ``"triton"`` insists on the Triton kernels for BiMamba,
+for full-sequence unidirectional calls and for decoding steps (streaming
+calls of several frames with a cache treat it as "auto"); under Triton's
 interpreter (``TRITON_INTERPRET=1``) ``"triton"`` also takes CPU tensors,
 which is how CI runs the kernels. The environment variable
 ``SBMAMBA_BACKEND`` overrides the argument of every layer (handy to compare
@@ -309,6 +318,51 @@ def bimamba_path(
         return "triton"
     if use_cuda_kernels(backend, x, d_state):
         return "mamba_ssm"
+    return "torch"
+
+
+def mamba_path(backend: str, x: torch.Tensor, d_state: int) -> str:
+    """The kernels a full-sequence call (no cache) of a unidirectional
+    Mamba layer runs on.
+
+    Arguments
+    ---------
+    backend : str
+        The layer's backend (before the ``SBMAMBA_BACKEND`` override).
+    x : torch.Tensor
+        The layer input, [batch, time, d_model].
+    d_state : int
+        The layer's state size.
+
+    Returns
+    -------
+    str
+        ``"triton"`` (the causal convolution and forward scan of
+        :mod:`speechbrain_mamba.ops.triton`), ``"mamba_ssm"`` (its
+        selective scan) or ``"torch"`` (numba's kernels for CPU inference
+        when installed).
+
+    Example
+    -------
+    >>> x = torch.zeros(1, 5, 8)  # CPU: the kernels of "auto" need CUDA
+    >>> mamba_path("auto", x, 16)
+    'torch'
+    >>> mamba_path("torch", x, 16)
+    'torch'
+    """
+    from speechbrain_mamba.ops.triton import bidirectional_scan
+
+    if effective_backend(backend) == "triton":
+        use_triton_kernels(backend, x)  # raises the errors of "triton"
+        return "triton"
+    if use_cuda_kernels(backend, x, d_state):
+        return "mamba_ssm"
+    if (
+        effective_backend(backend) == "auto"
+        and x.is_cuda
+        and bidirectional_scan.available()
+    ):
+        return "triton"
     return "torch"
 
 

@@ -84,6 +84,7 @@ if available():
         x_ptr, wf_ptr, bf_ptr, wb_ptr, bb_ptr, len_ptr, out_ptr,
         L, DI, s_xb, s_xl, s_ob, s_ol,
         K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+        DIRECTIONS: tl.constexpr = 2,
     ):  # fmt: skip
         b = tl.program_id(2)
         length = tl.load(len_ptr + b)
@@ -92,7 +93,7 @@ if available():
         c_ok = c < DI
         mask = (t < L)[:, None] & c_ok[None, :]
         offs = b * s_ob + t[:, None] * s_ol + c[None, :]
-        for direction in tl.static_range(2):
+        for direction in tl.static_range(DIRECTIONS):
             pre = _pre_activation(
                 x_ptr, wf_ptr, bf_ptr, wb_ptr, bb_ptr, b, t, c, c_ok, L,
                 length, s_xb, s_xl, direction == 1, K, BT, BC,
@@ -109,9 +110,10 @@ if available():
         x_ptr, wf_ptr, bf_ptr, wb_ptr, bb_ptr, len_ptr, dout_ptr, dpre_ptr,
         dw_ptr, db_ptr, L, DI, s_xb, s_xl, s_ob, s_ol,
         K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+        DIRECTIONS: tl.constexpr = 2,
     ):  # fmt: skip
-        """Gradient of the pre-activation (fp32, [batch, time, 2 d]) and
-        per-program partial weight and bias gradients."""
+        """Gradient of the pre-activation (fp32, [batch, time,
+        DIRECTIONS d]) and per-program partial weight and bias gradients."""
         b = tl.program_id(2)
         tile = tl.program_id(0) + b * tl.num_programs(0)
         length = tl.load(len_ptr + b)
@@ -120,7 +122,7 @@ if available():
         c_ok = c < DI
         mask = (t < L)[:, None] & c_ok[None, :]
         offs = b * s_ob + t[:, None] * s_ol + c[None, :]
-        for direction in tl.static_range(2):
+        for direction in tl.static_range(DIRECTIONS):
             pre = _pre_activation(
                 x_ptr, wf_ptr, bf_ptr, wb_ptr, bb_ptr, b, t, c, c_ok, L,
                 length, s_xb, s_xl, direction == 1, K, BT, BC,
@@ -131,7 +133,7 @@ if available():
             ).to(tl.float32)
             dpre = dout * gate * (1 + pre * (1 - gate))
             tl.store(dpre_ptr + offs + direction * DI, dpre, mask=mask)
-            part = tile * 2 * DI + c + direction * DI
+            part = tile * DIRECTIONS * DI + c + direction * DI
             tl.store(db_ptr + part, tl.sum(dpre, axis=0), mask=c_ok)
             for k in tl.static_range(K):
                 x = _tap(
@@ -158,6 +160,7 @@ if available():
         K: tl.constexpr,
         BT: tl.constexpr,
         BC: tl.constexpr,
+        DIRECTIONS: tl.constexpr = 2,
     ):
         b = tl.program_id(2)
         length = tl.load(len_ptr + b)
@@ -167,16 +170,18 @@ if available():
         dx = tl.zeros([BT, BC], tl.float32)
         for k in tl.static_range(K):
             wf = tl.load(wf_ptr + c * K + k, mask=c_ok, other=0.0)
-            wb = tl.load(wb_ptr + c * K + k, mask=c_ok, other=0.0)
             # forward direction: out[t'] read x[t' - (K - 1) + k]
             dpre_f = _shifted(dpre_ptr, b, t, c, K - 1 - k, s_ob, s_ol, L, c_ok)
-            # backward direction: out[t'] read x[t' + (K - 1) - k], t < length
-            dpre_b = _shifted(
-                dpre_ptr + DI, b, t, c, k - (K - 1), s_ob, s_ol, L, c_ok
-            )
-            dpre_b = tl.where((t < length)[:, None], dpre_b, 0.0)
             dx += wf.to(tl.float32)[None, :] * dpre_f
-            dx += wb.to(tl.float32)[None, :] * dpre_b
+            if DIRECTIONS == 2:
+                wb = tl.load(wb_ptr + c * K + k, mask=c_ok, other=0.0)
+                # backward direction: out[t'] read x[t' + (K - 1) - k],
+                # t < length
+                dpre_b = _shifted(
+                    dpre_ptr + DI, b, t, c, k - (K - 1), s_ob, s_ol, L, c_ok
+                )
+                dpre_b = tl.where((t < length)[:, None], dpre_b, 0.0)
+                dx += wb.to(tl.float32)[None, :] * dpre_b
         mask = (t < L)[:, None] & c_ok[None, :]
         tl.store(
             dx_ptr + b * s_dxb + t[:, None] * s_dxl + c[None, :],
@@ -194,7 +199,8 @@ def _grid(batch: int, time: int, channels: int):
 
 
 class BidirectionalConvFunction(torch.autograd.Function):
-    """Autograd wrapper of the Triton convolution kernels."""
+    """Autograd wrapper of the Triton convolution kernels (both directions,
+    or the causal one only when ``weight_bwd`` is None)."""
 
     @staticmethod
     def forward(ctx, x, weight_fwd, bias_fwd, weight_bwd, bias_bwd, lengths):
@@ -212,12 +218,16 @@ class BidirectionalConvFunction(torch.autograd.Function):
             )
         batch, time, channels = x.shape
         kernel = weight_fwd.shape[-1]
+        directions = 1 if weight_bwd is None else 2
+        ctx.directions = directions
+        if directions == 1:  # never read by the kernels: pointers only
+            weight_bwd, bias_bwd = weight_fwd, bias_fwd
         ctx.weight_shapes = (weight_fwd.shape, weight_bwd.shape)
         weight_fwd = weight_fwd.reshape(channels, kernel).contiguous()
         weight_bwd = weight_bwd.reshape(channels, kernel).contiguous()
         lengths = lengths.to(torch.int32).contiguous()
         out = torch.empty(
-            batch, time, 2 * channels, device=x.device, dtype=x.dtype
+            batch, time, directions * channels, device=x.device, dtype=x.dtype
         )
         _conv_forward_kernel[_grid(batch, time, channels)](
             x,
@@ -236,6 +246,7 @@ class BidirectionalConvFunction(torch.autograd.Function):
             K=kernel,
             BT=TIME_BLOCK,
             BC=CHANNEL_BLOCK,
+            DIRECTIONS=directions,
         )
         ctx.save_for_backward(
             x, weight_fwd, bias_fwd, weight_bwd, bias_bwd, lengths
@@ -250,14 +261,16 @@ class BidirectionalConvFunction(torch.autograd.Function):
         dout = dout.contiguous()
         batch, time, channels = x.shape
         kernel = weight_fwd.shape[-1]
+        directions = ctx.directions
         grid = _grid(batch, time, channels)
         tiles = grid[0] * batch
         dpre = torch.empty(dout.shape, device=x.device, dtype=torch.float32)
         dw = torch.empty(
-            tiles, 2 * channels, kernel, device=x.device, dtype=torch.float32
-        )
+            tiles, directions * channels, kernel, device=x.device,
+            dtype=torch.float32,
+        )  # fmt: skip
         db = torch.empty(
-            tiles, 2 * channels, device=x.device, dtype=torch.float32
+            tiles, directions * channels, device=x.device, dtype=torch.float32
         )
         _conv_grad_pre_kernel[grid](
             x,
@@ -279,6 +292,7 @@ class BidirectionalConvFunction(torch.autograd.Function):
             K=kernel,
             BT=TIME_BLOCK,
             BC=CHANNEL_BLOCK,
+            DIRECTIONS=directions,
         )
         dx = torch.empty(batch, time, channels, device=x.device, dtype=x.dtype)
         _conv_grad_input_kernel[grid](
@@ -296,18 +310,23 @@ class BidirectionalConvFunction(torch.autograd.Function):
             K=kernel,
             BT=TIME_BLOCK,
             BC=CHANNEL_BLOCK,
+            DIRECTIONS=directions,
         )
         dw = dw.sum(0)
         db = db.sum(0)
         shape_fwd, shape_bwd = ctx.weight_shapes
-        return (
+        grads = [
             dx,
             dw[:channels].reshape(shape_fwd).to(weight_fwd.dtype),
             db[:channels].to(bias_fwd.dtype),
-            dw[channels:].reshape(shape_bwd).to(weight_bwd.dtype),
-            db[channels:].to(bias_bwd.dtype),
             None,
-        )
+            None,
+            None,
+        ]
+        if directions == 2:
+            grads[3] = dw[channels:].reshape(shape_bwd).to(weight_bwd.dtype)
+            grads[4] = db[channels:].to(bias_bwd.dtype)
+        return tuple(grads)
 
 
 def bidirectional_conv_silu(
@@ -348,6 +367,46 @@ def bidirectional_conv_silu(
     return BidirectionalConvFunction.apply(
         x, weight_fwd, bias_fwd, weight_bwd, bias_bwd, lengths
     )
+
+
+def causal_conv_silu(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    lengths: torch.Tensor,
+) -> torch.Tensor:
+    """The causal depthwise convolution with SiLU of a unidirectional
+    Mamba layer, channels last: the forward direction of
+    :func:`bidirectional_conv_silu` alone (same kernels).
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        [batch, time, d] with unit channel stride.
+    weight : torch.Tensor
+        Depthwise kernel [d, 1, K] (``nn.Conv1d`` layout) or [d, K].
+    bias : torch.Tensor
+        [d].
+    lengths : torch.Tensor
+        Valid frames per item [batch] (integers; a causal convolution
+        never reads past a frame, so they only shape the launch).
+
+    Returns
+    -------
+    torch.Tensor
+        [batch, time, d].
+
+    Example
+    -------
+    >>> if torch.cuda.is_available() and available():
+    ...     x = torch.randn(1, 9, 4, device="cuda")
+    ...     w, b = torch.randn(4, 1, 3, device="cuda"), torch.zeros(4).cuda()
+    ...     lengths = torch.tensor([9], device="cuda")
+    ...     y = causal_conv_silu(x, w, b, lengths)
+    ...     both = bidirectional_conv_silu(x, w, b, w, b, lengths)
+    ...     assert torch.equal(y, both[..., :4])
+    """
+    return BidirectionalConvFunction.apply(x, weight, bias, None, None, lengths)
 
 
 def conv_reference(

@@ -10,13 +10,18 @@ with no reversed copies::
     out[t] = scale * (y_fwd[t] + y_bwd[t]) * silu(z[t])
 
 The backward direction starts at each item's last valid frame; padded frames
-(``t >= lengths[b]``) give 0. Each program steps through a chunk of frames
-one at a time with its [channels, d_state] state in registers
-(work-efficient, as mamba_ssm's kernel), while chunks and channel blocks run
-in parallel. Forward: a first pass gives each chunk's end state from a zero
-start and its total decay ``exp(A sum(delta))``, the chunk-boundary states
-are carried across chunks, and a second pass recomputes each chunk from its
-true initial state and writes ``y_dir`` (both directions in one launch).
+(``t >= lengths[b]``) give 0. The same kernels run a forward scan only (a
+unidirectional Mamba layer) when :class:`ScanInputs` has no backward B and C:
+the constexpr ``DIRECTIONS`` is then 1, the buffers hold d channels instead
+of 2 d, and every channel tile is a forward one.
+
+Each program steps through a chunk of frames one at a time with its
+[channels, d_state] state in registers (work-efficient, as mamba_ssm's
+kernel), while chunks and channel blocks run in parallel. Forward: a first
+pass gives each chunk's end state from a zero start and its total decay
+``exp(A sum(delta))``, the chunk-boundary states are carried across chunks,
+and a second pass recomputes each chunk from its true initial state and
+writes ``y_dir`` (both directions in one launch).
 
 Backward, for the decayed adjoint ``q[t] = exp(delta[t] A) g[t]`` of the
 state gradient ``g[t] = C[t] dy[t] + q[t + 1]`` (mirrored for the backward
@@ -143,47 +148,47 @@ if triton is not None:
         FIRST_HALF_REVERSE: tl.constexpr,
         BE: tl.constexpr,
         KB: tl.constexpr,
+        DIRECTIONS: tl.constexpr = 2,
     ):
         """Exclusive scan of chunk summaries along the chunks: hin[k] is the
         state entering chunk k (from the left, or from the right for a
-        reversed half)."""
+        reversed half). DIRECTIONS 1: a single, forward half."""
         half = tl.program_id(1)
         b = tl.program_id(2)
         e_local = tl.program_id(0) * BE + tl.arange(0, BE)
         e_ok = e_local < E_HALF
         e = half * E_HALF + e_local
         rows = tl.arange(0, KB)
-        base = b * NC * 2 * E_HALF
+        base = b * NC * DIRECTIONS * E_HALF
         carry = tl.zeros([BE], tl.float32)
         reverse = (half == 0) == FIRST_HALF_REVERSE
         last_start = (NC - 1) // KB * KB
         if reverse:
-            tl.store(
-                hin_ptr + base + (NC - 1) * 2 * E_HALF + e, carry, mask=e_ok
-            )
+            last = base + (NC - 1) * DIRECTIONS * E_HALF
+            tl.store(hin_ptr + last + e, carry, mask=e_ok)
             for i in range(0, NC, KB):
                 k = last_start - i + rows
                 mask = (k < NC)[None, :] & e_ok[:, None]
-                offs = base + k[None, :] * 2 * E_HALF + e[:, None]
+                offs = base + k[None, :] * DIRECTIONS * E_HALF + e[:, None]
                 a = tl.load(sum_a_ptr + offs, mask=mask, other=1.0)
                 h = tl.load(sum_h_ptr + offs, mask=mask, other=0.0)
                 acum, h = tl.associative_scan((a, h), 1, _combine, reverse=True)
                 h = h + acum * carry[:, None]
                 out_mask = mask & (k >= 1)[None, :]
-                tl.store(hin_ptr + offs - 2 * E_HALF, h, mask=out_mask)
+                tl.store(hin_ptr + offs - DIRECTIONS * E_HALF, h, mask=out_mask)
                 carry = tl.sum(tl.where((rows == 0)[None, :], h, 0.0), axis=1)
         else:
             tl.store(hin_ptr + base + e, carry, mask=e_ok)
             for i in range(0, NC, KB):
                 k = i + rows
                 mask = (k < NC)[None, :] & e_ok[:, None]
-                offs = base + k[None, :] * 2 * E_HALF + e[:, None]
+                offs = base + k[None, :] * DIRECTIONS * E_HALF + e[:, None]
                 a = tl.load(sum_a_ptr + offs, mask=mask, other=1.0)
                 h = tl.load(sum_h_ptr + offs, mask=mask, other=0.0)
                 acum, h = tl.associative_scan((a, h), 1, _combine)
                 h = h + acum * carry[:, None]
                 out_mask = mask & (k < NC - 1)[None, :]
-                tl.store(hin_ptr + offs + 2 * E_HALF, h, mask=out_mask)
+                tl.store(hin_ptr + offs + DIRECTIONS * E_HALF, h, mask=out_mask)
                 carry = tl.sum(
                     tl.where((rows == KB - 1)[None, :], h, 0.0), axis=1
                 )
@@ -228,14 +233,18 @@ if triton is not None:
         return tl.where(reverse, k * CH + CH - 1 - i, k * CH + i)
 
     @triton.jit
-    def _tile_state(A_ptr, b, k, c, n, n_ok, NC, DI, N: tl.constexpr):
+    def _tile_state(
+        A_ptr, b, k, c, n, n_ok, NC, DI, N: tl.constexpr,
+        DIRECTIONS: tl.constexpr,
+    ):  # fmt: skip
         """A of channels c in base 2 (``A log2(e)``, so that ``exp(delta A)
         = exp2(delta A_base2)``, one instruction; [BD, NP], fp32) and the
-        offsets of their states at chunk k in the [batch, chunks, 2 d,
-        d_state] state buffers."""
+        offsets of their states at chunk k in the [batch, chunks,
+        DIRECTIONS d, d_state] state buffers."""
         A = tl.load(A_ptr + c[:, None] * N + n[None, :], mask=n_ok[None, :])
         A_base2 = A * LOG2_E
-        return A_base2, ((b * NC + k) * 2 * DI + c[:, None]) * N + n[None, :]
+        offs = ((b * NC + k) * DIRECTIONS * DI + c[:, None]) * N + n[None, :]
+        return A_base2, offs
 
     @triton.jit
     def _frame(
@@ -272,9 +281,11 @@ if triton is not None:
         y_ptr, z_ptr, dout_ptr, out_ptr, L, DI,
         s_yb, s_yl, s_zb, s_zl, s_db, s_dl, s_ob, s_ol, scale,
         GRAD: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+        DIRECTIONS: tl.constexpr = 2,
     ):  # fmt: skip
-        """``scale (y_f + y_b) silu(z)``, or with GRAD its gradient with
-        respect to z given the output gradient ``dout``."""
+        """``scale (y_f + y_b) silu(z)`` (DIRECTIONS 1: ``scale y
+        silu(z)``), or with GRAD its gradient with respect to z given the
+        output gradient ``dout``."""
         b = tl.program_id(2)
         t = tl.program_id(0) * BT + tl.arange(0, BT)
         c = tl.program_id(1) * BC + tl.arange(0, BC)
@@ -283,7 +294,10 @@ if triton is not None:
         cols = c[None, :]
         y_offs = b * s_yb + rows * s_yl + cols
         y = tl.load(y_ptr + y_offs, mask=mask, other=0.0).to(tl.float32)
-        y += tl.load(y_ptr + y_offs + DI, mask=mask, other=0.0).to(tl.float32)
+        if DIRECTIONS == 2:
+            y += tl.load(y_ptr + y_offs + DI, mask=mask, other=0.0).to(
+                tl.float32
+            )
         z = tl.load(
             z_ptr + b * s_zb + rows * s_zl + cols, mask=mask, other=0.0
         ).to(tl.float32)
@@ -309,6 +323,7 @@ if triton is not None:
         L, DI, NC, s_ub, s_ul, s_bb, s_bl, s_bn,
         N: tl.constexpr, NP: tl.constexpr, CH: tl.constexpr,
         BD: tl.constexpr, WRITE_OUT: tl.constexpr, STAGES: tl.constexpr,
+        DIRECTIONS: tl.constexpr = 2,
     ):  # fmt: skip
         k = tl.program_id(0)
         c = tl.program_id(1) * BD + tl.arange(0, BD)
@@ -317,7 +332,9 @@ if triton is not None:
         length = tl.load(len_ptr + b)
         n = tl.arange(0, NP)
         n_ok = n < N
-        A_base2, state_offs = _tile_state(A_ptr, b, k, c, n, n_ok, NC, DI, N)
+        A_base2, state_offs = _tile_state(
+            A_ptr, b, k, c, n, n_ok, NC, DI, N, DIRECTIONS
+        )
         bias = tl.load(bias_ptr + c)
         D = tl.load(D_ptr + c)
         if WRITE_OUT:
@@ -360,6 +377,7 @@ if triton is not None:
         DI, NC, s_ub, s_ul, s_zb, s_zl, s_ob, s_ol, s_bb, s_bl, s_bn, scale,
         N: tl.constexpr, NP: tl.constexpr, CH: tl.constexpr,
         BD: tl.constexpr, STAGES: tl.constexpr,
+        DIRECTIONS: tl.constexpr = 2,
     ):  # fmt: skip
         """Each chunk's decayed adjoint from a zero start (entering from the
         chunk's far end) and its total decay."""
@@ -371,7 +389,9 @@ if triton is not None:
         length = tl.load(len_ptr + b)
         n = tl.arange(0, NP)
         n_ok = n < N
-        A_base2, state_offs = _tile_state(A_ptr, b, k, c, n, n_ok, NC, DI, N)
+        A_base2, state_offs = _tile_state(
+            A_ptr, b, k, c, n, n_ok, NC, DI, N, DIRECTIONS
+        )
         bias = tl.load(bias_ptr + c)
         C_ptr = _direction(reverse, Cf_ptr, Cb_ptr)
         q = tl.zeros([BD, NP], tl.float32)
@@ -407,13 +427,14 @@ if triton is not None:
         s_bb, s_bl, s_bn, scale,
         N: tl.constexpr, NP: tl.constexpr, CH: tl.constexpr,
         BD: tl.constexpr, STAGES: tl.constexpr,
+        DIRECTIONS: tl.constexpr = 2,
     ):  # fmt: skip
         """All gradients of one chunk and channel block per work item:
         rerun the chunk forward from its stored state (states to scratch,
         y and dC out), then walk it backwards (du, d delta_raw, dB, and the
         chunk's shares of dA, dD, d bias)."""
         slot = tl.program_id(0)
-        tiles = 2 * DI // BD
+        tiles = DIRECTIONS * DI // BD
         n = tl.arange(0, NP)
         n_ok = n < N
         rows = tl.arange(0, BD)
@@ -429,7 +450,7 @@ if triton is not None:
             d = tl.where(reverse, c - DI, c)
             length = tl.load(len_ptr + b)
             A_base2, state_offs = _tile_state(
-                A_ptr, b, k, c, n, n_ok, NC, DI, N
+                A_ptr, b, k, c, n, n_ok, NC, DI, N, DIRECTIONS
             )
             bias = tl.load(bias_ptr + c)
             D = tl.load(D_ptr + c)
@@ -522,19 +543,25 @@ if triton is not None:
 
 
 def carry_chunk_states(
-    sum_a: torch.Tensor, sum_h: torch.Tensor, first_half_reverse: bool
+    sum_a: torch.Tensor,
+    sum_h: torch.Tensor,
+    first_half_reverse: bool,
+    directions: int = 2,
 ) -> torch.Tensor:
     """States entering each chunk, from the chunk summaries.
 
     Arguments
     ---------
     sum_a : torch.Tensor
-        Each chunk's total decay, [batch, chunks, 2 d, n] (fp32).
+        Each chunk's total decay, [batch, chunks, directions * d, n]
+        (fp32).
     sum_h : torch.Tensor
         Each chunk's end state from a zero start, same shape.
     first_half_reverse : bool
         Whether the first d channels carry right to left (the second half
         always goes the other way).
+    directions : int
+        2: two halves of d channels (BiMamba); 1: one (unidirectional).
 
     Returns
     -------
@@ -550,13 +577,13 @@ def carry_chunk_states(
     ...     assert hin[0, :, 0, 0].tolist() == [0.0, 1.0, 2.0]
     """
     batch, chunks, channels, d_state = sum_a.shape
-    e_half = channels // 2 * d_state
+    e_half = channels // directions * d_state
     hin = torch.empty_like(sum_h)
     # a short sequence scans all its chunks in one block of a power of two,
     # with more states per program (as many elements per program)
     chunk_block = min(CHUNK_BLOCK, max(2, triton.next_power_of_2(chunks)))
     state_block = STATE_BLOCK * CHUNK_BLOCK // chunk_block
-    grid = (triton.cdiv(e_half, state_block), 2, batch)
+    grid = (triton.cdiv(e_half, state_block), directions, batch)
     _carry_kernel[grid](
         sum_a,
         sum_h,
@@ -566,6 +593,7 @@ def carry_chunk_states(
         FIRST_HALF_REVERSE=first_half_reverse,
         BE=state_block,
         KB=chunk_block,
+        DIRECTIONS=directions,
     )
     return hin
 
@@ -575,6 +603,7 @@ def scan_in_two_passes(
     summary_a: torch.Tensor,
     summary_h: torch.Tensor,
     first_half_reverse: bool,
+    directions: int = 2,
 ) -> torch.Tensor:
     """Runs a chunk kernel twice around the carry of chunk-boundary states.
 
@@ -592,6 +621,8 @@ def scan_in_two_passes(
     first_half_reverse : bool
         Direction of the first half of the channels (see
         :func:`carry_chunk_states`).
+    directions : int
+        Scan directions (halves of the channels), 2 or 1.
 
     Returns
     -------
@@ -610,32 +641,40 @@ def scan_in_two_passes(
     ...     assert states[0, :, 0, 0].tolist() == [0.0, 1.0]
     """
     launch(summary_a, False)
-    states = carry_chunk_states(summary_a, summary_h, first_half_reverse)
+    states = carry_chunk_states(
+        summary_a, summary_h, first_half_reverse, directions
+    )
     launch(states, True)
     return states
 
 
 class ScanInputs(NamedTuple):
-    """The tensors of both BiMamba scans.
+    """The tensors of both BiMamba scans, or of one forward scan.
+
+    With ``B_bwd`` and ``C_bwd`` None the scan is forward only (a
+    unidirectional Mamba layer): the same kernels over ``d_inner`` channels
+    instead of ``2 * d_inner`` (``directions`` 1 instead of 2 below).
 
     Arguments
     ---------
     u : torch.Tensor
-        Scan inputs [batch, time, 2 * d_inner]: forward channels first,
-        then the backward direction's (both in the original time order).
+        Scan inputs [batch, time, directions * d_inner]: forward channels
+        first, then the backward direction's (both in the original time
+        order).
     delta_raw : torch.Tensor
         Step sizes before bias and softplus, like ``u``.
     z : torch.Tensor
         Gate [batch, time, d_inner] (shared by both directions).
     A : torch.Tensor
-        [2 * d_inner, d_state] (negative).
+        [directions * d_inner, d_state] (negative).
     B_fwd, C_fwd, B_bwd, C_bwd : torch.Tensor
         [batch, time, d_state] each, all with the same strides (views of
-        the x_proj outputs are fine).
+        the x_proj outputs are fine); B_bwd and C_bwd None for a forward
+        scan only.
     D : torch.Tensor
-        Skip weights [2 * d_inner].
+        Skip weights [directions * d_inner].
     delta_bias : torch.Tensor
-        [2 * d_inner].
+        [directions * d_inner].
     lengths : torch.Tensor
         Valid frames per item [batch] (integers).
 
@@ -651,11 +690,38 @@ class ScanInputs(NamedTuple):
     A: torch.Tensor
     B_fwd: torch.Tensor
     C_fwd: torch.Tensor
-    B_bwd: torch.Tensor
-    C_bwd: torch.Tensor
+    B_bwd: Optional[torch.Tensor]
+    C_bwd: Optional[torch.Tensor]
     D: torch.Tensor
     delta_bias: torch.Tensor
     lengths: torch.Tensor
+
+
+def scan_directions(inputs: ScanInputs) -> int:
+    """The number of scan directions of the inputs.
+
+    Arguments
+    ---------
+    inputs : ScanInputs
+        The scan's tensors.
+
+    Returns
+    -------
+    int
+        2 (BiMamba) or 1 (forward only: ``B_bwd`` and ``C_bwd`` None).
+
+    Example
+    -------
+    >>> x = torch.zeros(1, 4, 6)
+    >>> scan_directions(ScanInputs(*[x] * 6, None, None, *[x] * 3))
+    1
+    """
+    if (inputs.B_bwd is None) != (inputs.C_bwd is None):
+        raise ValueError(
+            "B_bwd and C_bwd must both be given (BiMamba) or both be None "
+            "(a forward scan only)"
+        )
+    return 1 if inputs.B_bwd is None else 2
 
 
 def check_scan_inputs(inputs: ScanInputs) -> None:
@@ -683,20 +749,23 @@ def check_scan_inputs(inputs: ScanInputs) -> None:
         )
     if not (u.is_cuda or interpreted()):
         raise ValueError(f"The Triton scan needs CUDA tensors, got {u.device}")
+    directions = scan_directions(inputs)
+    width = "2 * d_inner" if directions == 2 else "d_inner"
     batch, time, channels = u.shape
-    if channels % 2 or delta_raw.shape != u.shape:
+    if channels % directions or delta_raw.shape != u.shape:
         raise ValueError(
-            "u and delta_raw must be [batch, time, 2 * d_inner], got "
+            f"u and delta_raw must be [batch, time, {width}], got "
             f"{tuple(u.shape)} and {tuple(delta_raw.shape)}"
         )
-    if z.shape != (batch, time, channels // 2):
+    if z.shape != (batch, time, channels // directions):
         raise ValueError(
             f"z must be [batch, time, d_inner], got {tuple(z.shape)}"
         )
     if A.shape[0] != channels:
-        raise ValueError(f"A must be [2 * d_inner, d_state], got {A.shape}")
+        raise ValueError(f"A must be [{width}, d_state], got {A.shape}")
     for name, BC in zip(
-        ("B_fwd", "C_fwd", "B_bwd", "C_bwd"), (B_fwd, C_fwd, B_bwd, C_bwd)
+        ("B_fwd", "C_fwd", "B_bwd", "C_bwd")[: 2 * directions],
+        (B_fwd, C_fwd, B_bwd, C_bwd)[: 2 * directions],
     ):
         if BC.shape != (batch, time, A.shape[1]):
             raise ValueError(
@@ -757,15 +826,25 @@ def _strides(u, z, out, B_fwd):
     ]  # fmt: skip
 
 
+def _backward_BC(inputs: ScanInputs) -> Tuple[torch.Tensor, torch.Tensor]:
+    """B_bwd and C_bwd for the kernels' arguments: a forward-only scan
+    passes B_fwd and C_fwd, which its kernels never read as such (all its
+    channel tiles are forward ones)."""
+    if inputs.B_bwd is None:
+        return inputs.B_fwd, inputs.C_fwd
+    return inputs.B_bwd, inputs.C_bwd
+
+
 def _forward(inputs: ScanInputs, chunk: int):
-    """Both directions' y = C h + D u, [batch, time, 2 d_inner], and the
-    states entering each chunk (fp32), from inputs in the kernels' layout."""
-    u, delta_raw, _, A, B_fwd, C_fwd, B_bwd, C_bwd, D, delta_bias, lengths = (
-        inputs
-    )
+    """Each direction's y = C h + D u, [batch, time, directions * d_inner],
+    and the states entering each chunk (fp32), from inputs in the kernels'
+    layout."""
+    u, delta_raw, _, A, B_fwd, C_fwd, _, _, D, delta_bias, lengths = inputs
+    B_bwd, C_bwd = _backward_BC(inputs)
+    directions = scan_directions(inputs)
     batch, time, channels = u.shape
     d_state = A.shape[1]
-    block = _channel_block(channels // 2, CHANNEL_BLOCK)
+    block = _channel_block(channels // directions, CHANNEL_BLOCK)
     chunks = triton.cdiv(time, chunk)
     sum_a = torch.empty(
         batch, chunks, channels, d_state, device=u.device, dtype=torch.float32
@@ -775,7 +854,7 @@ def _forward(inputs: ScanInputs, chunk: int):
     grid = (chunks, channels // block, batch)
     args = [u, delta_raw, A, D, delta_bias, B_fwd, C_fwd, B_bwd, C_bwd]
     sizes = [
-        time, channels // 2, chunks, u.stride(0), u.stride(1),
+        time, channels // directions, chunks, u.stride(0), u.stride(1),
         B_fwd.stride(0), B_fwd.stride(1), B_fwd.stride(2),
     ]  # fmt: skip
 
@@ -784,9 +863,12 @@ def _forward(inputs: ScanInputs, chunk: int):
             *args, lengths, states, sum_a, sum_h, y, *sizes,
             N=d_state, NP=triton.next_power_of_2(d_state), CH=chunk,
             BD=block, WRITE_OUT=final, num_warps=WARPS, STAGES=STAGES,
+            DIRECTIONS=directions,
         )  # fmt: skip
 
-    states = scan_in_two_passes(launch, sum_a, sum_h, first_half_reverse=False)
+    states = scan_in_two_passes(
+        launch, sum_a, sum_h, first_half_reverse=False, directions=directions
+    )
     return y, states
 
 
@@ -815,8 +897,17 @@ def _gate(
         z.stride(0), z.stride(1), grad.stride(0), grad.stride(1),
         out.stride(0), out.stride(1), float(scale), GRAD=dout is not None,
         BT=GATE_BLOCK[0], BC=GATE_BLOCK[1],
+        DIRECTIONS=y.shape[-1] // d_inner,
     )  # fmt: skip
     return out
+
+
+def _summed_directions(y: torch.Tensor, d_inner: int) -> torch.Tensor:
+    """``y_fwd + y_bwd`` of a two-direction ``y`` ([..., 2 d_inner]), or
+    ``y`` itself for one direction ([..., d_inner])."""
+    if y.shape[-1] == d_inner:
+        return y
+    return y[..., :d_inner] + y[..., d_inner:]
 
 
 def _fused(*tensors: torch.Tensor) -> bool:
@@ -833,12 +924,14 @@ def _fused(*tensors: torch.Tensor) -> bool:
 def gate_directions(
     y: torch.Tensor, z: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """``scale * (y_fwd + y_bwd) * silu(z)`` (one Triton kernel on GPU).
+    """``scale * (y_fwd + y_bwd) * silu(z)`` (one Triton kernel on GPU);
+    ``scale * y * silu(z)`` for the output of a forward-only scan.
 
     Arguments
     ---------
     y : torch.Tensor
-        Both directions' outputs, [batch, time, 2 d_inner].
+        Both directions' outputs, [batch, time, 2 d_inner], or a forward
+        scan's, [batch, time, d_inner].
     z : torch.Tensor
         Gate, [batch, time, d_inner].
     scale : float
@@ -856,8 +949,7 @@ def gate_directions(
     """
     if _fused(y, z):
         return _gate(y, z, scale)
-    d_inner = z.shape[-1]
-    both = y[..., :d_inner] + y[..., d_inner:]
+    both = _summed_directions(y, z.shape[-1])
     return (both * torch.nn.functional.silu(z)).mul_(scale).to(y.dtype)
 
 
@@ -888,8 +980,7 @@ def gate_gradient(
     """
     if _fused(y, z, dout):
         return _gate(y, z, scale, dout)
-    d_inner = z.shape[-1]
-    both = y[..., :d_inner].float() + y[..., d_inner:].float()
+    both = _summed_directions(y.float(), z.shape[-1])
     gate = torch.sigmoid(z.float())
     dz = dout.float() * scale * both * gate * (1 + z.float() * (1 - gate))
     return dz.to(z.dtype)
@@ -899,7 +990,8 @@ def gate_gradient(
 def bidirectional_scan_inference(
     inputs: ScanInputs, scale: float = 1.0
 ) -> torch.Tensor:
-    """Both BiMamba scans for inference (no autograd), gated and combined.
+    """Both BiMamba scans for inference (no autograd), gated and combined
+    (or a forward scan only, gated, see :class:`ScanInputs`).
 
     Arguments
     ---------
@@ -956,8 +1048,8 @@ def scan_forward(
     Returns
     -------
     y : torch.Tensor
-        ``C h + D u`` of each direction, [batch, time, 2 d_inner] (forward
-        channels first; 0 on padded frames).
+        ``C h + D u`` of each direction, [batch, time, directions *
+        d_inner] (forward channels first; 0 on padded frames).
     states : torch.Tensor
         The fp32 state entering each chunk of ``TRAINING_CHUNK`` frames.
     inputs : ScanInputs
@@ -1000,9 +1092,10 @@ def scan_backward(
     Returns
     -------
     tuple of torch.Tensor
-        Gradients of u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd, D and
-        delta_bias, then each direction's recomputed output y
-        [batch, time, 2 d_inner] (for the gradients of whatever follows).
+        Gradients of u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd (None
+        for a forward scan only), D and delta_bias, then each direction's
+        recomputed output y [batch, time, directions * d_inner] (for the
+        gradients of whatever follows).
 
     Example
     -------
@@ -1019,17 +1112,18 @@ def scan_backward(
     ...     grads = scan_backward(inputs, states, u[..., :4], 1.0)
     ...     assert torch.equal(grads[-1], y) and len(grads) == 11
     """
-    u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd, D, delta_bias, lengths = (
-        inputs
-    )
+    u, delta_raw, z, A, B_fwd, C_fwd, _, _, D, delta_bias, lengths = inputs
+    B_bwd, C_bwd = _backward_BC(inputs)
+    directions = scan_directions(inputs)
     dout = dout.contiguous()
     batch, time, channels = u.shape
+    d_inner = channels // directions
     d_state = A.shape[1]
     chunks = states.shape[1]
-    block = _channel_block(channels // 2, BACKWARD_CHANNEL_BLOCK)
+    block = _channel_block(d_inner, BACKWARD_CHANNEL_BLOCK)
     common = dict(
         N=d_state, NP=triton.next_power_of_2(d_state), CH=TRAINING_CHUNK,
-        BD=block, STAGES=STAGES,
+        BD=block, STAGES=STAGES, DIRECTIONS=directions,
     )  # fmt: skip
     strides = _strides(u, z, dout, B_fwd)
     sum_a = torch.empty_like(states)
@@ -1040,11 +1134,13 @@ def scan_backward(
             return
         _adjoint_summary_kernel[(chunks, channels // block, batch)](
             u, delta_raw, z, dout, A, delta_bias, C_fwd, C_bwd, lengths,
-            sum_a, sum_q, channels // 2, chunks, *strides, scale,
+            sum_a, sum_q, d_inner, chunks, *strides, scale,
             num_warps=WARPS, **common,
         )  # fmt: skip
 
-    qin = scan_in_two_passes(launch, sum_a, sum_q, first_half_reverse=True)
+    qin = scan_in_two_passes(
+        launch, sum_a, sum_q, first_half_reverse=True, directions=directions
+    )
     sum_a = sum_q = None  # freed before the last pass
     work = batch * chunks * (channels // block)
     programs = _program_count(u.device, work)
@@ -1056,19 +1152,22 @@ def scan_backward(
     du = torch.empty_like(u)
     ddelta = torch.empty_like(delta_raw)
     dBC = torch.zeros(
-        4, batch, time, d_state, device=u.device, dtype=torch.float32
-    )
+        2 * directions, batch, time, d_state, device=u.device,
+        dtype=torch.float32,
+    )  # fmt: skip
     dA = torch.zeros_like(A)
     dD = torch.zeros_like(D)
     dbias = torch.zeros_like(delta_bias)
     _sequential_backward_kernel[(programs,)](
         u, delta_raw, z, dout, A, D, delta_bias, B_fwd, C_fwd, B_bwd,
         C_bwd, lengths, states, qin, scratch, y, du, ddelta, dBC, dA, dD,
-        dbias, batch, time, channels // 2, chunks, work, *strides, scale,
+        dbias, batch, time, d_inner, chunks, work, *strides, scale,
         num_warps=BACKWARD_WARPS, **common,
     )  # fmt: skip
     dz = gate_gradient(y, z, dout, scale)
-    dB_fwd, dC_fwd, dB_bwd, dC_bwd = (g.to(B_fwd.dtype) for g in dBC)
+    dB_fwd, dC_fwd, dB_bwd, dC_bwd = [g.to(B_fwd.dtype) for g in dBC] + [
+        None
+    ] * (4 - len(dBC))
     return (
         du, ddelta, dz, dA, dB_fwd, dC_fwd, dB_bwd, dC_bwd, dD, dbias, y,
     )  # fmt: skip
@@ -1093,7 +1192,8 @@ class BidirectionalScanFunction(torch.autograd.Function):
 
 
 def bidirectional_scan(inputs: ScanInputs, scale: float = 1.0) -> torch.Tensor:
-    """Both BiMamba scans, gated and combined, differentiable.
+    """Both BiMamba scans, gated and combined, differentiable (or a
+    forward scan only, gated: ``B_bwd`` and ``C_bwd`` None).
 
     Arguments
     ---------
@@ -1126,7 +1226,7 @@ def bidirectional_scan(inputs: ScanInputs, scale: float = 1.0) -> torch.Tensor:
 
 def scan_reference(inputs: ScanInputs, scale: float = 1.0) -> torch.Tensor:
     """Loop-by-loop fp32 reference of :func:`bidirectional_scan` (any
-    device, for tests).
+    device, for tests), both directions or a forward one only.
 
     Arguments
     ---------
@@ -1150,12 +1250,23 @@ def scan_reference(inputs: ScanInputs, scale: float = 1.0) -> torch.Tensor:
     ... ))
     >>> y.shape, bool(y[0, 4:].abs().sum() == 0)
     (torch.Size([1, 6, 2]), True)
+    >>> forward = scan_reference(ScanInputs(  # a forward scan only
+    ...     u, u, u, -torch.ones(4, 3), bc, bc, None, None,
+    ...     torch.zeros(4), torch.zeros(4), torch.tensor([6]),
+    ... ))
+    >>> torch.allclose(forward[0, :3], scan_reference(ScanInputs(
+    ...     u[:, :3], u[:, :3], u[:, :3], -torch.ones(4, 3), bc[:, :3],
+    ...     bc[:, :3], None, None, torch.zeros(4), torch.zeros(4),
+    ...     torch.tensor([3]),
+    ... ))[0])  # causal: later frames change nothing before them
+    True
     """
     u, delta_raw, z, A, B_fwd, C_fwd, B_bwd, C_bwd, D, delta_bias, lengths = (
         inputs
     )
     batch, time, channels = u.shape
-    d_inner = channels // 2
+    directions = scan_directions(inputs)
+    d_inner = channels // directions
     delta = torch.nn.functional.softplus(delta_raw.float() + delta_bias)
     out = torch.zeros(batch, time, d_inner, device=u.device)
     for b in range(batch):
@@ -1165,7 +1276,7 @@ def scan_reference(inputs: ScanInputs, scale: float = 1.0) -> torch.Tensor:
             (
                 (B_fwd, C_fwd, range(length)),
                 (B_bwd, C_bwd, reversed(range(length))),
-            )
+            )[:directions]
         ):
             cols = slice(half * d_inner, (half + 1) * d_inner)
             state = torch.zeros(d_inner, A.shape[1], device=u.device)

@@ -1,0 +1,286 @@
+"""Unidirectional Mamba on the Triton kernels: the forward-only mode of the
+bidirectional scan and convolution (``ScanInputs`` without backward B/C,
+``causal_conv_silu``) against the loop-by-loop references, and the Mamba,
+CrossMamba and MambaStack layers with backend "triton" against the
+pure-PyTorch path and tests/reference_mamba.py: outputs and the gradients of
+the input and of every parameter, padded items equal to the items alone. On
+an NVIDIA GPU with Triton every test runs; on CPU the small ones run under
+Triton's interpreter (``TRITON_INTERPRET=1``, chunks of 16 frames so that a
+few dozen frames cross chunks), started by tests/test_triton_interpreted.py.
+"""
+
+import pytest
+import torch
+from reference_mamba import reference_mamba
+
+from speechbrain_mamba.nnet import CrossMamba, Mamba, MambaStack
+from speechbrain_mamba.ops.backend import mamba_path
+from speechbrain_mamba.ops.triton import bidirectional_conv as conv_ops
+from speechbrain_mamba.ops.triton import bidirectional_scan as scan_ops
+
+INTERPRETED = scan_ops.interpreted()
+DEVICE = "cpu" if INTERPRETED else "cuda"
+
+pytestmark = [pytest.mark.triton, pytest.mark.usefixtures("true_fp32")]
+
+RTOL, ATOL = 6e-4, 2e-3
+
+
+@pytest.fixture(autouse=True)
+def _short_chunks(monkeypatch):
+    """Under the interpreter, chunks of 16 frames: a few dozen frames then
+    cross chunks (and the carry kernel runs) at an affordable cost."""
+    if INTERPRETED:
+        monkeypatch.setattr(scan_ops, "TRAINING_CHUNK", 16)
+        monkeypatch.setattr(scan_ops, "SHORT_CHUNK", 16)
+
+
+def forward_scan_inputs(batch, time, d_inner, d_state, lengths):
+    """Leaves of a forward-only scan (B and C views of one x_proj output)."""
+    torch.manual_seed(0)
+
+    def make(*shape, scale=1.0):
+        return (torch.randn(*shape, device=DEVICE) * scale).requires_grad_()
+
+    return {
+        "u": make(batch, time, d_inner),
+        "delta_raw": make(batch, time, d_inner),
+        "z": make(batch, time, d_inner),
+        "A": (-torch.rand(d_inner, d_state, device=DEVICE) - 0.2)
+        .mul(3)
+        .requires_grad_(),
+        "x_dbl": make(batch, time, 2 * d_state + 3),
+        "D": make(d_inner),
+        "delta_bias": make(d_inner, scale=0.5),
+        "lengths": torch.tensor(lengths, device=DEVICE),
+    }
+
+
+def call(function, inputs, d_state):
+    B, C = inputs["x_dbl"][..., 3:].split(d_state, -1)
+    return function(
+        scan_ops.ScanInputs(
+            inputs["u"], inputs["delta_raw"], inputs["z"], inputs["A"], B, C,
+            None, None, inputs["D"], inputs["delta_bias"], inputs["lengths"],
+        )
+    )  # fmt: skip
+
+
+def leaves(inputs):
+    return [t for t in inputs.values() if t.requires_grad]
+
+
+@pytest.mark.parametrize(
+    "time,lengths,d_inner,d_state",
+    [
+        (34, [34, 19], 8, 4),
+        pytest.param(300, [300, 171, 64], 40, 16, marks=pytest.mark.gpu),
+        pytest.param(700, [700, 3], 8, 8, marks=pytest.mark.gpu),
+    ],
+)
+def test_forward_scan_equals_loop_reference(time, lengths, d_inner, d_state):
+    """The training scan (output, gradients of every input) and the
+    inference scan in forward-only mode."""
+    inputs = forward_scan_inputs(len(lengths), time, d_inner, d_state, lengths)
+    out = call(scan_ops.bidirectional_scan, inputs, d_state)
+    ref = call(scan_ops.scan_reference, inputs, d_state)
+    assert out.shape == (len(lengths), time, d_inner)
+    torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
+    weights = torch.randn_like(ref)
+    grads = torch.autograd.grad((out * weights).sum(), leaves(inputs))
+    ref_grads = torch.autograd.grad((ref * weights).sum(), leaves(inputs))
+    for name, got, expected in zip(inputs, grads, ref_grads):
+        torch.testing.assert_close(
+            got, expected, rtol=RTOL, atol=ATOL, msg=name
+        )
+    with torch.no_grad():
+        fast = call(scan_ops.bidirectional_scan_inference, inputs, d_state)
+    torch.testing.assert_close(fast, ref, rtol=RTOL, atol=ATOL)
+
+
+def test_causal_conv_is_the_forward_half_of_the_bidirectional_conv():
+    """Same kernels: values and gradients equal the forward half of the
+    bidirectional convolution's reference; odd time and channel counts."""
+    torch.manual_seed(0)
+    time, d = 37, 10
+    xz = torch.randn(2, time, 2 * d, device=DEVICE, requires_grad=True)
+    x = xz[..., :d]  # a strided view, as from the input projection
+    weight = torch.randn(d, 1, 4, device=DEVICE, requires_grad=True)
+    bias = torch.randn(d, device=DEVICE, requires_grad=True)
+    lengths = torch.tensor([time, 20], device=DEVICE)
+    out = conv_ops.causal_conv_silu(x, weight, bias, lengths)
+    ref = conv_ops.conv_reference(x, weight, bias, weight, bias, lengths)
+    ref = ref[..., :d]
+    torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
+    dout = torch.randn_like(ref)
+    grads = torch.autograd.grad((out * dout).sum(), [xz, weight, bias])
+    ref_grads = torch.autograd.grad((ref * dout).sum(), [xz, weight, bias])
+    for got, expected in zip(grads, ref_grads):
+        torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
+
+
+def perturbed(module):
+    """Spread A and D away from their initial values (a stronger test)."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("D") or name.endswith("A_log"):
+                p.add_(0.3 * torch.randn_like(p))
+    return module
+
+
+def run(module, backend, inputs, lengths, forward):
+    """Output and gradients (input(s) and every parameter) of one path."""
+    module.zero_grad()
+    for layer in module.modules():
+        if isinstance(layer, Mamba):
+            layer.backend = backend
+    inputs = [t.detach().clone().requires_grad_() for t in inputs]
+    out = forward(module, inputs, lengths)
+    weights = torch.linspace(-1, 1, out.numel(), device=out.device)
+    (out.flatten() * weights).sum().backward()
+    grads = {n: p.grad.clone() for n, p in module.named_parameters()}
+    for i, t in enumerate(inputs):
+        grads[f"input{i}"] = t.grad
+    used = {
+        layer.kernels_used
+        for layer in module.modules()
+        if isinstance(layer, Mamba)
+    }
+    return out.detach(), grads, used
+
+
+def assert_same_results(got, expected):
+    out, grads, used = got
+    ref, ref_grads, ref_used = expected
+    assert used == {"triton"} and ref_used == {"torch"}, (used, ref_used)
+    torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
+    assert set(grads) == set(ref_grads)
+    for name in ref_grads:
+        torch.testing.assert_close(
+            grads[name], ref_grads[name], rtol=RTOL, atol=ATOL, msg=name
+        )
+
+
+def mamba_forward(module, inputs, lengths):
+    return module(inputs[0], lengths)
+
+
+def assert_padded_equals_alone(module, inputs, lengths, forward):
+    """Each padded item's valid output frames are what it gets alone."""
+    with torch.no_grad():
+        batch_out = forward(module, inputs, lengths)
+        time = batch_out.shape[1]
+        for b, length in enumerate(lengths.tolist()):
+            frames = round(length * time)
+            alone = forward(
+                module, [t[b : b + 1, :frames] for t in inputs], None
+            )
+            torch.testing.assert_close(
+                batch_out[b : b + 1, :frames], alone, rtol=RTOL, atol=ATOL
+            )
+            assert not batch_out[b, frames:].any()
+
+
+@pytest.mark.parametrize(
+    "padded,conv_bias",
+    [(True, True), pytest.param(False, False, marks=pytest.mark.gpu)],
+)
+def test_mamba_triton_equals_torch_path(padded, conv_bias):
+    torch.manual_seed(0)
+    d_model, time = (8, 20) if INTERPRETED else (64, 333)
+    layer = Mamba(
+        d_model, d_state=4 if INTERPRETED else 16, conv_bias=conv_bias
+    )
+    layer = perturbed(layer.to(DEVICE))
+    x = torch.randn(2, time, d_model, device=DEVICE)
+    lengths = torch.tensor([1.0, 0.6], device=DEVICE) if padded else None
+    got = run(layer, "triton", [x], lengths, mamba_forward)
+    assert_same_results(got, run(layer, "torch", [x], lengths, mamba_forward))
+    if padded:
+        layer.backend = "triton"
+        assert_padded_equals_alone(layer, [x], lengths, mamba_forward)
+
+
+def test_mamba_triton_equals_loop_reference():
+    """Against the loop-by-loop Mamba written from the paper's equations,
+    in training (gradients) and inference (the inference scan)."""
+    torch.manual_seed(0)
+    layer = perturbed(Mamba(8, d_state=4, backend="triton").to(DEVICE))
+    x = torch.randn(2, 18, 8, device=DEVICE, requires_grad=True)
+    out = layer(x)
+    ref = reference_mamba(layer, x)
+    torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
+    params = [x, *layer.parameters()]
+    dout = torch.randn_like(ref)
+    grads = torch.autograd.grad((out * dout).sum(), params)
+    ref_grads = torch.autograd.grad((ref * dout).sum(), params)
+    for got, expected in zip(grads, ref_grads):
+        torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), ref, rtol=RTOL, atol=ATOL)
+    assert layer.kernels_used == "triton"
+
+
+def cross_forward(module, inputs, lengths):
+    target, memory = inputs
+    return module(target, memory, lengths, lengths)
+
+
+def test_cross_mamba_triton_equals_torch_path():
+    """CrossMamba's full-sequence call ([memory ; target] per item) on the
+    Triton kernels, padded target and memory."""
+    torch.manual_seed(0)
+    layer = perturbed(CrossMamba(8, d_state=4).to(DEVICE))
+    target = torch.randn(2, 10, 8, device=DEVICE)
+    memory = torch.randn(2, 9, 8, device=DEVICE)
+    lengths = torch.tensor([1.0, 0.5], device=DEVICE)
+    inputs = [target, memory]
+    got = run(layer, "triton", inputs, lengths, cross_forward)
+    assert_same_results(
+        got, run(layer, "torch", inputs, lengths, cross_forward)
+    )
+
+
+def test_mamba_stack_triton_equals_torch_path():
+    """A unidirectional stack (VALL-M's AR model), padded batch."""
+    torch.manual_seed(0)
+    stack = MambaStack(8, num_layers=2, bidirectional=False, d_state=4)
+    stack = stack.to(DEVICE)
+    perturbed(stack)
+    x = torch.randn(2, 20, 8, device=DEVICE)
+    lengths = torch.tensor([1.0, 0.7], device=DEVICE)
+    got = run(stack, "triton", [x], lengths, mamba_forward)
+    assert_same_results(got, run(stack, "torch", [x], lengths, mamba_forward))
+    assert_padded_equals_alone(stack, [x], lengths, mamba_forward)
+
+
+@pytest.mark.gpu
+def test_auto_takes_triton_on_cuda_without_mamba_ssm(monkeypatch):
+    """backend "auto" on CUDA: the Triton kernels when mamba_ssm is missing,
+    mamba_ssm's when it is there; the pure-PyTorch path on CPU."""
+    from speechbrain_mamba.ops import backend
+
+    x = torch.zeros(1, 8, 4, device="cuda")
+    monkeypatch.setattr(backend, "cuda_kernels", lambda: None)
+    assert mamba_path("auto", x, 16) == "triton"
+    assert mamba_path("torch", x, 16) == "torch"
+    assert mamba_path("auto", x.cpu(), 16) == "torch"
+    monkeypatch.setattr(backend, "cuda_kernels", lambda: object())
+    assert mamba_path("auto", x, 16) == "mamba_ssm"
+    assert mamba_path("triton", x, 16) == "triton"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mamba_triton_under_autocast_is_close_to_torch_path(dtype):
+    torch.manual_seed(0)
+    layer = perturbed(Mamba(64, d_state=16).cuda())
+    x = torch.randn(2, 500, 64, device="cuda")
+    results = {}
+    for backend in ("triton", "torch"):
+        layer.backend = backend
+        with torch.autocast("cuda", dtype=dtype):
+            results[backend] = layer(x, torch.tensor([1.0, 0.7])).float()
+    got, ref = results["triton"], results["torch"]
+    assert (got - ref).norm() / ref.norm() < 3e-2
