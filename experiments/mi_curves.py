@@ -1360,7 +1360,7 @@ def write_outputs(
     str
         The Markdown summary.
     """
-    from speechbrain_mamba.separation.io import (
+    from speechbrain_mamba.utils.atomic import (
         atomic_write_csv,
         atomic_write_text,
     )
@@ -1547,7 +1547,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 job[key] = previous.get(name, {}).get(key, job.get(key))
             budgets[name] = job["budget_s"]
     training = {name: training_result(job) for name, job in jobs.items()}
-    from speechbrain_mamba.separation.io import atomic_write_text
+    from speechbrain_mamba.utils.atomic import atomic_write_text
 
     atomic_write_text(results_file, json.dumps(training, indent=2, default=str))
     if args.stage == "train":

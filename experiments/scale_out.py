@@ -78,7 +78,7 @@ import yaml
 from jobs import REPO, Job, log_tail, repo_env, run_job
 from train_throughput import aggregate
 
-from speechbrain_mamba.separation.io import atomic_write_text
+from speechbrain_mamba.utils.atomic import atomic_write_text
 from speechbrain_mamba.utils.checkpoints import COMPLETE_MARKER
 
 logger = logging.getLogger(__name__)

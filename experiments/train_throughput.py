@@ -53,7 +53,7 @@ import speechbrain_mamba  # noqa: F401  (before speechbrain: torchaudio shim)
 import speechbrain as sb
 import torch
 
-from speechbrain_mamba.separation.io import atomic_write_text
+from speechbrain_mamba.utils.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

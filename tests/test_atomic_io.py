@@ -4,12 +4,12 @@ file behind; a successful one replaces the file whole."""
 import pytest
 import torch
 
-from speechbrain_mamba.separation.io import (
+from speechbrain_mamba.utils.atomic import (
     atomic_write_csv,
     atomic_write_text,
     atomic_write_wav,
-    read_audio,
 )
+from speechbrain_mamba.utils.io import read_audio
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path):

@@ -17,8 +17,8 @@ from speechbrain_mamba.separation.export import (
     main,
     upload_to_hub,
 )
-from speechbrain_mamba.separation.io import read_audio
 from speechbrain_mamba.separation.recipe import train_and_test
+from speechbrain_mamba.utils.io import read_audio
 
 ROOT = Path(__file__).resolve().parents[1]
 HPARAMS = ROOT / "recipes" / "WSJ0Mix" / "separation" / "hparams"

@@ -180,7 +180,7 @@ def write_rows(path: Union[str, Path], rows: Sequence[dict]) -> Path:
     -------
     pathlib.Path
     """
-    from speechbrain_mamba.separation.io import atomic_write_csv
+    from speechbrain_mamba.utils.atomic import atomic_write_csv
 
     def fmt(row):
         out = dict(row)

@@ -24,15 +24,12 @@ import logging
 from pathlib import Path
 from typing import Dict, Sequence
 
-from speechbrain_mamba.separation.io import (
-    PathLike,
-    atomic_write_csv,
-    atomic_write_text,
-)
+from speechbrain_mamba.utils.atomic import atomic_write_csv, atomic_write_text
 from speechbrain_mamba.utils.audio_check import (
     recorded_audio_unchanged,
     validate_audio_files,
 )
+from speechbrain_mamba.utils.io import PathLike
 
 logger = logging.getLogger(__name__)
 

@@ -48,10 +48,10 @@ import torch.nn.functional as F
 from speechbrain.dataio.dataloader import LoopedLoader
 from torch.utils.data import DataLoader
 
-from speechbrain_mamba.separation.io import atomic_write_wav
 from speechbrain_mamba.separation.lr_schedule import WarmupCosineScheduler
 from speechbrain_mamba.separation.metrics import METRICS, separation_metrics
 from speechbrain_mamba.separation.results import write_results_csv
+from speechbrain_mamba.utils.atomic import atomic_write_wav
 from speechbrain_mamba.utils.graphed_training import GraphedTraining
 from speechbrain_mamba.utils.time_budget import TrainTimeBudget
 

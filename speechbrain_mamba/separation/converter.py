@@ -44,7 +44,7 @@ from typing import Optional
 
 import torch
 
-from speechbrain_mamba.separation.io import PathLike
+from speechbrain_mamba.utils.io import PathLike
 
 _LAYER = re.compile(r"^mamba_net\.layers\.(\d+)\.(mixer|norm)\.(.+)$")
 MIXER_KEYS = (

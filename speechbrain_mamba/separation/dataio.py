@@ -12,7 +12,7 @@ import speechbrain as sb
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 
-from speechbrain_mamba.separation.io import PathLike, read_audio
+from speechbrain_mamba.utils.io import PathLike, read_audio
 
 SORTINGS = ("ascending", "descending", "random")
 
@@ -73,7 +73,7 @@ def separation_dataset(
     -------
     >>> tmpdir = getfixture("tmpdir")
     >>> import torch
-    >>> from speechbrain_mamba.separation.io import atomic_write_wav
+    >>> from speechbrain_mamba.utils.atomic import atomic_write_wav
     >>> for name in ["mix", "s1", "s2"]:
     ...     _ = atomic_write_wav(tmpdir / f"{name}.wav", torch.zeros(160), 8000)
     >>> _ = (tmpdir / "d.csv").write_text(

@@ -30,8 +30,8 @@ import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 
 from speechbrain_mamba.separation.dataio import output_keys
-from speechbrain_mamba.separation.io import PathLike, read_audio
 from speechbrain_mamba.utils.audio_check import validate_audio_files
+from speechbrain_mamba.utils.io import PathLike, read_audio
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class DynamicMixer:
     Example
     -------
     >>> tmpdir = getfixture("tmpdir")
-    >>> from speechbrain_mamba.separation.io import atomic_write_wav
+    >>> from speechbrain_mamba.utils.atomic import atomic_write_wav
     >>> for spk in ["aaa", "bbb", "ccc"]:
     ...     p = tmpdir / spk / f"{spk}01.wav"
     ...     _ = atomic_write_wav(p, torch.randn(400) * 0.1, 8000)

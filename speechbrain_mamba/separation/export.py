@@ -48,9 +48,9 @@ from typing import Optional
 import ruamel.yaml
 import torch
 
-from speechbrain_mamba.separation.io import PathLike
 from speechbrain_mamba.separation.results import read_results_csv
 from speechbrain_mamba.utils.atomic import atomic_folder, check_target_folder
+from speechbrain_mamba.utils.io import PathLike
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from speechbrain_mamba.separation.io import PathLike, atomic_write_csv
 from speechbrain_mamba.separation.metrics import METRICS
+from speechbrain_mamba.utils.atomic import atomic_write_csv
+from speechbrain_mamba.utils.io import PathLike
 
 ID_COLUMN = "snt_id"
 AVERAGE_ID = "avg"

@@ -370,7 +370,7 @@ def pretraining_dataset(
     """
     from speechbrain.dataio.dataset import DynamicItemDataset
 
-    from speechbrain_mamba.separation.io import read_audio
+    from speechbrain_mamba.utils.io import read_audio
 
     if not Path(csv_path).is_file():
         raise FileNotFoundError(f"data CSV {csv_path} does not exist")

@@ -155,7 +155,7 @@ class LayerFeatures:
 
 
 def _read(path: str, sample_rate: int) -> torch.Tensor:
-    from speechbrain_mamba.separation.io import read_audio
+    from speechbrain_mamba.utils.io import read_audio
 
     return read_audio(path, sample_rate)
 

@@ -18,13 +18,12 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import soundfile as sf
 import torch
 
-PathLike = Union[str, os.PathLike]
+from speechbrain_mamba.utils.io import PathLike
 
 
 @contextlib.contextmanager

@@ -26,14 +26,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Union
+from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 import soundfile as sf
 
 from speechbrain_mamba.utils.atomic import atomic_write_text
-
-PathLike = Union[str, os.PathLike]
+from speechbrain_mamba.utils.io import PathLike
 
 #: Frames decoded per read when a whole file is checked.
 BLOCK_FRAMES = 1 << 16

@@ -1,6 +1,8 @@
-"""File input/output for the separation tools: audio reading with clear
-errors, and atomic writes (temporary file + ``os.replace``) of text, CSV and
-audio files, so that an interrupted run never leaves half-written outputs.
+"""Reading audio with clear errors, and the path type every module takes.
+
+:func:`read_audio` reads a mono file and checks its sample rate, so that
+data of the wrong rate stops a run with the file named. Writes go through
+:mod:`speechbrain_mamba.utils.atomic`.
 
 Author
 ------
@@ -13,13 +15,6 @@ from typing import Optional, Union
 import numpy as np
 import soundfile as sf
 import torch
-
-from speechbrain_mamba.utils.atomic import (  # noqa: F401 (re-exported)
-    atomic_target,
-    atomic_write_csv,
-    atomic_write_text,
-    atomic_write_wav,
-)
 
 PathLike = Union[str, os.PathLike]
 
@@ -48,10 +43,12 @@ def read_audio(
 
     Example
     -------
+    >>> from speechbrain_mamba.utils.atomic import atomic_write_wav
     >>> tmpdir = getfixture("tmpdir")
     >>> p = atomic_write_wav(tmpdir / "y.wav", torch.ones(100) * 0.5, 8000)
-    >>> read_audio(p, 8000, start=10, stop=20).shape
-    torch.Size([10])
+    >>> x = read_audio(p, 8000, start=10, stop=20)
+    >>> x.shape, round(float(x.max()), 3)
+    (torch.Size([10]), 0.5)
     >>> read_audio(p, 16000)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
