@@ -1,9 +1,11 @@
-"""The Triton kernels on CPU: runs tests/test_triton_bimamba.py and
-tests/test_triton_mamba_step.py in a subprocess under Triton's interpreter
-(``TRITON_INTERPRET=1`` must be set before Triton is imported, so not in
-this process), where their small cases compare every kernel path (BiMamba
-scan forward and backward, inference scan, bidirectional convolution, the
-lean layer function, the fused decoding step) with the PyTorch references,
+"""The Triton kernels on CPU: runs tests/test_triton_bimamba.py,
+tests/test_triton_mamba.py and tests/test_triton_mamba_step.py in a
+subprocess under Triton's interpreter (``TRITON_INTERPRET=1`` must be set
+before Triton is imported, so not in this process), where their small cases
+compare every kernel path (BiMamba scan forward and backward, inference
+scan, bidirectional convolution, the lean layer function, the forward-only
+scan and causal convolution of Mamba, CrossMamba and MambaStack, the fused
+decoding step) with the PyTorch references,
 gradients and padded items included. On a GPU machine the subprocess
 hides the GPU, so the same small cases run (the files also run their
 compiled-kernel cases there directly)."""
@@ -19,11 +21,15 @@ import pytest
 from speechbrain_mamba.ops.triton import bidirectional_scan
 
 TESTS = Path(__file__).resolve().parent
-FILES = ("test_triton_bimamba.py", "test_triton_mamba_step.py")
+FILES = (
+    "test_triton_bimamba.py",
+    "test_triton_mamba.py",
+    "test_triton_mamba_step.py",
+)
 
 #: Tests of FILES that run under the interpreter (so that a change which
 #: skips them all cannot pass here).
-INTERPRETED_TESTS = 14
+INTERPRETED_TESTS = 20
 
 
 @pytest.mark.skipif(
