@@ -145,7 +145,7 @@ SEP_MODELS = {
 }
 TRANSFORMER_MASKNET = (
     (
-        "MaskNet: !new:speechbrain_mamba.enhancement.transformer_masknet."
+        "MaskNet: !new:speechbrain_mamba.lobes.transformer_masknet."
         "TransformerMaskNet\n"
     )
     + """    in_channels: !ref <N_encoder_out>

@@ -45,7 +45,8 @@ import torch
 import speechbrain_mamba  # noqa: F401
 from speechbrain_mamba.benchmarks.models import joint_loss
 from speechbrain_mamba.benchmarks.timing import synchronize
-from speechbrain_mamba.lobes.tts.factory import build_codec_lm, count_parameters
+from speechbrain_mamba.lobes.tts.factory import build_codec_lm
+from speechbrain_mamba.utils.parameters import count_parameters
 
 Item = Tuple[torch.Tensor, torch.Tensor]  # phoneme ids, codes [nq, frames]
 

@@ -14,8 +14,8 @@ from speechbrain_mamba.analysis.capture import (
 )
 from speechbrain_mamba.lobes.asr.conmamba import ConMambaEncoder
 from speechbrain_mamba.lobes.mamba_tasnet import MambaTasNetMaskNet
+from speechbrain_mamba.lobes.ssl.hubert import HuBERTModel
 from speechbrain_mamba.nnet import MambaStack
-from speechbrain_mamba.ssl.model import HuBERTModel
 
 LENGTHS = torch.tensor([1.0, 0.6, 0.3])
 

@@ -82,7 +82,7 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
 
 SSL_YAML = """
 sample_rate: 8000
-ssl_model: !new:speechbrain_mamba.ssl.model.HuBERTModel
+ssl_model: !new:speechbrain_mamba.lobes.ssl.hubert.HuBERTModel
     num_clusters: 5
     encoder_type: {encoder}
     d_model: 16

@@ -23,10 +23,10 @@ from speechbrain_mamba.enhancement.mini_voicebank import (
     build_voicebank,
     make_noise,
 )
-from speechbrain_mamba.enhancement.transformer_masknet import (
+from speechbrain_mamba.enhancement.voicebank_prepare import prepare_voicebank
+from speechbrain_mamba.lobes.transformer_masknet import (
     TransformerMaskNet,
 )
-from speechbrain_mamba.enhancement.voicebank_prepare import prepare_voicebank
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from speechbrain_mamba.ssl.brain import frame_targets
-from speechbrain_mamba.ssl.masking import span_mask
-from speechbrain_mamba.ssl.model import (
+from speechbrain_mamba.lobes.ssl.hubert import (
     ENCODER_TYPES,
     ConvFeatureExtractor,
     HuBERTModel,
-    count_parameters,
 )
+from speechbrain_mamba.lobes.ssl.masking import span_mask
+from speechbrain_mamba.ssl.brain import frame_targets
+from speechbrain_mamba.utils.parameters import count_parameters
 
 CONV = ((16, 10, 5), (16, 8, 4))  # stride 20, receptive field 45
 HPARAMS = (

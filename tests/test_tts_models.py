@@ -11,9 +11,9 @@ from speechbrain_mamba.lobes.tts import (
     CodecAR,
     CodecNAR,
     build_codec_lm,
-    count_parameters,
 )
 from speechbrain_mamba.lobes.tts.packing import pack_segments, unpack_second
+from speechbrain_mamba.utils.parameters import count_parameters
 
 ATOL = 1e-4
 AR_CONFIGS = {

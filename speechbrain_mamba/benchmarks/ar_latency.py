@@ -37,8 +37,9 @@ import torch
 import speechbrain_mamba  # noqa: F401
 from speechbrain_mamba.benchmarks.timing import synchronize
 from speechbrain_mamba.lobes.tts.ar import ARDecodingState
-from speechbrain_mamba.lobes.tts.factory import build_codec_lm, count_parameters
+from speechbrain_mamba.lobes.tts.factory import build_codec_lm
 from speechbrain_mamba.tts.graphed_decoding import make_step
+from speechbrain_mamba.utils.parameters import count_parameters
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

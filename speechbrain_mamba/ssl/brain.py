@@ -1,8 +1,9 @@
 """SpeechBrain ``Brain`` classes of the self-supervised recipe.
 
-:class:`HuBERTPretrainBrain` trains a :class:`~speechbrain_mamba.ssl.model.
-HuBERTModel` to predict the k-means label of masked frames (cross-entropy on
-masked frames, plus ``unmasked_weight`` times the loss on unmasked frames)
+:class:`HuBERTPretrainBrain` trains a
+:class:`~speechbrain_mamba.lobes.ssl.hubert.HuBERTModel` to predict the
+k-means label of masked frames (cross-entropy on masked frames, plus
+``unmasked_weight`` times the loss on unmasked frames)
 and reports, on the validation set, the masked-prediction accuracy next to
 the chance levels (most frequent label, and 1 / number of clusters).
 Validation masks are drawn from a fixed seed, so the accuracy of different

@@ -316,7 +316,7 @@ def run_pretraining(argv: Sequence[str]) -> HuBERTPretrainBrain:
         tmp = out / f".{SSL_CHECKPOINT}.tmp"
         torch.save(model.state_dict(), tmp)
         os.replace(tmp, out / SSL_CHECKPOINT)
-        from speechbrain_mamba.ssl.model import count_parameters
+        from speechbrain_mamba.utils.parameters import count_parameters
 
         summary = {
             "encoder_type": model.encoder.encoder_type,

@@ -121,7 +121,7 @@ class MFCCFeatures:
 
 class LayerFeatures:
     """The output of one encoder layer of a pretrained
-    :class:`~speechbrain_mamba.ssl.model.HuBERTModel` (second iteration).
+    :class:`~speechbrain_mamba.lobes.ssl.hubert.HuBERTModel` (second iteration).
 
     Arguments
     ---------

@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechbrain_mamba.lobes.ssl.masking import span_mask
 from speechbrain_mamba.nnet import MambaStack
 from speechbrain_mamba.nnet.padding import valid_mask, zero_padding
-from speechbrain_mamba.ssl.masking import span_mask
 
 #: ``(channels, kernel, stride)`` of wav2vec 2.0 / HuBERT's CNN.
 DEFAULT_CONV_LAYERS = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
@@ -647,22 +647,3 @@ class HuBERTModel(nn.Module):
         hidden = self.encoder(zero_padding(x, frames), frames)
         logits = self.cluster_logits(hidden) if return_logits else None
         return HuBERTOutput(hidden, logits, mask_tensor, frames)
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters.
-
-    Arguments
-    ---------
-    module : torch.nn.Module
-
-    Returns
-    -------
-    int
-
-    Example
-    -------
-    >>> count_parameters(nn.Linear(3, 2))
-    8
-    """
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -6,7 +6,6 @@ from speechbrain_mamba.lobes.tts.ar import ARDecodingState, CodecAR
 from speechbrain_mamba.lobes.tts.factory import (
     SIZES,
     build_codec_lm,
-    count_parameters,
     size_config,
 )
 from speechbrain_mamba.lobes.tts.mamba_backbone import AdaptiveMambaStack
@@ -30,6 +29,5 @@ __all__ = [
     "TransformerLayer",
     "TransformerStack",
     "build_codec_lm",
-    "count_parameters",
     "size_config",
 ]

@@ -12,8 +12,6 @@ speechbrain-mamba developers
 
 from typing import Any, Dict, Tuple
 
-from torch import nn
-
 from speechbrain_mamba.lobes.tts.ar import CodecAR
 from speechbrain_mamba.lobes.tts.nar import CodecNAR
 
@@ -113,22 +111,3 @@ def build_codec_lm(
     ar = CodecAR(**common, **ar_config)
     nar = CodecNAR(**common, num_codebooks=num_codebooks, **config)
     return ar, nar
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters.
-
-    Arguments
-    ---------
-    module : torch.nn.Module
-
-    Returns
-    -------
-    int
-
-    Example
-    -------
-    >>> count_parameters(nn.Linear(3, 2))
-    8
-    """
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
