@@ -361,9 +361,25 @@ def test_bad_construction_raises_clear_errors():
         layer(torch.randn(3, 2, 16), cache=layer.init_cache(2))
 
 
-def test_large_d_state_runs_on_torch_path():
-    layer = Mamba(8, d_state=300)
-    assert layer(torch.randn(1, 4, 8)).shape == (1, 4, 8)
+def test_large_d_state_on_torch_path_equals_reference():
+    """d_state beyond mamba_ssm's limit of 256: the default backend takes
+    the PyTorch path, with the reference's outputs and gradients."""
+    layer = random_mamba_weights(Mamba(8, d_state=300))
+    x = torch.randn(2, 6, 8, requires_grad=True)
+    y = layer(x)
+    weights = torch.randn_like(y)
+    (y * weights).sum().backward()
+    grads = {n: p.grad.clone() for n, p in layer.named_parameters()}
+    x_grad, x.grad = x.grad.clone(), None
+    layer.zero_grad()
+    y_ref = reference_mamba(layer, x)
+    (y_ref * weights).sum().backward()
+    torch.testing.assert_close(y, y_ref, rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(x_grad, x.grad, rtol=RTOL, atol=ATOL)
+    for name, p in layer.named_parameters():
+        torch.testing.assert_close(
+            grads[name], p.grad, rtol=RTOL, atol=ATOL, msg=name
+        )
 
 
 def test_cuda_backend_without_kernels_is_a_clear_error(monkeypatch):
