@@ -795,10 +795,8 @@ def analyse_one(spec: dict) -> dict:
             collect_layer_states,
             layerwise_mi,
         )
-        from speechbrain_mamba.analysis.models import (
-            analysis_model,
-            load_experiment,
-        )
+        from speechbrain_mamba.analysis.models import analysis_model
+        from speechbrain_mamba.utils.model_folders import load_experiment
 
         if spec.get("threads"):
             torch.set_num_threads(int(spec["threads"]))

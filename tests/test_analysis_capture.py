@@ -5,17 +5,17 @@ import torch
 from speechbrain.lobes.models.transformer.Conformer import ConformerEncoder
 from torch import nn
 
-from speechbrain_mamba.analysis.capture import (
+from speechbrain_mamba.lobes.asr.conmamba import ConMambaEncoder
+from speechbrain_mamba.lobes.mamba_tasnet import MambaTasNetMaskNet
+from speechbrain_mamba.lobes.ssl.hubert import HuBERTModel
+from speechbrain_mamba.nnet import MambaStack
+from speechbrain_mamba.utils.layer_capture import (
     LayerCapture,
     capture_layers,
     output_to_tensor,
     resolve_layers,
     valid_frames,
 )
-from speechbrain_mamba.lobes.asr.conmamba import ConMambaEncoder
-from speechbrain_mamba.lobes.mamba_tasnet import MambaTasNetMaskNet
-from speechbrain_mamba.lobes.ssl.hubert import HuBERTModel
-from speechbrain_mamba.nnet import MambaStack
 
 LENGTHS = torch.tensor([1.0, 0.6, 0.3])
 

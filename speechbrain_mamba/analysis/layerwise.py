@@ -37,9 +37,9 @@ from speechbrain_mamba.analysis.audio import (
     read_audio,
     read_frame_labels,
 )
-from speechbrain_mamba.analysis.capture import LayerCapture, LayerSpec
 from speechbrain_mamba.analysis.estimators import estimate_mi
 from speechbrain_mamba.analysis.models import AnalysisModel
+from speechbrain_mamba.utils.layer_capture import LayerCapture, LayerSpec
 
 logger = logging.getLogger(__name__)
 

@@ -1,14 +1,8 @@
 """Loading trained models for layer-wise analysis.
 
-A model is given as a folder with a ``hyperparams.yaml``:
-
-- a *hub folder* (what ``speechbrain_mamba.asr.export``,
-  ``speechbrain_mamba.separation.export`` or ``from_hparams`` use): the YAML
-  has a ``pretrainer`` whose files (``asr.ckpt``, ``masknet.ckpt`` ...) sit
-  in the folder;
-- an *experiment folder* (a recipe's ``output_folder``): the YAML the recipe
-  saved and a ``save`` folder of checkpoints; the most recent checkpoint is
-  loaded (or the best one with ``ckpt_key``).
+A model is given as a folder with a ``hyperparams.yaml``: a hub folder or a
+recipe's output folder, loaded with
+:func:`~speechbrain_mamba.utils.model_folders.load_trained_hparams`.
 
 :func:`analysis_model` then recognises the model from the YAML keys and
 returns an :class:`AnalysisModel`: a callable forward pass from waveforms,
@@ -17,8 +11,8 @@ the module whose layers are hooked and the default layer pattern.
 ==================  ==================================  ======================
 YAML keys           model                               layers
 ==================  ==================================  ======================
-``ssl_model``       :class:`~speechbrain_mamba.ssl.     the encoder layers
-                    model.HuBERTModel`
+``ssl_model``       :class:`~speechbrain_mamba.lobes.   the encoder layers
+                    ssl.hubert.HuBERTModel`
 ``Encoder``,        separation / enhancement            ``MaskNet``'s longest
 ``MaskNet``         (Mamba-TasNet, ...)                 ``*layers`` list
 ``Transformer``,    ASR (ConMamba, Conformer,           ``encoder.layers.*``
@@ -31,9 +25,6 @@ speechbrain-mamba developers
 """
 
 import inspect
-import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
@@ -41,11 +32,10 @@ from typing import Any, Callable, Dict, Optional, Union
 import torch
 from torch import nn
 
-from speechbrain_mamba.analysis.capture import LayerSpec
+from speechbrain_mamba.utils.io import PathLike
+from speechbrain_mamba.utils.layer_capture import LayerSpec
+from speechbrain_mamba.utils.model_folders import load_trained_hparams
 
-logger = logging.getLogger(__name__)
-
-PathLike = Union[str, os.PathLike]
 MODEL_KINDS = ("ssl", "separation", "asr")
 
 
@@ -236,87 +226,6 @@ def analysis_model(
     )
 
 
-def _load_yaml(path: Path, overrides: Optional[dict] = None) -> Dict[str, Any]:
-    from hyperpyyaml import load_hyperpyyaml
-
-    with open(path, encoding="utf-8") as fin:
-        return load_hyperpyyaml(fin, overrides or {})
-
-
-def load_experiment(
-    folder: PathLike,
-    ckpt_key: Optional[str] = None,
-    ckpt_key_max: bool = True,
-    overrides: Optional[dict] = None,
-) -> Dict[str, Any]:
-    """Loads a recipe experiment folder and its checkpoint.
-
-    Arguments
-    ---------
-    folder : str or os.PathLike
-        The recipe's ``output_folder`` (``hyperparams.yaml`` + ``save``).
-    ckpt_key : str, optional
-        Checkpoint meta key to rank by; default the most recent checkpoint.
-    ckpt_key_max : bool
-        Take the highest (True) or lowest value of ``ckpt_key``.
-    overrides : dict, optional
-        YAML overrides.
-
-    Returns
-    -------
-    dict
-        The hyperparameters, with the checkpoint loaded into the modules.
-    """
-    folder = Path(folder)
-    yaml_path = folder / "hyperparams.yaml"
-    if not yaml_path.is_file():
-        raise FileNotFoundError(
-            f"{yaml_path} not found (not an experiment folder)"
-        )
-    hparams = _load_yaml(yaml_path, overrides)
-    checkpointer = hparams.get("checkpointer")
-    if checkpointer is None:
-        raise KeyError(f"{yaml_path} has no 'checkpointer'")
-    kwargs = {}
-    if ckpt_key:
-        kwargs = {"max_key" if ckpt_key_max else "min_key": ckpt_key}
-    ckpt = checkpointer.recover_if_possible(**kwargs)
-    if ckpt is None:
-        raise FileNotFoundError(
-            f"no checkpoint in {checkpointer.checkpoints_dir}"
-            + (f" with the key {ckpt_key!r}" if ckpt_key else "")
-            + ": train the model first"
-        )
-    logger.info("loaded checkpoint %s", ckpt.path)
-    return hparams
-
-
-def load_hub_folder(folder: PathLike) -> Dict[str, Any]:
-    """Loads a hub folder (``hyperparams.yaml`` with a ``pretrainer`` whose
-    files are in the folder).
-
-    Arguments
-    ---------
-    folder : str or os.PathLike
-        The folder.
-
-    Returns
-    -------
-    dict
-        The hyperparameters with the pretrained weights loaded.
-    """
-    folder = Path(folder).resolve()
-    hparams = _load_yaml(folder / "hyperparams.yaml")
-    pretrainer = hparams.get("pretrainer")
-    if pretrainer is None:
-        raise KeyError(f"{folder}/hyperparams.yaml has no 'pretrainer'")
-    with tempfile.TemporaryDirectory() as collect:
-        pretrainer.set_collect_in(collect)
-        pretrainer.collect_files(default_source=str(folder))
-        pretrainer.load_collected()
-    return hparams
-
-
 def load_model(
     source: PathLike,
     name: Optional[str] = None,
@@ -355,17 +264,7 @@ def load_model(
     FileNotFoundError: model folder /nonexistent does not exist
     """
     folder = Path(source)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"model folder {folder} does not exist")
-    if not (folder / "hyperparams.yaml").is_file():
-        raise FileNotFoundError(
-            f"{folder} has no hyperparams.yaml: give a hub folder or a "
-            "recipe's output folder"
-        )
-    if (folder / "save").is_dir():
-        hparams = load_experiment(folder, ckpt_key, ckpt_key_max)
-    else:
-        hparams = load_hub_folder(folder)
+    hparams = load_trained_hparams(folder, ckpt_key, ckpt_key_max)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = analysis_model(hparams, name or folder.name, kind)

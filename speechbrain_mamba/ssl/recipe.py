@@ -164,8 +164,8 @@ def _target_features(hparams: Dict[str, Any]):
         raise ValueError(
             f"target_features must be 'mfcc' or 'layer', got {kind!r}"
         )
-    from speechbrain_mamba.analysis.models import load_model
     from speechbrain_mamba.ssl.targets import LayerFeatures
+    from speechbrain_mamba.utils.model_folders import load_trained_hparams
 
     folder = hparams.get("target_model")
     if not folder:
@@ -176,8 +176,8 @@ def _target_features(hparams: Dict[str, Any]):
     device = hparams.get("target_device") or (
         "cuda" if torch.cuda.is_available() else "cpu"
     )
-    model = load_model(folder, kind="ssl", ckpt_key="acc_masked", device=device)
-    return LayerFeatures(model.root, int(hparams["target_layer"]), device)
+    model = load_trained_hparams(folder, ckpt_key="acc_masked")["ssl_model"]
+    return LayerFeatures(model, int(hparams["target_layer"]), device)
 
 
 def prepare_targets(

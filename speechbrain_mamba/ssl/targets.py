@@ -134,7 +134,7 @@ class LayerFeatures:
     """
 
     def __init__(self, model, layer: int, device: str = "cpu"):
-        from speechbrain_mamba.analysis.capture import LayerCapture
+        from speechbrain_mamba.utils.layer_capture import LayerCapture
 
         names = model.layer_names()
         if not 1 <= layer <= len(names):
