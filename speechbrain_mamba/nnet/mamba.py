@@ -46,11 +46,13 @@ from speechbrain_mamba.ops.backend import (
 from speechbrain_mamba.ops.depthwise_conv import depthwise_conv_channels_last
 from speechbrain_mamba.ops.selective_scan import selective_scan_torch
 from speechbrain_mamba.ops.triton import mamba_step
-from speechbrain_mamba.ops.triton.bidirectional_conv import causal_conv_silu
 from speechbrain_mamba.ops.triton.bidirectional_scan import (
     ScanInputs,
-    bidirectional_scan,
     bidirectional_scan_inference,
+)
+from speechbrain_mamba.ops.triton.bimamba_layer import (
+    BiMambaLayerFunction,
+    mamba_scan_inputs,
 )
 
 
@@ -554,9 +556,11 @@ class Mamba(nn.Module):
         """The layer on this package's Triton kernels: the causal
         convolution with SiLU, then the forward selective scan with gating
         (the forward direction of BiMamba's kernels; without gradients, the
-        inference scan). x: [batch, time, d_model]; returns the output
-        projection, [batch, time, d_model] (padded frames: of a zero
-        scan output)."""
+        inference scan). With gradients the layer is one autograd function
+        that keeps only its input and one state per chunk of frames, as
+        BiMamba's (:mod:`speechbrain_mamba.ops.triton.bimamba_layer`).
+        x: [batch, time, d_model]; returns the output projection,
+        [batch, time, d_model] (padded frames: of a zero scan output)."""
         batch, time, _ = x.shape
         if frames is None:
             frames = torch.full((batch,), time, device=x.device)
@@ -567,21 +571,30 @@ class Mamba(nn.Module):
                 or any(p.requires_grad for p in self.parameters())
             )
         )
-        x_in, z = self.in_proj(x).chunk(2, dim=-1)
         conv_bias = self.conv1d.bias
         if conv_bias is None:
             conv_bias = x.new_zeros(self.d_inner, dtype=torch.float32)
-        u = causal_conv_silu(x_in, self.conv1d.weight, conv_bias, frames)
-        dt_low, B, C = torch.split(
-            self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1
-        )
-        delta_raw = F.linear(dt_low, self.dt_proj.weight)  # bias: in the scan
-        inputs = ScanInputs(
-            u, delta_raw, z, -torch.exp(self.A_log.float()), B, C, None,
-            None, self.D.float(), self.dt_proj.bias.float(), frames,
+        weights = (
+            self.in_proj.weight, self.in_proj.bias, self.conv1d.weight,
+            conv_bias, self.x_proj.weight, self.dt_proj.weight,
         )  # fmt: skip
-        scan = bidirectional_scan_inference if inference else bidirectional_scan
-        return self.out_proj(scan(inputs))
+        sizes = (self.d_inner, self.dt_rank, self.d_state)
+        A = -torch.exp(self.A_log.float())
+        D, delta_bias = self.D.float(), self.dt_proj.bias.float()
+        if not inference:
+            return BiMambaLayerFunction.apply(
+                x, frames, sizes, 1.0, A, D, delta_bias,
+                self.out_proj.weight, self.out_proj.bias, *weights,
+            )  # fmt: skip
+        u, delta_raw, z, B, C, _, _ = mamba_scan_inputs(
+            x, frames, sizes, *weights
+        )
+        y = bidirectional_scan_inference(
+            ScanInputs(
+                u, delta_raw, z, A, B, C, None, None, D, delta_bias, frames
+            )
+        )
+        return self.out_proj(y)
 
     def extra_repr(self) -> str:
         """Shown by print(module)."""

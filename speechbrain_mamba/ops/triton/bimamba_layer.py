@@ -1,4 +1,5 @@
-"""A whole BiMamba layer in one autograd function that keeps only its input.
+"""A whole BiMamba (or unidirectional Mamba) layer in one autograd function
+that keeps only its input.
 
 From the layer input to the output projection, a BiMamba layer on the
 Triton kernels runs: input projection, both depthwise convolutions with
@@ -12,7 +13,9 @@ autocast state, so the values are the same) and gets its gradients from
 autograd, while the scan's backward kernel reruns the scan from the stored
 chunk states and hands back each direction's output for the gradient of the
 output projection. Same numbers as the plain Triton path, with a fraction
-of its activation memory and no second forward scan.
+of its activation memory and no second forward scan. A unidirectional Mamba
+layer is the same function over the forward direction alone
+(:func:`mamba_scan_inputs`, the forward-only scan).
 
 Author
 ------
@@ -26,6 +29,7 @@ import torch.nn.functional as F
 
 from speechbrain_mamba.ops.triton.bidirectional_conv import (
     bidirectional_conv_silu,
+    causal_conv_silu,
 )
 from speechbrain_mamba.ops.triton.bidirectional_scan import (
     ScanInputs,
@@ -123,12 +127,80 @@ def bimamba_scan_inputs(
     return u, delta_raw, z, B_f, C_f, B_b, C_b
 
 
+def mamba_scan_inputs(
+    x: torch.Tensor,
+    frames: torch.Tensor,
+    sizes: Tuple[int, int, int],
+    in_weight: torch.Tensor,
+    in_bias: Optional[torch.Tensor],
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor,
+    x_proj: torch.Tensor,
+    dt_proj: torch.Tensor,
+) -> Tuple[Optional[torch.Tensor], ...]:
+    """The differentiable part of a unidirectional Mamba layer before the
+    scan (the forward direction of :func:`bimamba_scan_inputs`).
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        Layer input, [batch, time, d_model].
+    frames : torch.Tensor
+        Valid frames per item, [batch].
+    sizes : tuple of int
+        (d_inner, dt_rank, d_state).
+    in_weight, in_bias : torch.Tensor
+        Input projection (bias may be None).
+    conv_weight, conv_bias : torch.Tensor
+        The causal depthwise convolution.
+    x_proj, dt_proj : torch.Tensor
+        Projection weights (dt_proj without bias: the scan adds it).
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        u, delta_raw and z [batch, time, d_inner], B and C [batch, time,
+        d_state] (views of the x_proj output), then None, None (no
+        backward direction), in the order of :class:`ScanInputs`.
+
+    Example
+    -------
+    >>> from speechbrain_mamba.ops.triton.bidirectional_scan import available
+    >>> if torch.cuda.is_available() and available():
+    ...     g = lambda *shape: torch.randn(*shape, device="cuda")
+    ...     u, delta_raw, z, B, C, B_b, C_b = mamba_scan_inputs(
+    ...         g(2, 9, 4), torch.tensor([9, 5], device="cuda"), (8, 1, 3),
+    ...         g(16, 4), None, g(8, 1, 4), g(8), g(7, 8), g(8, 1),
+    ...     )
+    ...     assert u.shape == delta_raw.shape == z.shape == (2, 9, 8)
+    ...     assert B.shape == (2, 9, 3) and B_b is None and C_b is None
+    """
+    d_inner, dt_rank, d_state = sizes
+    x_in, z = F.linear(x, in_weight, in_bias).chunk(2, dim=-1)
+    u = causal_conv_silu(x_in, conv_weight, conv_bias, frames)
+    dt_low, B, C = torch.split(
+        F.linear(u, x_proj), [dt_rank, d_state, d_state], dim=-1
+    )
+    delta_raw = F.linear(dt_low, dt_proj)
+    return u, delta_raw, z, B, C, None, None
+
+
+def _scan_inputs(x, frames, sizes, weights):
+    """:func:`bimamba_scan_inputs` for the ten weights of a BiMamba layer,
+    :func:`mamba_scan_inputs` for the six of a unidirectional one."""
+    if len(weights) == 6:
+        return mamba_scan_inputs(x, frames, sizes, *weights)
+    return bimamba_scan_inputs(x, frames, sizes, *weights)
+
+
 class BiMambaLayerFunction(torch.autograd.Function):
     """Forward without keeping intermediates; backward recomputes the part
     before the scan (see the module docstring).
 
     Inputs: x, frames, sizes, scale, A, D, delta_bias, out_weight, out_bias,
-    then the weights of :func:`bimamba_scan_inputs` in its order.
+    then the weights of :func:`bimamba_scan_inputs` in its order (a BiMamba
+    layer), or those of :func:`mamba_scan_inputs` (a unidirectional layer:
+    A, D and delta_bias of its d_inner channels, scale 1).
     """
 
     @staticmethod
@@ -142,9 +214,7 @@ class BiMambaLayerFunction(torch.autograd.Function):
         )
         ctx.sizes, ctx.scale = sizes, float(scale)
         with torch.no_grad():
-            u, delta_raw, z, *BC = bimamba_scan_inputs(
-                x, frames, sizes, *weights
-            )
+            u, delta_raw, z, *BC = _scan_inputs(x, frames, sizes, weights)
             y, states, _ = scan_forward(
                 ScanInputs(u, delta_raw, z, A, *BC, D, delta_bias, frames)
             )
@@ -170,10 +240,10 @@ class BiMambaLayerFunction(torch.autograd.Function):
             torch.enable_grad(),
             torch.autocast("cuda", dtype=dtype, enabled=enabled),
         ):
-            recomputed = bimamba_scan_inputs(
-                leaves[0], frames, ctx.sizes, *leaves[1:]
-            )
-        u, delta_raw, z, *BC = (t.detach() for t in recomputed)
+            recomputed = _scan_inputs(leaves[0], frames, ctx.sizes, leaves[1:])
+        u, delta_raw, z, *BC = (
+            None if t is None else t.detach() for t in recomputed
+        )
         # gradient of the gated output through the output projection
         d_gated = torch.matmul(dout, out_weight.to(dout.dtype))
         inputs = kernel_layout(
@@ -186,7 +256,7 @@ class BiMambaLayerFunction(torch.autograd.Function):
             for t, g in zip(
                 recomputed, (du, ddelta, dz, dB_f, dC_f, dB_b, dC_b)
             )
-            if t.requires_grad
+            if t is not None and t.requires_grad
         ]
         if pairs:
             torch.autograd.backward(
