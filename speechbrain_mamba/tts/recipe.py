@@ -17,9 +17,8 @@ speechbrain-mamba developers
 
 import json
 import logging
-import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import speechbrain as sb
 import torch
@@ -269,12 +268,12 @@ def sampling_config(hparams: Dict[str, Any]) -> SamplingConfig:
     )
 
 
-def run_recipe(argv: List[str]) -> Dict[str, Any]:
+def run_recipe(argv: Sequence[str]) -> Dict[str, Any]:
     """Runs the recipe end to end.
 
     Arguments
     ---------
-    argv : list of str
+    argv : sequence of str
         SpeechBrain command line: hparams file, ``--key value`` overrides
         and run options (``--device``, ``--precision``...).
 
@@ -284,7 +283,7 @@ def run_recipe(argv: List[str]) -> Dict[str, Any]:
         ``test_stats`` (token metrics) and ``synthesis`` (summary), when the
         test stage ran.
     """
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    hparams_file, run_opts, overrides = sb.parse_arguments(list(argv))
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
@@ -379,14 +378,3 @@ def _synthesize(hparams, brain, frontend) -> Dict[str, Any]:
     path = Path(hparams["output_folder"]) / "synthesis_summary.json"
     atomic_write_text(path, json.dumps(summary, indent=1))
     return summary
-
-
-def main(argv: Optional[List[str]] = None) -> None:
-    """Command-line entry point of ``recipes/LibriTTS/TTS/train.py``.
-
-    Arguments
-    ---------
-    argv : list of str, optional
-        Defaults to ``sys.argv[1:]``.
-    """
-    run_recipe(sys.argv[1:] if argv is None else argv)
