@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 import speechbrain_mamba  # noqa: F401
-from speechbrain_mamba.asr.librispeech_prepare import (
+from speechbrain_mamba.data.librispeech_prepare import (
     CSV_HEADER,
     prepare_librispeech,
 )

@@ -18,11 +18,9 @@ speechbrain-mamba developers
 """
 
 import logging
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import speechbrain as sb
-import torch
 from speechbrain.utils.distributed import if_main_process
 
 from speechbrain_mamba.utils.atomic import atomic_target
@@ -305,114 +303,6 @@ class CTCASR(_AveragingBrain):
         stage_stats["WER"] = self.wer_metric.summarize("error_rate")
         stage_stats["CER"] = self.cer_metric.summarize("error_rate")
         self._log_epoch(stage, stage_stats, epoch)
-
-
-def dataio_prepare(hparams: Dict[str, Any], tokenizer: Any, kind: str):
-    """Builds the datasets, audio/text pipelines and batch samplers.
-
-    Arguments
-    ---------
-    hparams : dict
-        Loaded hyperparameters (``train_csv``, ``valid_csv``, ``test_csv``,
-        ``sorting``, ``dynamic_batching``, ``bos_index``, ``eos_index``, and
-        optionally ``speed_perturb``).
-    tokenizer : sentencepiece.SentencePieceProcessor
-        Encodes the transcripts.
-    kind : str
-        ``"s2s"`` (adds ``tokens_bos`` / ``tokens_eos``) or ``"ctc"``.
-
-    Returns
-    -------
-    train_data, valid_data : DynamicItemDataset
-    test_datasets : dict
-        Test set name (CSV stem) -> DynamicItemDataset.
-    train_sampler, valid_sampler : DynamicBatchSampler or None
-    """
-    if kind not in ("s2s", "ctc"):
-        raise ValueError(f"kind must be 's2s' or 'ctc'; got {kind!r}")
-    data_folder = hparams["data_folder"]
-
-    def load(csv_path):
-        if not Path(csv_path).is_file():
-            raise FileNotFoundError(
-                f"data CSV {csv_path} does not exist (run the data "
-                "preparation or fix the *_csv hyperparameters)"
-            )
-        return sb.dataio.dataset.DynamicItemDataset.from_csv(
-            csv_path=csv_path, replacements={"data_root": data_folder}
-        )
-
-    train_data = load(hparams["train_csv"])
-    sorting = hparams["sorting"]
-    if sorting in ("ascending", "descending"):
-        train_data = train_data.filtered_sorted(
-            sort_key="duration", reverse=sorting == "descending"
-        )
-        hparams["train_dataloader_opts"]["shuffle"] = False
-    elif sorting != "random":
-        raise ValueError(
-            f"sorting must be random, ascending or descending; got {sorting!r}"
-        )
-    valid_data = load(hparams["valid_csv"]).filtered_sorted(sort_key="duration")
-    test_datasets = {
-        Path(csv_file).stem: load(csv_file).filtered_sorted(sort_key="duration")
-        for csv_file in hparams["test_csv"]
-    }
-    eval_sets = [valid_data] + list(test_datasets.values())
-    datasets = [train_data] + eval_sets
-
-    @sb.utils.data_pipeline.takes("wav")
-    @sb.utils.data_pipeline.provides("sig")
-    def audio_pipeline(wav):
-        return sb.dataio.dataio.read_audio(wav)
-
-    @sb.utils.data_pipeline.takes("wav")
-    @sb.utils.data_pipeline.provides("sig")
-    def audio_pipeline_train(wav):
-        sig = sb.dataio.dataio.read_audio(wav)
-        speed_perturb = hparams.get("speed_perturb")
-        if speed_perturb is not None:
-            sig = speed_perturb(sig.unsqueeze(0)).squeeze(0)
-        return sig
-
-    sb.dataio.dataset.add_dynamic_item(eval_sets, audio_pipeline)
-    sb.dataio.dataset.add_dynamic_item([train_data], audio_pipeline_train)
-
-    bos, eos = hparams["bos_index"], hparams["eos_index"]
-
-    @sb.utils.data_pipeline.takes("wrd")
-    @sb.utils.data_pipeline.provides(
-        "wrd", "tokens_list", "tokens_bos", "tokens_eos", "tokens"
-    )
-    def text_pipeline(wrd):
-        yield wrd
-        tokens_list = tokenizer.encode_as_ids(wrd)
-        yield tokens_list
-        yield torch.LongTensor([bos] + tokens_list)
-        yield torch.LongTensor(tokens_list + [eos])
-        yield torch.LongTensor(tokens_list)
-
-    sb.dataio.dataset.add_dynamic_item(datasets, text_pipeline)
-    keys = ["id", "sig", "wrd", "tokens"]
-    if kind == "s2s":
-        keys += ["tokens_bos", "tokens_eos"]
-    sb.dataio.dataset.set_output_keys(datasets, keys)
-
-    train_sampler = valid_sampler = None
-    if hparams["dynamic_batching"]:
-        from speechbrain.dataio.sampler import DynamicBatchSampler
-
-        train_sampler = DynamicBatchSampler(
-            train_data,
-            length_func=lambda x: x["duration"],
-            **hparams["dynamic_batch_sampler_train"],
-        )
-        valid_sampler = DynamicBatchSampler(
-            valid_data,
-            length_func=lambda x: x["duration"],
-            **hparams["dynamic_batch_sampler_valid"],
-        )
-    return train_data, valid_data, test_datasets, train_sampler, valid_sampler
 
 
 def loader_options(

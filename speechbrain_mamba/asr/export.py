@@ -39,7 +39,7 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import average_checkpoints
 
 import speechbrain_mamba  # noqa: F401  (before speechbrain)
-from speechbrain_mamba.asr.recipe import TOKENIZER_FILE
+from speechbrain_mamba.data.librispeech_dataio import TOKENIZER_FILE
 from speechbrain_mamba.utils.atomic import atomic_folder, check_target_folder
 
 logger = logging.getLogger(__name__)

@@ -11,97 +11,28 @@ speechbrain-mamba developers
 """
 
 import logging
-import os
-import shutil
-import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
-from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.distributed import run_on_main
 
 from speechbrain_mamba.asr.brain import (
     CTCASR,
     S2SASR,
-    dataio_prepare,
     loader_options,
 )
-from speechbrain_mamba.asr.librispeech_prepare import (
+from speechbrain_mamba.data.librispeech_dataio import (
+    dataio_prepare,
+    prepare_tokenizer,
+)
+from speechbrain_mamba.data.librispeech_prepare import (
     prepare_librispeech,
     recipe_prepare_kwargs,
 )
 
 logger = logging.getLogger(__name__)
-
-#: Name of the tokenizer model inside ``save_folder`` (what export copies).
-TOKENIZER_FILE = "tokenizer.ckpt"
-
-
-def _copy_atomically(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def prepare_tokenizer(hparams: Dict[str, Any]) -> Any:
-    """Loads the pretrained tokenizer, or trains a SentencePiece model on the
-    training transcripts when ``pretrained_lm_tokenizer_path`` is empty.
-
-    The model ends up in ``save_folder/tokenizer.ckpt`` and is loaded into
-    ``hparams["tokenizer"]`` (a ``sentencepiece.SentencePieceProcessor``).
-
-    Arguments
-    ---------
-    hparams : dict
-        Needs ``save_folder``, ``tokenizer``, ``output_neurons``,
-        ``token_type``, ``train_csv``, ``bos_index``, ``eos_index`` and
-        optionally ``pretrained_lm_tokenizer_path`` and
-        ``character_coverage``.
-
-    Returns
-    -------
-    sentencepiece.SentencePieceProcessor
-        The loaded tokenizer.
-    """
-    save_folder = Path(hparams["save_folder"])
-    save_folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = hparams["tokenizer"]
-    target = save_folder / TOKENIZER_FILE
-    source = hparams.get("pretrained_lm_tokenizer_path")
-    if source:
-        from speechbrain.utils.parameter_transfer import Pretrainer
-
-        pretrainer = Pretrainer(
-            collect_in=save_folder,
-            loadables={"tokenizer": tokenizer},
-            paths={"tokenizer": f"{source}/tokenizer.ckpt"},
-        )
-        run_on_main(pretrainer.collect_files)
-        pretrainer.load_collected()
-    else:
-        from speechbrain.tokenizers.SentencePiece import SentencePiece
-
-        trained = SentencePiece(
-            model_dir=str(save_folder),
-            vocab_size=hparams["output_neurons"],
-            annotation_train=hparams["train_csv"],
-            annotation_read="wrd",
-            model_type=hparams["token_type"],
-            character_coverage=hparams.get("character_coverage", 1.0),
-            bos_id=hparams["bos_index"],
-            eos_id=hparams["eos_index"],
-        )
-        if if_main_process():
-            _copy_atomically(Path(trained.prefix_model_file + ".model"), target)
-        sb.utils.distributed.ddp_barrier()
-        tokenizer.load(str(target))
-    if tokenizer.vocab_size() > hparams["output_neurons"]:
-        raise ValueError(
-            f"the tokenizer has {tokenizer.vocab_size()} tokens but the "
-            f"model has output_neurons={hparams['output_neurons']}"
-        )
-    return tokenizer
 
 
 def attach_language_model(hparams: Dict[str, Any], device: str) -> None:
@@ -167,17 +98,22 @@ def _ctc_test_searcher(hparams: Dict[str, Any], tokenizer: Any) -> Any:
 
 
 def run_recipe(
-    argv: List[str], kind: str, brain_class: Optional[type] = None
+    argv: Sequence[str],
+    mode: str = "s2s",
+    *,
+    brain_class: Optional[type] = None,
 ) -> Dict[str, Path]:
-    """Runs a recipe end to end.
+    """Runs a recipe end to end: the whole body of
+    ``recipes/LibriSpeech/ASR/{S2S,CTC}/train.py``.
 
     Arguments
     ---------
     argv : list of str
         SpeechBrain command line (hparams file, ``--key value`` overrides,
         run options such as ``--device``).
-    kind : str
-        ``"s2s"`` (joint CTC/attention) or ``"ctc"``.
+    mode : str
+        ``"s2s"`` (joint CTC/attention, S2S/train.py) or ``"ctc"``
+        (CTC/train.py).
     brain_class : type, optional
         The Brain to run (a subclass of the kind's; default: ``S2SASR`` or
         ``CTCASR``).
@@ -187,9 +123,10 @@ def run_recipe(
     dict
         Test set name -> WER file written.
     """
-    if kind not in ("s2s", "ctc"):
-        raise ValueError(f"kind must be 's2s' or 'ctc'; got {kind!r}")
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    if mode not in ("s2s", "ctc"):
+        raise ValueError(f"mode must be 's2s' or 'ctc'; got {mode!r}")
+    kind = mode
+    hparams_file, run_opts, overrides = sb.parse_arguments(list(argv))
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
@@ -249,16 +186,3 @@ def run_recipe(
         )
         written[name] = Path(brain.test_wer_file)
     return written
-
-
-def main(kind: str, argv: Optional[List[str]] = None) -> None:
-    """Command-line entry point of the recipe scripts.
-
-    Arguments
-    ---------
-    kind : str
-        ``"s2s"`` or ``"ctc"``.
-    argv : list of str, optional
-        Defaults to ``sys.argv[1:]``.
-    """
-    run_recipe(sys.argv[1:] if argv is None else argv, kind)

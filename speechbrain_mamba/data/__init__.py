@@ -12,6 +12,10 @@ mixing
 mini_corpus
     Builders (and a command line) writing LibriSpeech, WSJ0-2mix, Libri2Mix
     and LibriTTS style corpora to disk.
+librispeech_prepare
+    LibriSpeech data preparation (CSV files) for the ASR and SSL recipes.
+librispeech_dataio
+    The tokenizer and the datasets of the LibriSpeech recipes.
 
 The builders are importable from here too; they are loaded on first use so
 that ``python -m speechbrain_mamba.data.mini_corpus`` runs cleanly.

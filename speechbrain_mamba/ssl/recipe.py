@@ -19,16 +19,15 @@ speechbrain-mamba developers
 import json
 import logging
 import os
-import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Sequence
 
 import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from speechbrain_mamba.asr.librispeech_prepare import (
+from speechbrain_mamba.data.librispeech_prepare import (
     prepare_librispeech,
     recipe_prepare_kwargs,
 )
@@ -373,8 +372,10 @@ def run_finetuning(argv: Sequence[str]) -> CTCFinetuneBrain:
     -------
     CTCFinetuneBrain
     """
-    from speechbrain_mamba.asr.brain import dataio_prepare
-    from speechbrain_mamba.asr.recipe import prepare_tokenizer
+    from speechbrain_mamba.data.librispeech_dataio import (
+        dataio_prepare,
+        prepare_tokenizer,
+    )
 
     run_opts, hparams = _setup(argv, model_from_pretraining=True)
     prepare_csvs(hparams)
@@ -415,23 +416,29 @@ def run_finetuning(argv: Sequence[str]) -> CTCFinetuneBrain:
     return brain
 
 
-def main(stage: str, argv: Optional[List[str]] = None) -> None:
-    """Entry point of the recipe scripts.
+def run_recipe(argv: Sequence[str], mode: str = "pretrain") -> Any:
+    """Runs one of the recipe scripts of
+    ``recipes/LibriSpeech/self-supervised-learning``.
 
     Arguments
     ---------
-    stage : str
-        ``"extract"``, ``"pretrain"`` or ``"finetune"``.
-    argv : list of str, optional
-        Defaults to ``sys.argv[1:]``.
+    argv : sequence of str
+        SpeechBrain command line (hparams file and overrides).
+    mode : str
+        ``"pretrain"`` (train.py: :func:`run_pretraining`), ``"extract"``
+        (extract_targets.py: :func:`run_extraction`) or ``"finetune"``
+        (finetune_ctc.py: :func:`run_finetuning`).
+
+    Returns
+    -------
+    HuBERTPretrainBrain, dict or CTCFinetuneBrain
+        What the mode's function returns.
     """
     runners = {
         "extract": run_extraction,
         "pretrain": run_pretraining,
         "finetune": run_finetuning,
     }
-    if stage not in runners:
-        raise ValueError(
-            f"stage must be one of {sorted(runners)}, got {stage!r}"
-        )
-    runners[stage](sys.argv[1:] if argv is None else argv)
+    if mode not in runners:
+        raise ValueError(f"mode must be one of {sorted(runners)}, got {mode!r}")
+    return runners[mode](argv)
