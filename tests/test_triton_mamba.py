@@ -29,7 +29,9 @@ RTOL, ATOL = 6e-4, 2e-3
 @pytest.fixture(autouse=True)
 def _short_chunks(monkeypatch):
     """Under the interpreter, chunks of 16 frames: a few dozen frames then
-    cross chunks (and the carry kernel runs) at an affordable cost."""
+    cross chunks (and the carry kernel runs) at an affordable cost. The
+    layers' own backend counts (no SBMAMBA_BACKEND override)."""
+    monkeypatch.delenv("SBMAMBA_BACKEND", raising=False)
     if INTERPRETED:
         monkeypatch.setattr(scan_ops, "TRAINING_CHUNK", 16)
         monkeypatch.setattr(scan_ops, "SHORT_CHUNK", 16)
@@ -266,6 +268,13 @@ def test_auto_takes_triton_on_cuda_without_mamba_ssm(monkeypatch):
     assert mamba_path("auto", x, 16) == "triton"
     assert mamba_path("torch", x, 16) == "torch"
     assert mamba_path("auto", x.cpu(), 16) == "torch"
+    layer = Mamba(16, d_state=8).cuda()
+    x = torch.randn(2, 50, 16, device="cuda")
+    with torch.no_grad():
+        out = layer(x)
+        assert layer.kernels_used == "triton"
+        layer.backend = "torch"
+        torch.testing.assert_close(layer(x), out, rtol=RTOL, atol=ATOL)
     monkeypatch.setattr(backend, "cuda_kernels", lambda: object())
     assert mamba_path("auto", x, 16) == "mamba_ssm"
     assert mamba_path("triton", x, 16) == "triton"
@@ -281,6 +290,27 @@ def test_mamba_triton_under_autocast_is_close_to_torch_path(dtype):
     for backend in ("triton", "torch"):
         layer.backend = backend
         with torch.autocast("cuda", dtype=dtype):
-            results[backend] = layer(x, torch.tensor([1.0, 0.7])).float()
+            lengths = torch.tensor([1.0, 0.7], device="cuda")
+            results[backend] = layer(x, lengths).float()
     got, ref = results["triton"], results["torch"]
     assert (got - ref).norm() / ref.norm() < 3e-2
+
+
+@pytest.mark.gpu
+def test_mamba_triton_keeps_little_for_backward():
+    """Training on the Triton kernels keeps the layer input and one state
+    per chunk (one autograd function), far less than the PyTorch path."""
+    torch.manual_seed(0)
+    layer = Mamba(64, d_state=16).cuda()
+    x = torch.randn(1, 8000, 64, device="cuda", requires_grad=True)
+    kept = {}
+    for backend in ("triton", "torch"):
+        layer.backend = backend
+        torch.cuda.synchronize()
+        start = torch.cuda.memory_allocated()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = layer(x)
+        kept[backend] = torch.cuda.memory_allocated() - start
+        out.float().sum().backward()
+        assert layer.kernels_used == backend
+    assert kept["triton"] < 0.35 * kept["torch"], kept
