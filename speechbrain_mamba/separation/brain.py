@@ -52,6 +52,7 @@ from speechbrain_mamba.separation.lr_schedule import WarmupCosineScheduler
 from speechbrain_mamba.separation.metrics import METRICS, separation_metrics
 from speechbrain_mamba.separation.results import write_results_csv
 from speechbrain_mamba.utils.atomic import atomic_write_wav
+from speechbrain_mamba.utils.distributed import any_rank
 from speechbrain_mamba.utils.graphed_training import GraphedTraining
 from speechbrain_mamba.utils.time_budget import TrainTimeBudget
 
@@ -82,12 +83,6 @@ def reset_layer_recursively(layer: torch.nn.Module) -> None:
     for child in layer.modules():
         if child is not layer:
             reset_layer_recursively(child)
-
-
-def _distributed() -> bool:
-    return (
-        torch.distributed.is_available() and torch.distributed.is_initialized()
-    )
 
 
 class SeparationBrain(TrainTimeBudget, sb.Brain):
@@ -292,11 +287,7 @@ class SeparationBrain(TrainTimeBudget, sb.Brain):
     # ------------------------------------------------------------------
     def _any_rank(self, flag: bool) -> bool:
         """True if ``flag`` is True on any process."""
-        if not _distributed():
-            return flag
-        value = torch.tensor([float(flag)], device=self.device)
-        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-        return bool(value.item() > 0)
+        return any_rank(flag, self.device)
 
     def _training_loss(self, losses: torch.Tensor) -> Optional[torch.Tensor]:
         if self._opt("threshold_byloss", False):

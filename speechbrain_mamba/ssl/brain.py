@@ -38,21 +38,10 @@ import torch
 import torch.nn.functional as F
 from speechbrain.utils.distributed import if_main_process
 
+from speechbrain_mamba.utils.distributed import all_reduce_sum
 from speechbrain_mamba.utils.time_budget import TrainTimeBudget
 
 logger = logging.getLogger(__name__)
-
-
-def _distributed() -> bool:
-    return (
-        torch.distributed.is_available() and torch.distributed.is_initialized()
-    )
-
-
-def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    if _distributed():
-        torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
-    return values
 
 
 def frame_targets(
@@ -169,7 +158,7 @@ class HuBERTPretrainBrain(TrainTimeBudget, sb.Brain):
             self.hparams.lr_schedule(self.optimizer, self.optimizer_step)
 
     def _accuracies(self) -> Dict[str, float]:
-        counts = _all_reduce_sum(self._counts.to(self.device)).cpu()
+        counts = all_reduce_sum(self._counts.to(self.device)).cpu()
         stats = {}
         if counts[1] > 0:
             stats["acc_masked"] = float(counts[0] / counts[1])

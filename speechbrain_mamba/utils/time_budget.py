@@ -25,7 +25,7 @@ import time
 import warnings
 from typing import Optional
 
-import torch
+from speechbrain_mamba.utils.distributed import any_rank
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +93,6 @@ def train_time_budget(hparams) -> Optional[float]:
     return seconds
 
 
-def _distributed() -> bool:
-    return (
-        torch.distributed.is_available() and torch.distributed.is_initialized()
-    )
-
-
 class TrainTimeBudget:
     """Mixin of ``speechbrain.Brain``: the ``train_time_budget_s`` hparam
     ends training (see the module docstring). Put it before the Brain class:
@@ -107,6 +101,7 @@ class TrainTimeBudget:
     Example
     -------
     >>> import speechbrain as sb
+    >>> import torch
     >>> class Toy(TrainTimeBudget, sb.Brain):
     ...     def compute_forward(self, batch, stage):
     ...         return self.modules.lin(batch)
@@ -147,12 +142,7 @@ class TrainTimeBudget:
         if budget is None or self._budget_start is None:
             return False
         over = time.monotonic() - self._budget_start >= budget
-        if _distributed():  # all processes stop at the same step
-            flag = torch.tensor([float(over)], device=self.device)
-            torch.distributed.all_reduce(
-                flag, op=torch.distributed.ReduceOp.MAX
-            )
-            over = bool(flag.item() > 0)
+        over = any_rank(over, self.device)  # all processes stop together
         if over and not self._budget_logged:
             logger.info("Training time budget of %.0f s used", budget)
             self._budget_logged = True
