@@ -77,13 +77,13 @@ class EnhancementBrain(SeparationBrain):
                     targets[i, :n, 0],
                     mix[i, :n],
                     self.hparams.sample_rate,
-                    compute_pesq=self._opt("compute_pesq", True),
-                    compute_stoi=self._opt("compute_stoi", True),
+                    compute_pesq=self._opt("compute_pesq"),
+                    compute_stoi=self._opt("compute_stoi"),
                 )
             )
             self._rows.append(row)
-            if self._opt("save_audio", False) and self._audio_saved < int(
-                self._opt("n_audio_to_save", 0)
+            if self._opt("save_audio") and self._audio_saved < int(
+                self._opt("n_audio_to_save")
             ):
                 self.save_audio(utt_id, mix[i, :n], targets[i, :n], est[i, :n])
                 self._audio_saved += 1

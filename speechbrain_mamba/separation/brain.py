@@ -85,20 +85,40 @@ def reset_layer_recursively(layer: torch.nn.Module) -> None:
             reset_layer_recursively(child)
 
 
+#: The optional hparams of :class:`SeparationBrain`, name -> value used
+#: when the YAML file leaves the key out (``lr_scheduler``, ``train_logger``,
+#: ``epoch_counter`` and ``test_results_file``: None means none, or
+#: ``<output_folder>/test_results.csv``). The recipe YAML files list each
+#: with this default in a comment (tests/test_recipe_hparams.py).
+OPTIONAL_HPARAMS = {
+    "threshold_byloss": False,  # leave out utterances below ``threshold``
+    "loss_upper_lim": math.inf,  # skip batches with a larger loss
+    "clip_grad_norm": 5.0,
+    "use_speedperturb": False,  # with ``speed_perturb``
+    "use_wavedrop": False,  # with ``drop_chunk`` and ``drop_freq``
+    "limit_training_signal_len": False,  # with ``training_signal_len``
+    "cuda_graphs": False,
+    "train_time_budget_s": None,
+    "lr_scheduler": None,
+    "train_logger": None,
+    "epoch_counter": None,
+    "test_results_file": None,
+    "save_audio": False,
+    "n_audio_to_save": 0,
+    "compute_pesq": True,
+    "compute_stoi": True,
+}
+
+
 class SeparationBrain(TrainTimeBudget, sb.Brain):
     """Trains and evaluates an encoder / masknet / decoder separator.
 
     Expects ``modules`` with keys ``encoder``, ``masknet`` and ``decoder``
-    and hparams with at least ``num_spks``, ``sample_rate``. Optional hparams
-    (defaults in brackets): ``threshold_byloss`` [False], ``threshold``
-    [-inf], ``loss_upper_lim`` [inf], ``clip_grad_norm`` [5],
-    ``use_speedperturb`` [False] with ``speed_perturb``, ``use_wavedrop``
-    [False] with ``drop_chunk`` / ``drop_freq``,
-    ``limit_training_signal_len`` [False] with ``training_signal_len``,
-    ``lr_scheduler``, ``train_logger``, ``train_time_budget_s`` [None],
-    ``test_results_file`` [<output_folder>/test_results.csv],
-    ``save_audio`` [False], ``n_audio_to_save`` [0], ``compute_pesq`` /
-    ``compute_stoi`` [True].
+    and hparams with at least ``num_spks``, ``sample_rate``; the optional
+    ones and their defaults are :data:`OPTIONAL_HPARAMS` (``threshold``,
+    ``speed_perturb``, ``drop_chunk`` / ``drop_freq`` and
+    ``training_signal_len`` are needed only when the option that uses them
+    is on).
 
     Example
     -------
@@ -123,8 +143,10 @@ class SeparationBrain(TrainTimeBudget, sb.Brain):
     # ------------------------------------------------------------------
     # Options
     # ------------------------------------------------------------------
-    def _opt(self, name: str, default=None):
-        return getattr(self.hparams, name, default)
+    def _opt(self, name: str):
+        """An optional hparam: the YAML value or its :data:`OPTIONAL_HPARAMS`
+        default (a name missing from the table is a KeyError)."""
+        return getattr(self.hparams, name, OPTIONAL_HPARAMS[name])
 
     # ------------------------------------------------------------------
     # Forward
@@ -173,7 +195,7 @@ class SeparationBrain(TrainTimeBudget, sb.Brain):
         :class:`~speechbrain_mamba.utils.graphed_training.GraphedTraining`
         that replays its training forward and backward from CUDA graphs."""
         masknet = self.modules.masknet
-        if not self._opt("cuda_graphs", False):
+        if not self._opt("cuda_graphs"):
             return masknet
         graphed = getattr(self, "_graphed_masknet", None)
         if graphed is None or graphed.module is not masknet:
@@ -218,7 +240,7 @@ class SeparationBrain(TrainTimeBudget, sb.Brain):
         mix, targets : torch.Tensor
             The augmented batch.
         """
-        if self._opt("use_speedperturb", False):
+        if self._opt("use_speedperturb"):
             perturbed = [
                 self.hparams.speed_perturb(targets[..., i])
                 for i in range(targets.shape[-1])
@@ -226,10 +248,10 @@ class SeparationBrain(TrainTimeBudget, sb.Brain):
             length = min(p.shape[1] for p in perturbed)
             targets = torch.stack([p[:, :length] for p in perturbed], dim=-1)
             mix = targets.sum(-1)
-        if self._opt("use_wavedrop", False):
+        if self._opt("use_wavedrop"):
             mix = self.hparams.drop_chunk(mix, lengths)
             mix = self.hparams.drop_freq(mix)
-        if self._opt("limit_training_signal_len", False):
+        if self._opt("limit_training_signal_len"):
             length = int(self.hparams.training_signal_len)
             if mix.shape[1] > length:
                 start = int(torch.randint(0, mix.shape[1] - length + 1, (1,)))
@@ -290,7 +312,7 @@ class SeparationBrain(TrainTimeBudget, sb.Brain):
         return any_rank(flag, self.device)
 
     def _training_loss(self, losses: torch.Tensor) -> Optional[torch.Tensor]:
-        if self._opt("threshold_byloss", False):
+        if self._opt("threshold_byloss"):
             losses = losses[losses > self.hparams.threshold]
             if losses.numel() == 0:
                 return None
@@ -313,7 +335,7 @@ class SeparationBrain(TrainTimeBudget, sb.Brain):
             predictions = self.compute_forward(batch, sb.Stage.TRAIN)
             losses = self.compute_objectives(predictions, batch, sb.Stage.TRAIN)
         loss = self._training_loss(losses)
-        upper = self._opt("loss_upper_lim", math.inf)
+        upper = self._opt("loss_upper_lim")
         bad = (
             loss is None
             or not bool(torch.isfinite(loss.detach()))
@@ -331,7 +353,7 @@ class SeparationBrain(TrainTimeBudget, sb.Brain):
 
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        clip = self._opt("clip_grad_norm", 5.0)
+        clip = self._opt("clip_grad_norm")
         params = [p for p in self.modules.parameters() if p.requires_grad]
         if clip is None or clip <= 0:
             clip = math.inf  # only measures the norm
@@ -451,13 +473,13 @@ class SeparationBrain(TrainTimeBudget, sb.Brain):
                     targets[i, :n],
                     mix[i, :n],
                     self.hparams.sample_rate,
-                    compute_pesq=self._opt("compute_pesq", True),
-                    compute_stoi=self._opt("compute_stoi", True),
+                    compute_pesq=self._opt("compute_pesq"),
+                    compute_stoi=self._opt("compute_stoi"),
                 )
             )
             self._rows.append(row)
-            if self._opt("save_audio", False) and self._audio_saved < int(
-                self._opt("n_audio_to_save", 0)
+            if self._opt("save_audio") and self._audio_saved < int(
+                self._opt("n_audio_to_save")
             ):
                 self.save_audio(utt_id, mix[i, :n], targets[i, :n], est[i, :n])
                 self._audio_saved += 1
