@@ -224,10 +224,9 @@ def plot_curves(
             "the MI plot needs matplotlib: pip install matplotlib"
         ) from err
     matplotlib.use("Agg")
-    import os
-    import tempfile
-
     import matplotlib.pyplot as plt
+
+    from speechbrain_mamba.utils.atomic import atomic_target
 
     models: Dict[str, List[dict]] = {}
     for row in rows:
@@ -270,18 +269,11 @@ def plot_curves(
     )
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".png", dir=path.parent
-    )
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        with atomic_target(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -28,13 +28,13 @@ speechbrain-mamba developers
 
 import argparse
 import json
-import os
 import sys
 from typing import Dict, List, Optional
 
 import torch
 
 from speechbrain_mamba.benchmarks.timing import measure
+from speechbrain_mamba.utils.atomic import atomic_target
 
 CONFIGS = {
     "small": dict(d_model=144, nhead=4, enc=12, dec=4, d_ffn=1024),
@@ -205,10 +205,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         parser.error("CUDA is not available; pass --device cpu")
     rows = run(args)
     if args.json:
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fout:
-            json.dump({"config": vars(args), "results": rows}, fout, indent=2)
-        os.replace(tmp, args.json)
+        with atomic_target(args.json) as tmp:
+            with open(tmp, "w", encoding="utf-8") as fout:
+                record = {"config": vars(args), "results": rows}
+                json.dump(record, fout, indent=2)
 
 
 if __name__ == "__main__":

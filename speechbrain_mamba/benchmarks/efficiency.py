@@ -39,7 +39,6 @@ speechbrain-mamba developers
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -48,7 +47,11 @@ import torch
 from speechbrain_mamba.benchmarks.models import TASKS
 from speechbrain_mamba.benchmarks.timing import measure
 from speechbrain_mamba.lobes.tts.factory import SIZES as TTS_SIZES
-from speechbrain_mamba.utils.atomic import atomic_write_csv, atomic_write_text
+from speechbrain_mamba.utils.atomic import (
+    atomic_target,
+    atomic_write_csv,
+    atomic_write_text,
+)
 from speechbrain_mamba.utils.cli import positive_float, positive_int
 from speechbrain_mamba.utils.graphed_training import GraphedTraining
 
@@ -504,10 +507,9 @@ def plot(rows: List[Dict], path: Path) -> None:
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=6)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_target(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_csv(rows: List[Dict], path: Path) -> None:

@@ -28,7 +28,6 @@ speechbrain-mamba developers
 """
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from speechbrain.utils.distributed import if_main_process
 
+from speechbrain_mamba.utils.atomic import atomic_target
 from speechbrain_mamba.utils.distributed import all_reduce_sum
 from speechbrain_mamba.utils.time_budget import TrainTimeBudget
 
@@ -312,10 +312,9 @@ class CTCFinetuneBrain(TrainTimeBudget, sb.Brain):
             test_stats=stats,
         )
         if self.test_wer_file and if_main_process():
-            tmp = f"{self.test_wer_file}.tmp"
-            with open(tmp, "w", encoding="utf-8") as fout:
-                self.wer_metric.write_stats(fout)
-            os.replace(tmp, self.test_wer_file)
+            with atomic_target(self.test_wer_file) as tmp:
+                with open(tmp, "w", encoding="utf-8") as fout:
+                    self.wer_metric.write_stats(fout)
 
 
 def pretraining_dataset(

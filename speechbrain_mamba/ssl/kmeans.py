@@ -19,6 +19,8 @@ from typing import Optional, Union
 
 import torch
 
+from speechbrain_mamba.utils.atomic import atomic_target
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -249,10 +251,8 @@ class KMeans:
         pathlib.Path
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        with atomic_target(path) as tmp:
+            torch.save(self.state_dict(), tmp)
         return path
 
     @classmethod

@@ -18,7 +18,6 @@ speechbrain-mamba developers
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Dict, Sequence
 
@@ -37,6 +36,7 @@ from speechbrain_mamba.ssl.brain import (
     pretraining_dataset,
 )
 from speechbrain_mamba.ssl.targets import INFO_FILE, extract_targets, read_km
+from speechbrain_mamba.utils.atomic import atomic_target, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -245,12 +245,6 @@ def run_extraction(argv: Sequence[str]) -> Dict[str, Any]:
     return info
 
 
-def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def run_pretraining(argv: Sequence[str]) -> HuBERTPretrainBrain:
     """``train.py``: CSVs, targets, pretraining, export of the best model.
 
@@ -312,9 +306,8 @@ def run_pretraining(argv: Sequence[str]) -> HuBERTPretrainBrain:
     if if_main_process():
         out = Path(hparams["output_folder"])
         model = hparams["modules"]["model"]
-        tmp = out / f".{SSL_CHECKPOINT}.tmp"
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, out / SSL_CHECKPOINT)
+        with atomic_target(out / SSL_CHECKPOINT) as tmp:
+            torch.save(model.state_dict(), tmp)
         from speechbrain_mamba.utils.parameters import count_parameters
 
         summary = {
@@ -326,7 +319,7 @@ def run_pretraining(argv: Sequence[str]) -> HuBERTPretrainBrain:
             "chance_majority": info["chance_majority"],
             "chance_uniform": info["chance_uniform"],
         }
-        _atomic_json(out / SUMMARY_FILE, summary)
+        atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2))
         logger.info("pretraining summary: %s", json.dumps(summary))
     sb.utils.distributed.ddp_barrier()
     return brain

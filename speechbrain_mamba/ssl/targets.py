@@ -36,18 +36,13 @@ import numpy as np
 import torch
 
 from speechbrain_mamba.ssl.kmeans import KMeans
+from speechbrain_mamba.utils.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 INFO_FILE = "targets.json"
 KMEANS_FILE = "kmeans.pt"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def read_csv_audio(
@@ -323,7 +318,7 @@ def label_split(
     if missing:
         raise RuntimeError(f"{partial}: no labels for {missing[:5]}")
     ordered = "".join(done[r[0]] + "\n" for r in rows)
-    _atomic_write_text(out_file, ordered)
+    atomic_write_text(out_file, ordered)
     partial.unlink()
     return out_file
 
@@ -426,7 +421,7 @@ def extract_targets(
             **(kmeans_kwargs or {}),
         )
         kmeans.save(kmeans_path)
-        _atomic_write_text(
+        atomic_write_text(
             info_path,
             json.dumps({"options": options, "complete": False}, indent=2),
         )
@@ -462,5 +457,5 @@ def extract_targets(
         "chance_majority": splits[train_split]["majority_fraction"],
         "chance_uniform": 1.0 / n_clusters,
     }
-    _atomic_write_text(info_path, json.dumps(info, indent=2))
+    atomic_write_text(info_path, json.dumps(info, indent=2))
     return info
