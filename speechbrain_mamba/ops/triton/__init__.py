@@ -2,11 +2,13 @@
 interpreter, ``TRITON_INTERPRET=1``, which is how the tests run them in CI).
 
 :mod:`~speechbrain_mamba.ops.triton.bidirectional_scan`
-    both directions of a BiMamba layer in one scan (training and inference).
+    both directions of a BiMamba layer in one scan (training and inference),
+    or the forward direction alone (a unidirectional Mamba layer).
 :mod:`~speechbrain_mamba.ops.triton.bidirectional_conv`
-    the causal and anti-causal depthwise convolutions in one kernel.
+    the causal and anti-causal depthwise convolutions in one kernel (or the
+    causal one alone).
 :mod:`~speechbrain_mamba.ops.triton.bimamba_layer`
-    a whole BiMamba layer as one low-memory autograd function.
+    a whole BiMamba or Mamba layer as one low-memory autograd function.
 :mod:`~speechbrain_mamba.ops.triton.mamba_step`
     one decoding step of a unidirectional Mamba block in two kernels.
 
