@@ -15,8 +15,10 @@ Author
 speechbrain-mamba developers
 """
 
+import sys
+
 import speechbrain_mamba  # noqa: F401  (must precede speechbrain imports)
-from speechbrain_mamba.ssl.recipe import main
+from speechbrain_mamba.ssl.recipe import run_recipe
 
 if __name__ == "__main__":
-    main("extract")
+    run_recipe(sys.argv[1:], "extract")
