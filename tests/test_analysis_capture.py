@@ -116,8 +116,21 @@ def test_ssl_model_layer_names():
     with LayerCapture(model, model.layer_names()) as cap:
         out = model(wavs, lens)
     states = cap.valid_frames(out.lengths)
+    assert model.layer_names() == [
+        "encoder.net.layers.0",
+        "encoder.net.layers.1",
+    ]
     assert len(states) == 2
     assert states[0].shape == (int(out.frames.sum()), 16)
+    # the padded item's captured frames are those of the item run alone
+    first = int(out.frames[0])
+    with LayerCapture(model, model.layer_names()) as cap:
+        alone = model(wavs[1:, :800], None)
+    assert first + int(alone.frames[0]) == int(out.frames.sum())
+    for batched, single in zip(states, cap.valid_frames(alone.lengths)):
+        torch.testing.assert_close(
+            batched[first:], single, atol=1e-5, rtol=1e-4
+        )
 
 
 def test_channels_first_and_tuple_modes():
