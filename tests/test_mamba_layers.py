@@ -430,6 +430,33 @@ def test_auto_backend_picks_triton_by_input_size(monkeypatch):
     assert backend.use_triton_kernels("auto", on_gpu(64))
 
 
+def test_auto_backend_of_unidirectional_layers(monkeypatch):
+    """Full-sequence calls of unidirectional layers: "auto" takes the Triton
+    kernels on CUDA when mamba_ssm is missing (not the pure-PyTorch scan),
+    mamba_ssm's when it is installed; CPU tensors stay on PyTorch; "triton"
+    insists on Triton, "cuda" on mamba_ssm."""
+    from types import SimpleNamespace
+
+    from speechbrain_mamba.ops import backend
+    from speechbrain_mamba.ops.triton import bidirectional_scan
+
+    monkeypatch.delenv("SBMAMBA_BACKEND", raising=False)
+    monkeypatch.setattr(bidirectional_scan, "available", lambda: True)
+    on_gpu = SimpleNamespace(is_cuda=True, shape=(2, 50, 8))
+    on_cpu = torch.zeros(2, 50, 8)
+    monkeypatch.setattr(backend, "cuda_kernels", lambda: None)
+    assert backend.mamba_path("auto", on_gpu, 16) == "triton"
+    assert backend.mamba_path("triton", on_gpu, 16) == "triton"
+    assert backend.mamba_path("torch", on_gpu, 16) == "torch"
+    assert backend.mamba_path("auto", on_cpu, 16) == "torch"
+    monkeypatch.setattr(backend, "cuda_kernels", lambda: object())
+    assert backend.mamba_path("auto", on_gpu, 16) == "mamba_ssm"
+    assert backend.mamba_path("cuda", on_gpu, 16) == "mamba_ssm"
+    assert backend.mamba_path("triton", on_gpu, 16) == "triton"
+    # beyond mamba_ssm's largest state: Triton rather than PyTorch
+    assert backend.mamba_path("auto", on_gpu, 512) == "triton"
+
+
 @pytest.mark.parametrize("cls", [Mamba, BiMamba])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cpu_autocast_runs_and_stays_close(cls, dtype):
