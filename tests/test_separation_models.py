@@ -19,7 +19,10 @@ from speechbrain.lobes.models.dual_path import (
 )
 
 from speechbrain_mamba.lobes.dpmamba import DPMambaBlock
-from speechbrain_mamba.lobes.mamba_tasnet import MambaTasNetMaskNet
+from speechbrain_mamba.lobes.mamba_tasnet import (
+    MAMBA_TASNET_SIZES,
+    MambaTasNetMaskNet,
+)
 from speechbrain_mamba.nnet import BiMamba, Mamba
 from speechbrain_mamba.separation.brain import reset_layer_recursively
 
@@ -28,10 +31,7 @@ TOP = ROOT / "hparams" / "separation"
 RECIPES = [ROOT / "recipes" / d / "separation" for d in ("WSJ0Mix", "LibriMix")]
 
 PAPER_PARAMS_M = {
-    "mamba_tasnet_XS": 2.2,
-    "mamba_tasnet_S": 7.9,
-    "mamba_tasnet_M": 15.6,
-    "mamba_tasnet_L": 59.6,
+    **{f"mamba_tasnet_{k}": v.params_m for k, v in MAMBA_TASNET_SIZES.items()},
     "dpmamba_XS": 2.3,
     "dpmamba_S": 8.1,
     "dpmamba_M": 15.9,
@@ -51,6 +51,16 @@ def test_paper_parameter_counts(name):
     total = _count(hp["Encoder"], hp["MaskNet"], hp["Decoder"])
     expected = PAPER_PARAMS_M[name] * 1e6
     assert abs(total - expected) / expected < 0.02, (name, total)
+
+
+@pytest.mark.parametrize("size", sorted(MAMBA_TASNET_SIZES))
+def test_model_yaml_matches_the_size_table(size):
+    """hparams/separation/mamba_tasnet_<size>.yaml builds the table's size."""
+    with open(TOP / f"mamba_tasnet_{size}.yaml", encoding="utf-8") as fin:
+        hp = load_hyperpyyaml(fin)
+    channels, num_layers, _ = MAMBA_TASNET_SIZES[size]
+    assert hp["N_encoder_out"] == hp["out_channels"] == channels
+    assert len(hp["MaskNet"].mamba_net.layers) == num_layers
 
 
 def _model_nodes(path):

@@ -107,19 +107,14 @@ def sepformer(channels: int = 256) -> nn.Module:
     return SeparationPipeline(masknet, channels)
 
 
-MAMBA_TASNET_SIZES = {
-    "XS": (128, 16),
-    "S": (256, 16),
-    "M": (256, 32),
-    "L": (512, 32),
-}
-
-
 def mamba_tasnet(size: str = "M") -> nn.Module:
     """Mamba-TasNet of a paper size (XS, S, M, L)."""
-    from speechbrain_mamba.lobes.mamba_tasnet import MambaTasNetMaskNet
+    from speechbrain_mamba.lobes.mamba_tasnet import (
+        MAMBA_TASNET_SIZES,
+        MambaTasNetMaskNet,
+    )
 
-    channels, layers = MAMBA_TASNET_SIZES[size]
+    channels, layers, _ = MAMBA_TASNET_SIZES[size]
     return SeparationPipeline(
         MambaTasNetMaskNet(channels, num_layers=layers), channels
     )

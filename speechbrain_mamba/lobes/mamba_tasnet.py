@@ -15,24 +15,16 @@ and returns one mask per speaker (``[num_spks, B, N, L]``), so SpeechBrain's
 ``Encoder`` / ``Decoder``, its separation recipes and its
 ``SepformerSeparation`` inference interface work unchanged.
 
-Paper sizes (encoder kernel 16 / stride 8, ``d_state`` 16, ``expand`` 2,
-``d_conv`` 4; parameter counts include encoder and decoder):
-
-======  =====================  ============  ======
-size    in/out channels        num_layers    params
-======  =====================  ============  ======
-XS      128                    16            2.2 M
-S       256                    16            7.9 M
-M       256                    32            15.6 M
-L       512                    32            59.6 M
-======  =====================  ============  ======
+The paper sizes XS, S, M and L are in :data:`MAMBA_TASNET_SIZES` (the
+model YAML files ``hparams/separation/mamba_tasnet_<size>.yaml`` and the
+benchmarks use them; tests check the YAML files against it).
 
 Author
 ------
 speechbrain-mamba developers
 """
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -42,6 +34,42 @@ from speechbrain_mamba.nnet import MambaStack
 from speechbrain_mamba.nnet.padding import check_input_dtype
 
 MASK_ACTIVATIONS = ("relu", "softmax")
+
+
+class MambaTasNetSize(NamedTuple):
+    """One paper size of Mamba-TasNet (encoder kernel 16 / stride 8,
+    ``d_state`` 16, ``expand`` 2, ``d_conv`` 4).
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.dual_path import Decoder, Encoder
+    >>> size = MAMBA_TASNET_SIZES["XS"]
+    >>> model = nn.ModuleList([
+    ...     Encoder(kernel_size=16, out_channels=size.channels),
+    ...     MambaTasNetMaskNet(size.channels, num_layers=size.num_layers),
+    ...     Decoder(size.channels, 1, kernel_size=16, stride=8, bias=False),
+    ... ])
+    >>> params = sum(p.numel() for p in model.parameters())
+    >>> round(params / 1e6, 1) == size.params_m
+    True
+    """
+
+    #: Encoder filters = width of the Mamba stack (``in_channels`` and
+    #: ``out_channels`` of :class:`MambaTasNetMaskNet`).
+    channels: int
+    #: Mamba blocks (``num_layers``).
+    num_layers: int
+    #: Parameters in millions, encoder and decoder included.
+    params_m: float
+
+
+#: The sizes of the Speech Slytherin paper.
+MAMBA_TASNET_SIZES = {
+    "XS": MambaTasNetSize(128, 16, 2.2),
+    "S": MambaTasNetSize(256, 16, 7.9),
+    "M": MambaTasNetSize(256, 32, 15.6),
+    "L": MambaTasNetSize(512, 32, 59.6),
+}
 
 
 class MambaTasNetMaskNet(nn.Module):
