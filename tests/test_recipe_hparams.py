@@ -62,3 +62,50 @@ def test_recipe_yaml_comments_give_the_defaults(path):
             assert value == math.inf, f"{path}: {name}"
         else:
             assert value == default, f"{path}: {name}: {value!r}"
+
+
+#: Optional hparams a task package reads -> the recipe folders whose YAML
+#: files must name each of them (as a key or in the comment block).
+TASKS = {
+    ("asr", "data/librispeech_dataio.py"): (
+        "LibriSpeech/ASR/S2S",
+        "LibriSpeech/ASR/CTC",
+    ),
+    ("ssl",): ("LibriSpeech/self-supervised-learning",),
+    ("tts",): ("LibriTTS/TTS",),
+    ("separation",): ("WSJ0Mix/separation", "LibriMix/separation"),
+    ("enhancement",): ("Voicebank/enhancement",),
+}
+#: Set by the recipe code itself, not by the user.
+INTERNAL = {"chance_majority"}
+OPTIONAL_READ = re.compile(
+    r'(?:hparams\.get|getattr\(self\.hparams,|_hp|_opt)\(?\s*"([a-z_0-9]+)"'
+)
+
+
+def optional_reads(sources) -> set:
+    package = ROOT / "speechbrain_mamba"
+    names = set()
+    for source in sources:
+        files = [package / source] if source.endswith(".py") else []
+        files += sorted((package / source).glob("*.py"))
+        for path in files:
+            names |= set(OPTIONAL_READ.findall(path.read_text("utf-8")))
+    return names - INTERNAL
+
+
+@pytest.mark.parametrize("sources", list(TASKS), ids=lambda s: s[0])
+def test_each_optional_hparam_is_named_in_every_recipe_yaml(sources):
+    names = optional_reads(sources)
+    assert len(names) >= 4, sources
+    for folder in TASKS[sources]:
+        paths = sorted((ROOT / "recipes" / folder / "hparams").glob("*.yaml"))
+        assert paths, folder
+        for path in paths:
+            text = path.read_text(encoding="utf-8")
+            missing = [
+                name
+                for name in sorted(names)
+                if not re.search(rf"^(#\s+)?{name}:", text, re.MULTILINE)
+            ]
+            assert not missing, f"{path} does not name {missing}"
