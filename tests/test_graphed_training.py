@@ -190,3 +190,34 @@ def test_separation_brain_trains_through_graphs():
         got = float(graphed.fit_batch(batch))
         assert got == pytest.approx(expected, rel=1e-3, abs=1e-3)
     assert graphed._mask_network().num_graphs == 1
+
+
+@pytest.mark.gpu
+def test_record_cuda_graph_warms_up_restores_and_replays():
+    """record_cuda_graph: warm-up calls, then the callback, then the capture
+    (which runs nothing); each replay reruns the call on updated inputs."""
+    from speechbrain_mamba.utils.cuda_graphs import record_cuda_graph
+
+    x = torch.ones(4, device="cuda")
+    state = torch.zeros(1, device="cuda")
+    calls = []
+
+    def call():
+        calls.append("call")
+        state.add_(1)
+        return x * 2 + state
+
+    def restore():
+        calls.append("restore")
+        torch.testing.assert_close(state, torch.full_like(state, 3))
+        state.zero_()
+
+    graph, y = record_cuda_graph(call, warmup=3, after_warmup=restore)
+    assert calls == ["call"] * 3 + ["restore", "call"]
+    graph.replay()
+    torch.cuda.synchronize()
+    assert state.item() == 1 and y.tolist() == [3.0] * 4
+    x.fill_(5.0)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert state.item() == 2 and y.tolist() == [12.0] * 4

@@ -53,6 +53,7 @@ from speechbrain_mamba.utils.atomic import (
     atomic_write_text,
 )
 from speechbrain_mamba.utils.cli import positive_float, positive_int
+from speechbrain_mamba.utils.cuda_graphs import record_cuda_graph
 from speechbrain_mamba.utils.graphed_training import GraphedTraining
 
 DEFAULT_SECONDS = {
@@ -212,20 +213,6 @@ def make_step(
     return step
 
 
-def capture_graph(step: Callable[[], None]) -> Callable[[], None]:
-    """Records step() in a CUDA graph; returns its replay function."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    return graph.replay
-
-
 def measure_model(
     model: torch.nn.Module,
     x,
@@ -262,7 +249,7 @@ def measure_model(
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats(device)
             try:
-                step = capture_graph(graph_step)
+                step = record_cuda_graph(graph_step)[0].replay
                 capture_peak = torch.cuda.max_memory_allocated(device) / 2**20
                 used_graph = True
             except (RuntimeError, torch.OutOfMemoryError) as err:

@@ -19,6 +19,7 @@ from typing import List, Optional
 import torch
 
 from speechbrain_mamba.lobes.tts.ar import ARDecodingState, CodecAR
+from speechbrain_mamba.utils.cuda_graphs import record_cuda_graph
 
 
 def _state_tensors(state: ARDecodingState) -> List[torch.Tensor]:
@@ -118,17 +119,19 @@ class GraphedARStep:
         )
         tensors = _state_tensors(state)
         saved = [t.clone() for t in tensors]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), torch.autocast(**autocast):
-            for _ in range(2):  # compiles the kernels outside the capture
-                ar.step(self.tokens, state)
-        torch.cuda.current_stream().wait_stream(stream)
-        for tensor, value in zip(tensors, saved):
-            tensor.copy_(value)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.autocast(**autocast):
-            self.logits = ar.step(self.tokens, state)
+
+        def step():
+            with torch.autocast(**autocast):
+                return ar.step(self.tokens, state)
+
+        def restore_state():  # the warm-up steps advanced it
+            for tensor, value in zip(tensors, saved):
+                tensor.copy_(value)
+
+        # the warm-up compiles the kernels outside the capture
+        self.graph, self.logits = record_cuda_graph(
+            step, warmup=2, after_warmup=restore_state
+        )
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         """One decoding step.

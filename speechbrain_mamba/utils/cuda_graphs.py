@@ -1,0 +1,70 @@
+"""Recording a call in a CUDA graph: the call runs a few times on a side
+stream first (kernels are compiled, the caching allocator settles, lazy
+initialisation happens outside the capture), then once inside the capture.
+Replaying the graph runs the same kernels on the same memory: the inputs
+the call read must be updated in place, and its outputs are overwritten by
+every replay.
+
+Used by the AR decoding step of VALL-M
+(:mod:`speechbrain_mamba.tts.graphed_decoding`) and the graphed timings of
+the efficiency study (:mod:`speechbrain_mamba.benchmarks.efficiency`); the
+training forward and backward of a module are recorded by
+:mod:`speechbrain_mamba.utils.graphed_training`.
+
+Author
+------
+speechbrain-mamba developers
+"""
+
+from typing import Any, Callable, Optional, Tuple
+
+import torch
+
+
+def record_cuda_graph(
+    call: Callable[[], Any],
+    warmup: int = 3,
+    after_warmup: Optional[Callable[[], None]] = None,
+) -> Tuple["torch.cuda.CUDAGraph", Any]:
+    """Warms ``call`` up on a side stream, then records one call of it.
+
+    Arguments
+    ---------
+    call : callable
+        Takes no argument; reads and writes CUDA tensors that outlive it.
+    warmup : int
+        Eager calls before the capture.
+    after_warmup : callable, optional
+        Runs between the warm-up and the capture, e.g. to restore a state
+        the warm-up calls changed in place.
+
+    Returns
+    -------
+    graph : torch.cuda.CUDAGraph
+        ``graph.replay()`` runs the recorded call again.
+    output
+        What the recorded call returned (the graph's buffers).
+
+    Example
+    -------
+    >>> def replayed_after_update():
+    ...     x = torch.ones(3, device="cuda")
+    ...     graph, y = record_cuda_graph(lambda: x * 2)
+    ...     _ = x.fill_(5.0)  # the input, updated in place
+    ...     graph.replay()
+    ...     return y.tolist()
+    >>> if torch.cuda.is_available():
+    ...     assert replayed_after_update() == [10.0, 10.0, 10.0]
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            call()
+    torch.cuda.current_stream().wait_stream(stream)
+    if after_warmup is not None:
+        after_warmup()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        output = call()
+    return graph, output
