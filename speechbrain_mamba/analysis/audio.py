@@ -21,13 +21,14 @@ import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import soundfile as sf
 import torch
 
-PathLike = Union[str, os.PathLike]
+from speechbrain_mamba.utils.io import PathLike
+
 AUDIO_COLUMNS = ("wav", "mix_wav", "noisy_wav", "path", "file")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 

@@ -28,11 +28,10 @@ speechbrain-mamba developers
 
 import argparse
 import logging
-import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional
 
 import torch
 from hyperpyyaml import load_hyperpyyaml
@@ -41,10 +40,10 @@ from speechbrain.utils.checkpoints import average_checkpoints
 import speechbrain_mamba  # noqa: F401  (before speechbrain)
 from speechbrain_mamba.data.librispeech_dataio import TOKENIZER_FILE
 from speechbrain_mamba.utils.atomic import atomic_folder, check_target_folder
+from speechbrain_mamba.utils.io import PathLike
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
 MAMBA_ASR_CLASS = "speechbrain_mamba.lobes.asr.MambaTransformerASR"
 SB_ASR_CLASS = (
     "speechbrain.lobes.models.transformer.TransformerASR.TransformerASR"

@@ -23,15 +23,15 @@ speechbrain-mamba developers
 import csv
 import json
 import logging
-import os
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Union
+from typing import Dict, Iterable, List, Optional, Sequence
 
 from speechbrain_mamba.utils.atomic import atomic_write_text
 from speechbrain_mamba.utils.audio_check import (
     recorded_audio_unchanged,
     validate_audio_files,
 )
+from speechbrain_mamba.utils.io import PathLike
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,6 @@ CSV_HEADER = ["ID", "duration", "wav", "spk_id", "wrd"]
 OPTIONS_FILE = "opt_librispeech_prepare.json"
 #: Record of the checked audio of one split (``.format(split)``).
 AUDIO_RECORD = "audio_check_{}.json"
-PathLike = Union[str, os.PathLike]
 
 
 def read_transcripts(split_folder: PathLike) -> Dict[str, str]:

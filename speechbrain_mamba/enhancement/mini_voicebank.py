@@ -43,7 +43,7 @@ import shutil
 import sys
 import uuid
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -60,10 +60,10 @@ from speechbrain_mamba.data.espeak import (
 from speechbrain_mamba.data.mini_corpus import PSEUDO_SPEAKERS
 from speechbrain_mamba.data.mixing import active_level, to_pcm16
 from speechbrain_mamba.data.sentences import SentenceGenerator
+from speechbrain_mamba.utils.io import PathLike
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
 MARKER_NAME = ".mini_voicebank.json"
 VERSION = 1
 SAMPLE_RATE = 16000

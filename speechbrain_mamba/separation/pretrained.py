@@ -19,10 +19,9 @@ speechbrain-mamba developers
 """
 
 import logging
-import os
 import re
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import soundfile as sf
 import torch
@@ -30,10 +29,10 @@ import torch
 from speechbrain_mamba.separation.metrics import METRICS, separation_metrics
 from speechbrain_mamba.separation.results import write_results_csv
 from speechbrain_mamba.utils.atomic import atomic_write_wav
+from speechbrain_mamba.utils.io import PathLike
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
 
 #: Hub folder of the shipped Mamba-TasNet S (8 kHz, two speakers).
 MINI_WSJ0MIX_MODEL = (

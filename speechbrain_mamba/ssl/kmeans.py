@@ -13,15 +13,13 @@ Author
 speechbrain-mamba developers
 """
 
-import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 
 from speechbrain_mamba.utils.atomic import atomic_target
-
-PathLike = Union[str, os.PathLike]
+from speechbrain_mamba.utils.io import PathLike
 
 
 def _sq_distances(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,6 @@ speechbrain-mamba developers
 import csv
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
@@ -37,10 +36,10 @@ import torch
 
 from speechbrain_mamba.ssl.kmeans import KMeans
 from speechbrain_mamba.utils.atomic import atomic_write_text
+from speechbrain_mamba.utils.io import PathLike
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
 INFO_FILE = "targets.json"
 KMEANS_FILE = "kmeans.pt"
 

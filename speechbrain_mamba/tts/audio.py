@@ -7,17 +7,14 @@ Author
 speechbrain-mamba developers
 """
 
-import os
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import soundfile as sf
 import torch
 
 from speechbrain_mamba.utils.atomic import atomic_write_wav
-
-PathLike = Union[str, os.PathLike]
+from speechbrain_mamba.utils.io import PathLike
 
 
 def resample(waveform: torch.Tensor, orig_rate: int, new_rate: int):

@@ -18,12 +18,12 @@ import shutil
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-PathLike = Union[str, os.PathLike]
+from speechbrain_mamba.utils.io import PathLike
 
 #: Default hub id of the 24 kHz EnCodec model.
 DEFAULT_CODEC = "facebook/encodec_24khz"

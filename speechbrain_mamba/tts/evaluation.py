@@ -8,18 +8,16 @@ Author
 speechbrain-mamba developers
 """
 
-import os
 import re
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 
 from speechbrain_mamba.tts.audio import resample
 from speechbrain_mamba.utils.atomic import atomic_write_csv
-
-PathLike = Union[str, os.PathLike]
+from speechbrain_mamba.utils.io import PathLike
 
 Transcriber = Callable[[torch.Tensor, int], str]
 Embedder = Callable[[torch.Tensor, int], torch.Tensor]

@@ -22,11 +22,10 @@ speechbrain-mamba developers
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional
 
 import torch
 from hyperpyyaml import load_hyperpyyaml
@@ -34,10 +33,10 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain_mamba.tts.recipe import load_codec, sampling_config
 from speechbrain_mamba.tts.text import TextFrontEnd
 from speechbrain_mamba.utils.atomic import atomic_folder, check_target_folder
+from speechbrain_mamba.utils.io import PathLike
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
 CODEC_MODES = ("embed", "reference")
 
 

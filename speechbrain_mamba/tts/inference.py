@@ -25,8 +25,7 @@ from speechbrain.inference.interfaces import Pretrained
 
 from speechbrain_mamba.tts.audio import load_audio, resample, write_audio
 from speechbrain_mamba.tts.synthesis import ZeroShotSynthesizer
-
-PathLike = Union[str, os.PathLike]
+from speechbrain_mamba.utils.io import PathLike
 
 
 class ZeroShotTTS(Pretrained):

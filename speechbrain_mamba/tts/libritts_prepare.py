@@ -22,9 +22,8 @@ speechbrain-mamba developers
 
 import json
 import logging
-import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence
 
 from tqdm import tqdm
 
@@ -34,10 +33,10 @@ from speechbrain_mamba.utils.audio_check import (
     recorded_audio_unchanged,
     validate_audio_files,
 )
+from speechbrain_mamba.utils.io import PathLike
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
 
 #: Name of the saved front end inside ``save_folder``.
 FRONTEND_FILE = "text_frontend.json"

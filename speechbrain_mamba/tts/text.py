@@ -15,10 +15,9 @@ speechbrain-mamba developers
 import functools
 import json
 import logging
-import os
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Union
+from typing import Iterable, List, Optional, Sequence
 
 import torch
 from speechbrain.utils.checkpoints import (
@@ -28,10 +27,10 @@ from speechbrain.utils.checkpoints import (
 )
 
 from speechbrain_mamba.utils.atomic import atomic_write_text
+from speechbrain_mamba.utils.io import PathLike
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
 
 PAD = "<pad>"
 UNK = "<unk>"

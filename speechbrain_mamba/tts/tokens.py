@@ -10,7 +10,6 @@ speechbrain-mamba developers
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Dict, Sequence, Union
 
@@ -21,10 +20,10 @@ from tqdm import tqdm
 from speechbrain_mamba.tts.audio import load_audio
 from speechbrain_mamba.tts.codec import EncodecCodec
 from speechbrain_mamba.utils.atomic import atomic_target, atomic_write_text
+from speechbrain_mamba.utils.io import PathLike
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
 
 #: Description of the codec inside the tokens folder.
 CODEC_FILE = "codec.json"
