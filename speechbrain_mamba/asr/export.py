@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import average_checkpoints
 
 import speechbrain_mamba  # noqa: F401  (before speechbrain)
 from speechbrain_mamba.data.librispeech_dataio import TOKENIZER_FILE
 from speechbrain_mamba.utils.atomic import atomic_folder, check_target_folder
 from speechbrain_mamba.utils.io import PathLike
+from speechbrain_mamba.utils.model_folders import load_experiment_hparams
 
 logger = logging.getLogger(__name__)
 
@@ -351,13 +351,7 @@ def export_asr(
     """
     out = check_target_folder(out_folder, force)
     experiment_folder = Path(experiment_folder)
-    yaml_path = experiment_folder / hparams_file
-    if not yaml_path.is_file():
-        raise FileNotFoundError(
-            f"{yaml_path} not found: pass the recipe's output_folder"
-        )
-    with open(yaml_path, encoding="utf-8") as fin:
-        hp = load_hyperpyyaml(fin, overrides or {})
+    hp = load_experiment_hparams(experiment_folder, hparams_file, overrides)
     kind = "s2s" if "seq_lin" in hp else "ctc"
     checkpointer = hp["checkpointer"]
     key = {"max_key": "ACC"} if kind == "s2s" else {"min_key": "WER"}

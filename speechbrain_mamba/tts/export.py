@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
-from hyperpyyaml import load_hyperpyyaml
 
 from speechbrain_mamba.tts.recipe import load_codec, sampling_config
 from speechbrain_mamba.tts.text import TextFrontEnd
 from speechbrain_mamba.utils.atomic import atomic_folder, check_target_folder
 from speechbrain_mamba.utils.io import PathLike
+from speechbrain_mamba.utils.model_folders import load_experiment_hparams
 
 logger = logging.getLogger(__name__)
 
@@ -162,13 +162,7 @@ def export_tts(
         raise ValueError(f"codec must be one of {CODEC_MODES}, got {codec!r}")
     out = check_target_folder(out_folder, force)
     experiment_folder = Path(experiment_folder)
-    yaml_path = experiment_folder / hparams_file
-    if not yaml_path.is_file():
-        raise FileNotFoundError(
-            f"{yaml_path} not found: pass the recipe's output_folder"
-        )
-    with open(yaml_path, encoding="utf-8") as fin:
-        hp = load_hyperpyyaml(fin, overrides or {})
+    hp = load_experiment_hparams(experiment_folder, hparams_file, overrides)
     ckpt = hp["checkpointer"].find_checkpoint(min_key="loss")
     if ckpt is None:
         raise FileNotFoundError(

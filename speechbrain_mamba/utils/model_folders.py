@@ -27,10 +27,47 @@ from speechbrain_mamba.utils.io import PathLike
 logger = logging.getLogger(__name__)
 
 
-def _load_yaml(path: Path, overrides: Optional[dict] = None) -> Dict[str, Any]:
+def load_experiment_hparams(
+    folder: PathLike,
+    hparams_file: str = "hyperparams.yaml",
+    overrides: Optional[dict] = None,
+) -> Dict[str, Any]:
+    """Loads the hyperparameters a recipe saved in its output folder (the
+    modules are built, no checkpoint is loaded).
+
+    Arguments
+    ---------
+    folder : str or os.PathLike
+        The recipe's ``output_folder``.
+    hparams_file : str
+        Name of the saved hyperparameters inside ``folder``.
+    overrides : dict, optional
+        YAML overrides.
+
+    Returns
+    -------
+    dict
+        The loaded hyperparameters.
+
+    Example
+    -------
+    >>> folder = Path(getfixture("tmpdir"))
+    >>> _ = (folder / "hyperparams.yaml").write_text("n: !ref <m>\\nm: 3")
+    >>> load_experiment_hparams(folder, overrides={"m": 4})["n"]
+    4
+    >>> load_experiment_hparams(folder / "nothing")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: ... not found: pass the recipe's output_folder
+    """
     from hyperpyyaml import load_hyperpyyaml
 
-    with open(path, encoding="utf-8") as fin:
+    yaml_path = Path(folder) / hparams_file
+    if not yaml_path.is_file():
+        raise FileNotFoundError(
+            f"{yaml_path} not found: pass the recipe's output_folder"
+        )
+    with open(yaml_path, encoding="utf-8") as fin:
         return load_hyperpyyaml(fin, overrides or {})
 
 
@@ -58,16 +95,12 @@ def load_experiment(
     dict
         The hyperparameters, with the checkpoint loaded into the modules.
     """
-    folder = Path(folder)
-    yaml_path = folder / "hyperparams.yaml"
-    if not yaml_path.is_file():
-        raise FileNotFoundError(
-            f"{yaml_path} not found (not an experiment folder)"
-        )
-    hparams = _load_yaml(yaml_path, overrides)
+    hparams = load_experiment_hparams(folder, overrides=overrides)
     checkpointer = hparams.get("checkpointer")
     if checkpointer is None:
-        raise KeyError(f"{yaml_path} has no 'checkpointer'")
+        raise KeyError(
+            f"{Path(folder) / 'hyperparams.yaml'} has no 'checkpointer'"
+        )
     kwargs = {}
     if ckpt_key:
         kwargs = {"max_key" if ckpt_key_max else "min_key": ckpt_key}
@@ -97,7 +130,7 @@ def load_hub_folder(folder: PathLike) -> Dict[str, Any]:
         The hyperparameters with the pretrained weights loaded.
     """
     folder = Path(folder).resolve()
-    hparams = _load_yaml(folder / "hyperparams.yaml")
+    hparams = load_experiment_hparams(folder)
     pretrainer = hparams.get("pretrainer")
     if pretrainer is None:
         raise KeyError(f"{folder}/hyperparams.yaml has no 'pretrainer'")
