@@ -484,8 +484,8 @@ class HuBERTModel(nn.Module):
     logit_temp : float
         Temperature of the cosine-similarity logits.
     mask_prob : float
-        Span-masking rate (see :func:`~speechbrain_mamba.ssl.masking.
-        span_mask`).
+        Span-masking rate (see
+        :func:`~speechbrain_mamba.lobes.ssl.masking.span_mask`).
     mask_length : int
         Span length in frames.
     dropout_input : float
