@@ -19,6 +19,15 @@ The paper sizes XS, S, M and L are in :data:`MAMBA_TASNET_SIZES` (the
 model YAML files ``hparams/separation/mamba_tasnet_<size>.yaml`` and the
 benchmarks use them; tests check the YAML files against it).
 
+Inference on a GPU replays CUDA graphs by itself (``cuda_graphs``): every
+operation of the mask network over time respects the valid lengths (the
+norms and 1x1 convolutions act on each frame; the Mamba blocks take the
+lengths), so the time axis is padded up to a bucket
+(:func:`~speechbrain_mamba.utils.graphed_inference.bucket_length`, less
+than 12.5 % more frames) without changing any valid output, and each
+bucket's call is recorded once (:meth:`MambaTasNetMaskNet.bucketed_forward`
+is that padded call, eager).
+
 Author
 ------
 speechbrain-mamba developers
@@ -31,7 +40,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from speechbrain_mamba.nnet import MambaStack
-from speechbrain_mamba.nnet.padding import check_input_dtype
+from speechbrain_mamba.nnet.padding import check_input_dtype, lengths_to_frames
+from speechbrain_mamba.utils.graphed_inference import (
+    GraphedInference,
+    bucket_length,
+)
 
 MASK_ACTIVATIONS = ("relu", "softmax")
 
@@ -105,6 +118,21 @@ class MambaTasNetMaskNet(nn.Module):
         ``"relu"`` (paper) or ``"softmax"`` (over speakers).
     layer_norm_eps : float
         Epsilon of the input channel-wise LayerNorm.
+    cuda_graphs : bool
+        Replays inference calls on CUDA (no autograd needed: ``eval()``
+        with frozen parameters, ``torch.no_grad`` or
+        ``torch.inference_mode``; never while training with
+        ``drop_path``) from CUDA graphs, one per (batch, bucket of the
+        length, dtype, autocast) key, the first call of a key recording
+        it. Same outputs as the eager call (each graph's kernels are the
+        eager ones), without the host's per-kernel launch cost. The graphs
+        read the parameters by address: in-place updates are seen,
+        replaced parameters make the next call record again. False: every
+        call is eager.
+    max_cuda_graphs : int
+        Most graphs kept; calls of other keys run eagerly. The graphs
+        share one memory pool (about one eager call's activations) and
+        each keeps its input and masks buffers.
     **mixer_kwargs : dict
         Further arguments of :class:`speechbrain_mamba.nnet.Mamba`
         (e.g. ``dt_min``, ``dt_max``, ``backend``).
@@ -135,6 +163,8 @@ class MambaTasNetMaskNet(nn.Module):
         drop_path: float = 0.0,
         mask_activation: str = "relu",
         layer_norm_eps: float = 1e-8,
+        cuda_graphs: bool = True,
+        max_cuda_graphs: int = 16,
         **mixer_kwargs,
     ):
         super().__init__()
@@ -150,6 +180,10 @@ class MambaTasNetMaskNet(nn.Module):
         self.out_channels = out_channels
         self.num_spks = num_spks
         self.mask_activation = mask_activation
+        self.cuda_graphs = cuda_graphs
+        self.max_cuda_graphs = max_cuda_graphs
+        self._stochastic = drop_path > 0
+        self._graphed: Optional[GraphedInference] = None
 
         # Per-frame normalisation over the encoder channels.
         self.layer_norm = nn.LayerNorm(in_channels, eps=layer_norm_eps)
@@ -205,6 +239,85 @@ class MambaTasNetMaskNet(nn.Module):
                 "encoder's kernel?"
             )
         check_input_dtype(x, self.bottleneck_conv1x1.weight.dtype)
+        if self._replays(x):
+            padded, padded_lengths = self._pad_to_bucket(x, lengths)
+            if self._graphed is None:
+                self._graphed = GraphedInference(
+                    self._masks, self, max_graphs=self.max_cuda_graphs
+                )
+            masks = self._graphed(padded, padded_lengths)
+            # the graph's buffer is overwritten by the next replay: a copy
+            return masks[..., :time].clone(
+                memory_format=torch.contiguous_format
+            )
+        return self._masks(x, lengths)
+
+    @property
+    def num_cuda_graphs(self) -> int:
+        """Number of recorded inference graphs."""
+        return 0 if self._graphed is None else self._graphed.num_graphs
+
+    def _replays(self, x: torch.Tensor) -> bool:
+        """Whether this call is replayed from a CUDA graph."""
+        if not (self.cuda_graphs and x.is_cuda):
+            return False
+        if self.training and self._stochastic:
+            return False
+        if torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters())
+        ):
+            return False  # autograd needs the eager call
+        return not torch.cuda.is_current_stream_capturing()
+
+    def _pad_to_bucket(self, x: torch.Tensor, lengths: Optional[torch.Tensor]):
+        """x zero-padded along time up to its bucket, and the relative
+        lengths of the same valid frames in the padded length."""
+        batch, _, time = x.shape
+        frames = lengths_to_frames(lengths, batch, time)
+        bucket = bucket_length(time)
+        if frames is None:
+            padded_lengths = torch.full(
+                (batch,), time / bucket, device=x.device, dtype=torch.float32
+            )
+        else:
+            padded_lengths = frames.to(x.device, torch.float32) / bucket
+        if bucket > time:
+            x = F.pad(x, (0, bucket - time))
+        return x, padded_lengths
+
+    def bucketed_forward(
+        self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """The eager call that the CUDA graphs record: x padded along time
+        up to its bucket, with its valid lengths, then cut back.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            Encoded mixture, ``[B, N, L]``.
+        lengths : torch.Tensor, optional
+            Relative valid lengths in (0, 1], ``[B]``.
+
+        Returns
+        -------
+        torch.Tensor
+            Masks, ``[num_spks, B, N, L]``, those of :meth:`forward`.
+
+        Example
+        -------
+        >>> masknet = MambaTasNetMaskNet(8, num_layers=1, d_state=4).eval()
+        >>> x = torch.rand(2, 8, 17)  # padded to 18 frames
+        >>> torch.allclose(masknet.bucketed_forward(x), masknet(x), atol=1e-6)
+        True
+        """
+        padded, padded_lengths = self._pad_to_bucket(x, lengths)
+        return self._masks(padded, padded_lengths)[..., : x.shape[-1]]
+
+    def _masks(
+        self, x: torch.Tensor, lengths: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """The mask network on a checked input ``[B, N, L]``."""
+        batch, channels, time = x.shape
         y = self.layer_norm(x.transpose(1, 2)).transpose(1, 2)
         y = self.bottleneck_conv1x1(y)
         y = self.mamba_net(y.transpose(1, 2), lengths=lengths)
@@ -215,3 +328,9 @@ class MambaTasNetMaskNet(nn.Module):
         else:
             masks = F.softmax(scores, dim=1)
         return masks.transpose(0, 1)
+
+    def __getstate__(self):
+        """Copies and pickles leave the CUDA graphs out."""
+        state = self.__dict__.copy()
+        state["_graphed"] = None
+        return state

@@ -7,8 +7,9 @@ every replay.
 
 Used by the AR decoding step of VALL-M
 (:mod:`speechbrain_mamba.tts.graphed_decoding`) and the graphed timings of
-the efficiency study (:mod:`speechbrain_mamba.benchmarks.efficiency`); the
-training forward and backward of a module are recorded by
+the efficiency study (:mod:`speechbrain_mamba.benchmarks.efficiency`) and
+the inference calls of :mod:`speechbrain_mamba.utils.graphed_inference`;
+the training forward and backward of a module are recorded by
 :mod:`speechbrain_mamba.utils.graphed_training`.
 
 Author
@@ -25,6 +26,7 @@ def record_cuda_graph(
     call: Callable[[], Any],
     warmup: int = 3,
     after_warmup: Optional[Callable[[], None]] = None,
+    pool: Optional[Tuple[int, int]] = None,
 ) -> Tuple["torch.cuda.CUDAGraph", Any]:
     """Warms ``call`` up on a side stream, then records one call of it.
 
@@ -37,6 +39,9 @@ def record_cuda_graph(
     after_warmup : callable, optional
         Runs between the warm-up and the capture, e.g. to restore a state
         the warm-up calls changed in place.
+    pool : tuple, optional
+        A memory pool (``torch.cuda.graph_pool_handle()``) shared with
+        other graphs that are never replayed concurrently with this one.
 
     Returns
     -------
@@ -65,6 +70,6 @@ def record_cuda_graph(
     if after_warmup is not None:
         after_warmup()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, pool=pool):
         output = call()
     return graph, output

@@ -1,0 +1,249 @@
+"""A module's inference calls replayed from CUDA graphs, one graph per input
+shape, with input lengths rounded up to a few buckets.
+
+A Mamba mask network on a few seconds of audio is bound by the host: each
+of its layers launches a few small GPU kernels from Python, so the GPU
+waits. Recording one call in a CUDA graph
+(:func:`~speechbrain_mamba.utils.cuda_graphs.record_cuda_graph`) and
+replaying it launches all of them at once: the same kernels on the same
+memory, the same numbers. A graph is recorded for one input shape; inputs
+of every length would need a graph each, so a module whose layers take
+valid lengths (padded frames change no valid output) pads the time axis up
+to :func:`bucket_length` and calls :class:`GraphedInference` with the
+padded input and its lengths: every length of a bucket replays one graph.
+
+:class:`GraphedInference` is for calls without autograd (the caller
+decides when it applies; the training forward and backward are recorded by
+:mod:`speechbrain_mamba.utils.graphed_training`). It keys its graphs by the
+inputs' shapes, dtypes and device, the autocast state and inference mode,
+records at most ``max_graphs`` of them (later keys run eagerly) in one
+memory pool, and copies each call's inputs into the graph's own input
+buffers before a replay. Graphs read the module's parameters by address:
+in-place updates (``load_state_dict``, an optimizer step) are seen by the
+next replay; a parameter or buffer replaced by another tensor
+(``module.weight = nn.Parameter(...)``, ``module.half()``) is noticed at
+the next call, which drops every graph and records again. Calls must not
+run concurrently (e.g. from two threads): they share the input buffers.
+
+Author
+------
+speechbrain-mamba developers
+"""
+
+import logging
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from speechbrain_mamba.utils.cuda_graphs import record_cuda_graph
+
+logger = logging.getLogger(__name__)
+
+
+def bucket_length(length: int, mantissa_bits: int = 3) -> int:
+    """The smallest bucket that holds ``length`` frames.
+
+    Buckets are the numbers ``m * 2 ** e`` with ``m`` of ``mantissa_bits``
+    + 1 bits (every length up to ``2 ** (mantissa_bits + 1)`` is a bucket
+    of its own), so padding adds less than ``2 ** -mantissa_bits`` of the
+    length (12.5 % with 3 bits) and an octave of lengths has
+    ``2 ** mantissa_bits`` buckets.
+
+    Arguments
+    ---------
+    length : int
+        Number of frames (>= 1).
+    mantissa_bits : int
+        Buckets per octave, as a power of two.
+
+    Returns
+    -------
+    int
+        The bucket, ``>= length``.
+
+    Example
+    -------
+    >>> [bucket_length(n) for n in (5, 16, 17, 1000, 1024, 1025)]
+    [5, 16, 18, 1024, 1024, 1152]
+    >>> all(bucket_length(n) < 1.125 * n for n in range(1, 5000))
+    True
+    """
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    if mantissa_bits < 0:
+        raise ValueError(f"mantissa_bits must be >= 0, got {mantissa_bits}")
+    step = 1 << max(0, length.bit_length() - (mantissa_bits + 1))
+    return -(-length // step) * step
+
+
+def _autocast_state() -> Tuple[bool, Optional[torch.dtype]]:
+    enabled = torch.is_autocast_enabled("cuda")
+    return enabled, torch.get_autocast_dtype("cuda") if enabled else None
+
+
+class _Graph:
+    """One recorded call: its input buffers, graph and output buffers."""
+
+    def __init__(self, inputs, graph, output):
+        self.inputs = inputs
+        self.graph = graph
+        self.output = output
+
+
+class GraphedInference:
+    """Calls ``function(*inputs)`` without autograd, replayed from a CUDA
+    graph per input key on CUDA tensors.
+
+    Arguments
+    ---------
+    function : callable
+        Takes CUDA tensors and returns tensors computed from them and from
+        ``module``'s parameters and buffers, with no host synchronisation
+        (no ``.item()``, no value-dependent Python branch).
+    module : torch.nn.Module
+        Owner of the parameters and buffers ``function`` reads (watched for
+        replaced tensors).
+    max_graphs : int
+        Most keys to record; the calls of other keys run eagerly.
+    warmup : int
+        Eager calls before each recording.
+
+    Example
+    -------
+    >>> layer = torch.nn.Linear(4, 4)
+    >>> graphed = GraphedInference(layer, layer)
+    >>> x = torch.randn(2, 4)
+    >>> torch.equal(graphed(x), layer(x))  # on CPU: a plain call
+    True
+    >>> graphed.num_graphs
+    0
+    """
+
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        module: nn.Module,
+        max_graphs: int = 16,
+        warmup: int = 2,
+    ):
+        if max_graphs < 0:
+            raise ValueError(f"max_graphs must be >= 0, got {max_graphs}")
+        self.function = function
+        self.module = module
+        self.max_graphs = max_graphs
+        self.warmup = warmup
+        self._graphs: Dict[Tuple, _Graph] = {}
+        self._pools: Dict[torch.device, Tuple[int, int]] = {}
+        self._tensors: Optional[Tuple] = None
+        self._unrecordable: Optional[str] = None
+
+    @property
+    def num_graphs(self) -> int:
+        """Number of recorded graphs."""
+        return len(self._graphs)
+
+    def clear(self) -> None:
+        """Drops every graph (and, once no other reference is left, their
+        memory)."""
+        self._graphs.clear()
+        self._pools.clear()
+
+    def _module_tensors(self) -> Tuple:
+        """Address, dtype and shape of every parameter and buffer."""
+        return tuple(
+            (t.data_ptr(), t.dtype, t.shape)
+            for tensors in (self.module.parameters(), self.module.buffers())
+            for t in tensors
+        )
+
+    @staticmethod
+    def _key(inputs: Tuple[torch.Tensor, ...]) -> Tuple:
+        return (
+            tuple((t.shape, t.dtype, t.device) for t in inputs),
+            _autocast_state(),
+            torch.is_inference_mode_enabled(),
+        )
+
+    def _record(self, inputs: Tuple[torch.Tensor, ...], key: Tuple):
+        device = inputs[0].device
+        enabled, dtype = key[1]
+        if device not in self._pools:
+            self._pools[device] = torch.cuda.graph_pool_handle()
+        static = tuple(t.detach().clone() for t in inputs)
+        try:
+            # no autocast cast cache: the graph records the weight casts
+            with (
+                torch.cuda.device(device),
+                torch.autocast(
+                    "cuda", dtype=dtype, enabled=enabled, cache_enabled=False
+                ),
+            ):
+                graph, output = record_cuda_graph(
+                    lambda: self.function(*static),
+                    warmup=self.warmup,
+                    pool=self._pools[device],
+                )
+        except (RuntimeError, torch.OutOfMemoryError) as err:
+            self._unrecordable = str(err)
+            logger.warning(
+                "%s cannot be recorded in a CUDA graph (%s); it runs eagerly",
+                type(self.module).__name__,
+                err,
+            )
+            torch.cuda.synchronize(device)
+            return None
+        recorded = _Graph(static, graph, output)
+        self._graphs[key] = recorded
+        logger.info(
+            "recorded %s for inputs %s in CUDA graph %d",
+            type(self.module).__name__,
+            [tuple(t.shape) for t in inputs],
+            len(self._graphs),
+        )
+        return recorded
+
+    def __call__(self, *inputs: torch.Tensor) -> Any:
+        """Runs ``function(*inputs)``, from a graph where one applies.
+
+        Arguments
+        ---------
+        *inputs : torch.Tensor
+            The function's arguments.
+
+        Returns
+        -------
+        The function's output. A replayed output lives in the graph's
+        buffers, which the next call of the same key overwrites: copy what
+        is kept.
+        """
+        if (
+            self._unrecordable is not None
+            or not inputs[0].is_cuda
+            or torch.cuda.is_current_stream_capturing()
+        ):
+            return self.function(*inputs)
+        tensors = self._module_tensors()
+        if tensors != self._tensors:
+            if self._graphs:
+                logger.info(
+                    "parameters of %s were replaced: its %d CUDA graphs are "
+                    "recorded again",
+                    type(self.module).__name__,
+                    len(self._graphs),
+                )
+            self.clear()
+            self._tensors = tensors
+        key = self._key(inputs)
+        recorded = self._graphs.get(key)
+        if recorded is None:
+            if len(self._graphs) >= self.max_graphs:
+                return self.function(*inputs)
+            with torch.no_grad():
+                recorded = self._record(inputs, key)
+            if recorded is None:
+                return self.function(*inputs)
+        for buffer, value in zip(recorded.inputs, inputs):
+            buffer.copy_(value)
+        recorded.graph.replay()
+        return recorded.output
