@@ -224,3 +224,28 @@ def test_separate_batch_of_speechbrain_gives_the_eager_estimates(true_fp32):
     reference = separator.separate_batch(mix)
     assert graphed.shape == reference.shape == (2, 4000, 2)
     torch.testing.assert_close(graphed, reference, rtol=6e-4, atol=2e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("flag", [[], ["--no-masknet-graphs"]])
+def test_efficiency_study_times_the_self_graphed_masknet(tmp_path, flag):
+    """By default the study's Mamba-TasNet inference rows replay the mask
+    net's own graph (SpeechBrain's inference path); --no-masknet-graphs
+    times it eagerly."""
+    import csv
+
+    from speechbrain_mamba.benchmarks import efficiency
+
+    out = tmp_path / "eff"
+    efficiency.main(
+        [
+            "--out", str(out), "--tasks", "separation", "--seconds", "0.5",
+            "--modes", "infer", "--dtypes", "float32", "--device", "cuda",
+            "--repeats", "2", *flag,
+        ]
+    )  # fmt: skip
+    with open(out / "results.csv", newline="") as f:
+        graphs = {
+            r["role"]: int(r["masknet_graphs"]) for r in csv.DictReader(f)
+        }
+    assert graphs == {"mamba": 0 if flag else 1, "peer": 0}

@@ -30,7 +30,15 @@ Usage::
     python -m speechbrain_mamba.benchmarks.efficiency --out results/eff \\
         [--tasks separation asr tts] [--seconds 1 2 4 8 16 32 60] \\
         [--modes train infer ar-step] [--dtypes float32 bfloat16] \\
-        [--device cuda] [--tts-size paper] [--ar-steps 50]
+        [--device cuda] [--tts-size paper] [--ar-steps 50] \\
+        [--no-masknet-graphs]
+
+Mamba-TasNet's mask net replays its inference calls from CUDA graphs by
+itself (``MambaTasNetMaskNet(cuda_graphs=True)``, the default that
+SpeechBrain's own inference gets); ``--no-masknet-graphs`` times its eager
+calls instead. The ``masknet_graphs`` column counts the graphs it has
+recorded so far (one per batch size and bucket of lengths); the peak
+memory of its rows includes the recording call.
 
 Author
 ------
@@ -262,6 +270,18 @@ def measure_model(
                 torch.cuda.empty_cache()
         if step is None:
             step = make_step(model, x, mode, dtype, device)
+            masknet = getattr(model, "masknet", None)
+            if (
+                on_gpu
+                and mode == "infer"
+                and getattr(masknet, "cuda_graphs", 0)
+            ):
+                # the mask net records its graph in its first call, which
+                # allocates the graph's memory pool (replays allocate none)
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats(device)
+                step()
+                capture_peak = torch.cuda.max_memory_allocated(device) / 2**20
     except torch.OutOfMemoryError:  # e.g. the prefill of an AR step
         torch.cuda.empty_cache()
         return {
@@ -608,6 +628,9 @@ def run(args) -> Dict:
             models[(task, role)] = model.to(device)
             if role == "mamba" and args.checkpointing:
                 enable_checkpointing(models[(task, role)])
+            masknet = getattr(model, "masknet", None)
+            if hasattr(masknet, "cuda_graphs"):
+                masknet.cuda_graphs = args.masknet_graphs
         model = models[(task, role)]
         batch = DEFAULT_BATCH[task] if args.batch is None else args.batch
         result = measure_model(
@@ -642,6 +665,9 @@ def run(args) -> Dict:
             "cuda_graph": result["cuda_graph"],
             "checkpointing": bool(args.checkpointing and role == "mamba"),
             "bimamba_kernels": bimamba_kernels(model),
+            "masknet_graphs": getattr(
+                getattr(model, "masknet", None), "num_cuda_graphs", 0
+            ),
         }
         rows.append(row)
         jsonl.write(json.dumps(row) + "\n")
@@ -715,6 +741,14 @@ def main(argv=None) -> None:
         "backward (GraphedTraining, as the recipes' cuda_graphs option), in "
         "inference the whole call, for ar-step one decoding step with static "
         "state buffers",
+    )
+    parser.add_argument(
+        "--masknet-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Mamba-TasNet's own CUDA graphs of its inference calls "
+        "(MambaTasNetMaskNet's cuda_graphs, on by default); "
+        "--no-masknet-graphs: eager inference",
     )
     parser.add_argument(
         "--checkpointing",
