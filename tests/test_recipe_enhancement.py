@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from speechbrain_mamba.enhancement.metrics import ENHANCEMENT_METRICS
-from speechbrain_mamba.enhancement.mini_voicebank import build_voicebank
+from speechbrain_mamba.separation.enhancement.metrics import ENHANCEMENT_METRICS
+from speechbrain_mamba.separation.enhancement.mini_voicebank import (
+    build_voicebank,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "Voicebank" / "enhancement"

@@ -10,12 +10,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from speechbrain_mamba.enhancement.metrics import (
+from speechbrain_mamba.lobes.transformer_masknet import (
+    TransformerMaskNet,
+)
+from speechbrain_mamba.separation.enhancement.metrics import (
     ENHANCEMENT_METRICS,
     enhancement_metrics,
     si_snr,
 )
-from speechbrain_mamba.enhancement.mini_voicebank import (
+from speechbrain_mamba.separation.enhancement.mini_voicebank import (
     FOLDERS,
     TEST_NOISES,
     TRAIN_NOISES,
@@ -23,9 +26,8 @@ from speechbrain_mamba.enhancement.mini_voicebank import (
     build_voicebank,
     make_noise,
 )
-from speechbrain_mamba.enhancement.voicebank_prepare import prepare_voicebank
-from speechbrain_mamba.lobes.transformer_masknet import (
-    TransformerMaskNet,
+from speechbrain_mamba.separation.enhancement.voicebank_prepare import (
+    prepare_voicebank,
 )
 
 

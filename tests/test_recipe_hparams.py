@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-import speechbrain_mamba.enhancement.recipe as enhancement_recipe
 import speechbrain_mamba.separation.brain as separation_brain
+import speechbrain_mamba.separation.enhancement.recipe as enhancement_recipe
 from speechbrain_mamba.separation.brain import OPTIONAL_HPARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ TASKS = {
     ("ssl",): ("LibriSpeech/self-supervised-learning",),
     ("tts",): ("LibriTTS/TTS",),
     ("separation",): ("WSJ0Mix/separation", "LibriMix/separation"),
-    ("enhancement",): ("Voicebank/enhancement",),
+    ("separation/enhancement",): ("Voicebank/enhancement",),
 }
 #: Set by the recipe code itself, not by the user.
 INTERNAL = {"chance_majority"}

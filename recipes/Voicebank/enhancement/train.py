@@ -11,12 +11,13 @@ Usage::
 
 A small corpus with the same layout::
 
-    python -m speechbrain_mamba.enhancement.mini_voicebank --out /data/mini_vb
+    python -m speechbrain_mamba.separation.enhancement.mini_voicebank \
+        --out /data/mini_vb
 
 The training loop is the separation recipe's with ``num_spks: 1``, the
 VoiceBank data preparation and enhancement test metrics of
-:mod:`speechbrain_mamba.enhancement`. Rerunning the same command resumes from
-the last checkpoint.
+:mod:`speechbrain_mamba.separation.enhancement`. Rerunning the same command
+resumes from the last checkpoint.
 
 Author
 ------
@@ -26,7 +27,7 @@ speechbrain-mamba developers
 import sys
 
 import speechbrain_mamba  # noqa: F401  (before speechbrain: torchaudio shim)
-from speechbrain_mamba.enhancement.recipe import run_recipe
+from speechbrain_mamba.separation.enhancement.recipe import run_recipe
 
 if __name__ == "__main__":
     run_recipe(sys.argv[1:])

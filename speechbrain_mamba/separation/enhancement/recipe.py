@@ -24,13 +24,13 @@ from typing import Optional, Union
 
 import speechbrain as sb
 
-from speechbrain_mamba.enhancement.metrics import (
-    ENHANCEMENT_METRICS,
-    enhancement_metrics,
-)
 from speechbrain_mamba.separation import recipe as separation_recipe
 from speechbrain_mamba.separation.brain import (
     SeparationBrain,
+)
+from speechbrain_mamba.separation.enhancement.metrics import (
+    ENHANCEMENT_METRICS,
+    enhancement_metrics,
 )
 
 logger = logging.getLogger(__name__)
