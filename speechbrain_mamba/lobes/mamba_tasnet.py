@@ -175,6 +175,10 @@ class MambaTasNetMaskNet(nn.Module):
             )
         if num_spks < 1:
             raise ValueError(f"num_spks must be >= 1, got {num_spks}")
+        if max_cuda_graphs < 0:
+            raise ValueError(
+                f"max_cuda_graphs must be >= 0, got {max_cuda_graphs}"
+            )
         out_channels = in_channels if out_channels is None else out_channels
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -260,6 +264,8 @@ class MambaTasNetMaskNet(nn.Module):
     def _replays(self, x: torch.Tensor) -> bool:
         """Whether this call is replayed from a CUDA graph."""
         if not (self.cuda_graphs and x.is_cuda):
+            return False
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
             return False
         if self.training and self._stochastic:
             return False

@@ -22,7 +22,8 @@ buffers before a replay. Graphs read the module's parameters by address:
 in-place updates (``load_state_dict``, an optimizer step) are seen by the
 next replay; a parameter or buffer replaced by another tensor
 (``module.weight = nn.Parameter(...)``, ``module.half()``) is noticed at
-the next call, which drops every graph and records again. Calls must not
+the next call, which drops every graph and records again (a module that
+could not be recorded is then tried again too). Calls must not
 run concurrently (e.g. from two threads): they share the input buffers.
 
 Author
@@ -31,7 +32,7 @@ speechbrain-mamba developers
 """
 
 import logging
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 import torch
 from torch import nn
@@ -137,6 +138,7 @@ class GraphedInference:
         self._pools: Dict[torch.device, Tuple[int, int]] = {}
         self._tensors: Optional[Tuple] = None
         self._unrecordable: Optional[str] = None
+        self._out_of_memory: Set[Tuple] = set()
 
     @property
     def num_graphs(self) -> int:
@@ -145,9 +147,11 @@ class GraphedInference:
 
     def clear(self) -> None:
         """Drops every graph (and, once no other reference is left, their
-        memory)."""
+        memory) and forgets failed recordings."""
         self._graphs.clear()
         self._pools.clear()
+        self._unrecordable = None
+        self._out_of_memory.clear()
 
     def _module_tensors(self) -> Tuple:
         """Address, dtype and shape of every parameter and buffer."""
@@ -184,7 +188,14 @@ class GraphedInference:
                     warmup=self.warmup,
                     pool=self._pools[device],
                 )
-        except (RuntimeError, torch.OutOfMemoryError) as err:
+        except torch.OutOfMemoryError:
+            # this key only: a shorter input may fit
+            self._out_of_memory.add(key)
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+            return None
+        except RuntimeError as err:
+            # e.g. a host synchronisation inside: until the module changes
             self._unrecordable = str(err)
             logger.warning(
                 "%s cannot be recorded in a CUDA graph (%s); it runs eagerly",
@@ -213,15 +224,12 @@ class GraphedInference:
 
         Returns
         -------
-        The function's output. A replayed output lives in the graph's
-        buffers, which the next call of the same key overwrites: copy what
-        is kept.
+        object
+            The function's output. A replayed output lives in the graph's
+            buffers, which the next call of the same key overwrites: copy
+            what is kept.
         """
-        if (
-            self._unrecordable is not None
-            or not inputs[0].is_cuda
-            or torch.cuda.is_current_stream_capturing()
-        ):
+        if not inputs[0].is_cuda or torch.cuda.is_current_stream_capturing():
             return self.function(*inputs)
         tensors = self._module_tensors()
         if tensors != self._tensors:
@@ -237,7 +245,11 @@ class GraphedInference:
         key = self._key(inputs)
         recorded = self._graphs.get(key)
         if recorded is None:
-            if len(self._graphs) >= self.max_graphs:
+            if (
+                self._unrecordable is not None
+                or key in self._out_of_memory
+                or len(self._graphs) >= self.max_graphs
+            ):
                 return self.function(*inputs)
             with torch.no_grad():
                 recorded = self._record(inputs, key)
