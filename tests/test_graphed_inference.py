@@ -167,17 +167,17 @@ def test_weight_updates_are_seen_by_the_replay(true_fp32):
     with torch.no_grad():
         loaded = masknet(x)
     assert masknet.num_cuda_graphs == 1
-    assert not torch.allclose(loaded, before, atol=1e-3)
+    assert (loaded - before).abs().max() > 1e-2
     torch.testing.assert_close(loaded, eager(masknet, x), rtol=6e-4, atol=2e-3)
     # in place: an optimizer step
-    optimizer = torch.optim.SGD(masknet.parameters(), lr=0.1)
+    optimizer = torch.optim.SGD(masknet.parameters(), lr=0.01)
     masknet.train()
-    eager(masknet, x).pow(2).mean().backward()
+    eager(masknet, x).sum().backward()
     optimizer.step()
     masknet.eval()
     with torch.no_grad():
         stepped = masknet(x)
-    assert not torch.allclose(stepped, loaded, atol=1e-3)
+    assert (stepped - loaded).abs().max() > 1e-2
     torch.testing.assert_close(stepped, eager(masknet, x), rtol=6e-4, atol=2e-3)
     # a new Parameter object: the graphs are dropped and recorded again
     weight = masknet.mask_conv1x1.weight
@@ -185,7 +185,7 @@ def test_weight_updates_are_seen_by_the_replay(true_fp32):
     with torch.no_grad():
         replaced = masknet(x)
     assert masknet.num_cuda_graphs == 1
-    assert not torch.allclose(replaced, stepped, atol=1e-3)
+    assert (replaced - stepped).abs().max() > 1e-2
     torch.testing.assert_close(
         replaced, eager(masknet, x), rtol=6e-4, atol=2e-3
     )

@@ -27,6 +27,7 @@ def record_cuda_graph(
     warmup: int = 3,
     after_warmup: Optional[Callable[[], None]] = None,
     pool: Optional[Tuple[int, int]] = None,
+    capture_error_mode: str = "global",
 ) -> Tuple["torch.cuda.CUDAGraph", Any]:
     """Warms ``call`` up on a side stream, then records one call of it.
 
@@ -42,6 +43,10 @@ def record_cuda_graph(
     pool : tuple, optional
         A memory pool (``torch.cuda.graph_pool_handle()``) shared with
         other graphs that are never replayed concurrently with this one.
+    capture_error_mode : str
+        Which CUDA calls made during the capture fail: those of any thread
+        (``"global"``) or of this one (``"thread_local"``, e.g. where a data
+        loader thread pins memory meanwhile).
 
     Returns
     -------
@@ -70,6 +75,8 @@ def record_cuda_graph(
     if after_warmup is not None:
         after_warmup()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    with torch.cuda.graph(
+        graph, pool=pool, capture_error_mode=capture_error_mode
+    ):
         output = call()
     return graph, output

@@ -187,6 +187,8 @@ class GraphedInference:
                     lambda: self.function(*static),
                     warmup=self.warmup,
                     pool=self._pools[device],
+                    # data loader threads may pin memory meanwhile
+                    capture_error_mode="thread_local",
                 )
         except torch.OutOfMemoryError:
             # this key only: a shorter input may fit
