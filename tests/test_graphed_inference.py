@@ -250,3 +250,21 @@ def test_efficiency_study_times_the_self_graphed_masknet(tmp_path, flag):
             r["role"]: int(r["masknet_graphs"]) for r in csv.DictReader(f)
         }
     assert graphs == {"mamba": 0 if flag else 1, "peer": 0}
+
+
+@pytest.mark.gpu
+def test_layer_capture_hooks_see_every_call():
+    """Forward hooks on the blocks (LayerCapture) need eager calls: a
+    replay would not run them."""
+    from speechbrain_mamba.utils.layer_capture import capture_layers
+
+    masknet = cuda_masknet()
+    x = torch.randn(1, CHANNELS, 100, device="cuda")
+    with torch.no_grad():
+        masknet(x)  # recorded
+        states = capture_layers(masknet, lambda: masknet(x))
+        plain = capture_layers(masknet, lambda: eager(masknet, x))
+    assert masknet.num_cuda_graphs == 1
+    assert list(states) == list(plain) and len(states) == 2
+    for got, expected in zip(states.values(), plain.values()):
+        torch.testing.assert_close(got, expected)

@@ -23,7 +23,8 @@ in-place updates (``load_state_dict``, an optimizer step) are seen by the
 next replay; a parameter or buffer replaced by another tensor
 (``module.weight = nn.Parameter(...)``, ``module.half()``) is noticed at
 the next call, which drops every graph and records again (a module that
-could not be recorded is then tried again too). Calls must not
+could not be recorded is then tried again too). While forward hooks watch a
+sub-module (which a replay would not run), calls are eager. Calls must not
 run concurrently (e.g. from two threads): they share the input buffers.
 
 Author
@@ -32,7 +33,7 @@ speechbrain-mamba developers
 """
 
 import logging
-from typing import Any, Callable, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import torch
 from torch import nn
@@ -136,7 +137,7 @@ class GraphedInference:
         self.warmup = warmup
         self._graphs: Dict[Tuple, _Graph] = {}
         self._pools: Dict[torch.device, Tuple[int, int]] = {}
-        self._tensors: Optional[Tuple] = None
+        self._tensors: Optional[List[int]] = None
         self._unrecordable: Optional[str] = None
         self._out_of_memory: Set[Tuple] = set()
 
@@ -153,13 +154,26 @@ class GraphedInference:
         self._unrecordable = None
         self._out_of_memory.clear()
 
-    def _module_tensors(self) -> Tuple:
-        """Address, dtype and shape of every parameter and buffer."""
-        return tuple(
-            (t.data_ptr(), t.dtype, t.shape)
-            for tensors in (self.module.parameters(), self.module.buffers())
-            for t in tensors
-        )
+    def _module_state(self) -> Optional[List[int]]:
+        """The addresses of the module's parameters and buffers, or None
+        while forward hooks watch a sub-module (e.g. a
+        :class:`~speechbrain_mamba.utils.layer_capture.LayerCapture`),
+        which a replay would not run. One pass over the sub-modules."""
+        hooks = torch.nn.modules.module
+        if getattr(hooks, "_global_forward_hooks", None) or getattr(
+            hooks, "_global_forward_pre_hooks", None
+        ):
+            return None
+        addresses = []
+        for index, module in enumerate(self.module.modules()):
+            # the module's own hooks run outside its forward
+            if index and (module._forward_hooks or module._forward_pre_hooks):
+                return None
+            for tensors in (module._parameters, module._buffers):
+                for tensor in tensors.values():
+                    if tensor is not None:
+                        addresses.append(tensor.data_ptr())
+        return addresses
 
     @staticmethod
     def _key(inputs: Tuple[torch.Tensor, ...]) -> Tuple:
@@ -233,7 +247,9 @@ class GraphedInference:
         """
         if not inputs[0].is_cuda or torch.cuda.is_current_stream_capturing():
             return self.function(*inputs)
-        tensors = self._module_tensors()
+        tensors = self._module_state()
+        if tensors is None:
+            return self.function(*inputs)
         if tensors != self._tensors:
             if self._graphs:
                 logger.info(
