@@ -267,4 +267,4 @@ def test_layer_capture_hooks_see_every_call():
     assert masknet.num_cuda_graphs == 1
     assert list(states) == list(plain) and len(states) == 2
     for got, expected in zip(states.values(), plain.values()):
-        torch.testing.assert_close(got, expected)
+        torch.testing.assert_close(got, expected, rtol=6e-4, atol=2e-3)
