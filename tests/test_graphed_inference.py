@@ -114,15 +114,27 @@ def test_replayed_masks_equal_eager_under_bf16_autocast(true_fp32):
     x = torch.randn(1, CHANNELS, 500, device="cuda")
     with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16):
         graphed = [masknet(x) for _ in range(2)][-1]
-        reference = eager(masknet, x)
+        # the eager call the graph recorded (same padded shapes)
+        bucketed = masknet.bucketed_forward(x)
+        plain = eager(masknet, x)
     with torch.inference_mode():
         fp32 = masknet(x)
     # autocast is part of the key: bf16 and fp32 calls have graphs each
     assert masknet.num_cuda_graphs == 2
-    # bf16: the padded and the plain matmuls may round differently
-    torch.testing.assert_close(
-        graphed.float(), reference.float(), rtol=5e-2, atol=5e-2
+    print(
+        "bf16 max |graphed - bucketed|",
+        (graphed.float() - bucketed.float()).abs().max().item(),
+        "max |graphed - plain|",
+        (graphed.float() - plain.float()).abs().max().item(),
+        "mean",
+        (graphed.float() - plain.float()).abs().mean().item(),
     )
+    torch.testing.assert_close(
+        graphed.float(), bucketed.float(), rtol=1e-2, atol=1e-2
+    )
+    # against the unpadded call: bf16 matmuls of other shapes round
+    # differently, so compare the average error
+    assert (graphed.float() - plain.float()).abs().mean() < 1e-2
     torch.testing.assert_close(fp32, eager(masknet, x), rtol=6e-4, atol=2e-3)
 
 

@@ -44,6 +44,7 @@ from speechbrain_mamba.nnet.padding import check_input_dtype, lengths_to_frames
 from speechbrain_mamba.utils.graphed_inference import (
     GraphedInference,
     bucket_length,
+    forward_hooks_watch,
 )
 
 MASK_ACTIVATIONS = ("relu", "softmax")
@@ -269,6 +270,8 @@ class MambaTasNetMaskNet(nn.Module):
             return False
         if self.training and self._stochastic:
             return False
+        if forward_hooks_watch(self):
+            return False  # hooks (e.g. layer capture) see the plain call
         if torch.is_grad_enabled() and (
             x.requires_grad or any(p.requires_grad for p in self.parameters())
         ):

@@ -43,6 +43,43 @@ from speechbrain_mamba.utils.cuda_graphs import record_cuda_graph
 logger = logging.getLogger(__name__)
 
 
+def forward_hooks_watch(module: nn.Module) -> bool:
+    """Whether forward hooks watch a sub-module of ``module`` (or every
+    module, globally): a replayed graph would not run them, so such calls
+    run eagerly and unpadded.
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+        The module whose calls would be replayed (its own hooks run outside
+        its forward and do not count).
+
+    Returns
+    -------
+    bool
+        True while a hook watches.
+
+    Example
+    -------
+    >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    >>> forward_hooks_watch(net)
+    False
+    >>> handle = net[0].register_forward_hook(lambda m, i, o: None)
+    >>> forward_hooks_watch(net)
+    True
+    >>> handle.remove()
+    """
+    hooks = torch.nn.modules.module
+    if getattr(hooks, "_global_forward_hooks", None) or getattr(
+        hooks, "_global_forward_pre_hooks", None
+    ):
+        return True
+    return any(
+        index and (sub._forward_hooks or sub._forward_pre_hooks)
+        for index, sub in enumerate(module.modules())
+    )
+
+
 def bucket_length(length: int, mantissa_bits: int = 3) -> int:
     """The smallest bucket that holds ``length`` frames.
 
@@ -159,16 +196,10 @@ class GraphedInference:
         while forward hooks watch a sub-module (e.g. a
         :class:`~speechbrain_mamba.utils.layer_capture.LayerCapture`),
         which a replay would not run. One pass over the sub-modules."""
-        hooks = torch.nn.modules.module
-        if getattr(hooks, "_global_forward_hooks", None) or getattr(
-            hooks, "_global_forward_pre_hooks", None
-        ):
+        if forward_hooks_watch(self.module):
             return None
         addresses = []
-        for index, module in enumerate(self.module.modules()):
-            # the module's own hooks run outside its forward
-            if index and (module._forward_hooks or module._forward_pre_hooks):
-                return None
+        for module in self.module.modules():
             for tensors in (module._parameters, module._buffers):
                 for tensor in tensors.values():
                     if tensor is not None:
