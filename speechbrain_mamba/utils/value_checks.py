@@ -55,8 +55,18 @@ def check_once(
     >>> check_once(lengths, "lengths", calls.append)
     >>> len(calls)
     2
+    >>> with torch.inference_mode():  # no version counter: every call
+    ...     frozen = torch.tensor([1.0])
+    ...     check_once(frozen, "lengths", calls.append)
+    ...     check_once(frozen, "lengths", calls.append)
+    >>> len(calls)
+    4
     """
     if _capturing():
+        return
+    if tensor.is_inference():
+        # no version counter to see in-place changes: check every time
+        check(tensor)
         return
     entry = _PASSED.get(id(tensor))
     if (
