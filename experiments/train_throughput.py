@@ -645,6 +645,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             brain, stats, args.sample_rate, args.signal_key
         ),
     )
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        # every rank done before gloo's threads go: a rank that exits while
+        # another still talks to it can abort at interpreter exit
+        dist.barrier()
+        dist.destroy_process_group()
     return 0
 
 

@@ -77,6 +77,7 @@ def _rank(rank: int, world: int, port: int, budgets, out: str) -> None:
         brain.fit(range(1, 4), data, progressbar=False)
         with open(os.path.join(out, f"rank{rank}.json"), "w") as fout:
             json.dump({"steps": brain.optimizer_step}, fout)
+        torch.distributed.barrier()  # both done before gloo is torn down
     finally:
         torch.distributed.destroy_process_group()
 
