@@ -54,8 +54,8 @@ def load_separator(
     source : str or os.PathLike
         Hub folder (default: the shipped model) or hub repository id.
     savedir : str or os.PathLike, optional
-        Where SpeechBrain links the files (default: a ``.loaded`` folder
-        beside nothing: a temporary folder).
+        Where SpeechBrain links the files (default: a new temporary
+        folder).
     device : str
         ``cpu`` or ``cuda``.
 
