@@ -237,24 +237,24 @@ def plot_spectrograms(
     labels = ["mixture"] + [f"estimate {i + 1}" for i in range(len(estimates))]
     fig, axes = plt.subplots(len(files), 1, figsize=(8, 2.2 * len(files)))
     top = None
-    for ax, file, label in zip(axes, files, labels):
-        wav, rate = sf.read(str(file), dtype="float32")
-        wav = wav + 1e-6  # no log of zero in silent frames
-        if top is None:  # one colour scale: the mixture's 70 dB range
-            with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore"):  # silent frames: log of zero
+        for ax, file, label in zip(axes, files, labels):
+            wav, rate = sf.read(str(file), dtype="float32")
+            wav = wav + 1e-6  # no log of zero in silent frames
+            if top is None:  # one colour scale: the mixture's 70 dB range
                 spec = ax.specgram(wav, NFFT=256, Fs=rate, noverlap=192)[0]
-            top = 10 * np.log10(spec.max())
-            ax.clear()
-        ax.specgram(
-            wav,
-            NFFT=256,
-            Fs=rate,
-            noverlap=192,
-            cmap="magma",
-            vmin=top - 70,
-            vmax=top,
-        )
-        ax.set_ylabel(f"{label}\nHz")
+                top = 10 * np.log10(spec.max())
+                ax.clear()
+            ax.specgram(
+                wav,
+                NFFT=256,
+                Fs=rate,
+                noverlap=192,
+                cmap="magma",
+                vmin=top - 70,
+                vmax=top,
+            )
+            ax.set_ylabel(f"{label}\nHz")
     axes[0].set_title(title)
     axes[-1].set_xlabel("time (s)")
     fig.tight_layout()
