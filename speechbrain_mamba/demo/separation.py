@@ -186,11 +186,6 @@ def _bar(done: int, total: int) -> None:
     )
 
 
-def _mean(rows: Sequence[dict]) -> dict:
-    keys = [k for k in rows[0] if k != "snt_id"]
-    return {k: sum(float(r[k]) for r in rows) / len(rows) for k in keys}
-
-
 def plot_spectrograms(
     path: Path, mixture: Path, estimates: Sequence[Path], title: str
 ) -> Path:
@@ -270,11 +265,13 @@ def separate_held_out(
     """Separates the corpus's test mixtures with the hub model ``model``.
 
     Returns the average metrics, the number of mixtures and the files."""
+    from speechbrain_mamba.separation.metrics import METRICS
     from speechbrain_mamba.separation.pretrained import (
         load_separator,
         score_separator,
         split_mixtures,
     )
+    from speechbrain_mamba.separation.results import average_row
 
     mixtures = split_mixtures(corpus, "tt")[:num_test]
     separator = load_separator(model, savedir=out / "pretrained_model")
@@ -300,7 +297,7 @@ def separate_held_out(
         f"{first}: mixture and the two separated speakers",
     )
     return {
-        "test": _mean(rows),
+        "test": average_row(rows, ("seconds", *METRICS)),
         "num_test": len(rows),
         "num_params": sum(p.numel() for p in separator.mods.parameters()),
         "audio_folder": audio,

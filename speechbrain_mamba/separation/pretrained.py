@@ -27,7 +27,10 @@ import soundfile as sf
 import torch
 
 from speechbrain_mamba.separation.metrics import METRICS, separation_metrics
-from speechbrain_mamba.separation.results import write_results_csv
+from speechbrain_mamba.separation.results import (
+    average_row,
+    write_results_csv,
+)
 from speechbrain_mamba.utils.atomic import atomic_write_wav
 from speechbrain_mamba.utils.io import PathLike
 
@@ -236,10 +239,7 @@ def reference_section(
     >>> "| mean of 2 mixtures | 8.00 | 8.50 | 1.90 | 0.850 |" in text
     True
     """
-    mean = {
-        k: sum(float(r[k]) for r in rows) / len(rows)
-        for k in ("si-snr_i", "sdr_i", "pesq", "stoi")
-    }
+    mean = average_row(rows, ("si-snr_i", "sdr_i", "pesq", "stoi"))
     lines = [
         REFERENCE_HEADING,
         "",
