@@ -16,7 +16,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -54,6 +54,8 @@ class Job:
         The command ran past ``timeout_s`` and was ended.
     seconds : float or None
         Wall time of the command.
+    started : float or None
+        ``time.time()`` when the command started (None before).
     """
 
     cmd: Sequence[str]
@@ -65,6 +67,7 @@ class Job:
     returncode: Optional[int] = field(default=None, init=False)
     timed_out: bool = field(default=False, init=False)
     seconds: Optional[float] = field(default=None, init=False)
+    started: Optional[float] = field(default=None, init=False)
 
     @property
     def status(self):
@@ -128,7 +131,10 @@ def end_process_group(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
 
 
 def run_jobs(
-    jobs: Iterable[Job], parallel: bool = False, poll_s: float = 0.2
+    jobs: Iterable[Job],
+    parallel: bool = False,
+    poll_s: float = 0.2,
+    on_poll: Optional[Callable[[], None]] = None,
 ) -> None:
     """Runs jobs one after the other, or all at once with ``parallel``;
     sets each job's ``returncode`` / ``timed_out`` and ``seconds``.
@@ -144,6 +150,9 @@ def run_jobs(
         Start every job at once.
     poll_s : float
         Seconds between checks of the running jobs.
+    on_poll : callable, optional
+        Called after each wait, while jobs run (e.g. to read their logs),
+        and once more when all have ended.
 
     Example
     -------
@@ -156,6 +165,11 @@ def run_jobs(
     >>> ok.status, (tmp / "ok.txt").read_text(), hangs.status
     (0, 'hi\\n', 'timeout')
     >>> hangs.seconds < 30
+    True
+    >>> polls = []
+    >>> run_jobs([Job([sys.executable, "-c", "pass"], tmp / "p.txt", 60)],
+    ...          on_poll=lambda: polls.append(1))
+    >>> len(polls) >= 2
     True
     """
     pending = list(jobs)
@@ -173,8 +187,11 @@ def run_jobs(
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+            job.started = time.time()
             running.append((job, proc, log, time.monotonic()))
         time.sleep(poll_s)
+        if on_poll is not None:
+            on_poll()
         still = []
         for job, proc, log, start in running:
             elapsed = time.monotonic() - start
@@ -190,6 +207,8 @@ def run_jobs(
             log.close()
             job.seconds = round(time.monotonic() - start, 1)
         running = still
+    if on_poll is not None:
+        on_poll()
 
 
 def run_job(job: Job) -> Job:

@@ -32,13 +32,13 @@ import csv
 import json
 import os
 import re
-import subprocess
 import sys
 import tarfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from jobs import REPO, Job, log_tail, run_jobs
+
 RECIPE = REPO / "recipes" / "WSJ0Mix" / "separation"
 _EPOCH = re.compile(
     r"epoch: (\d+).*?train loss: (-?[0-9.e+-]+).*?"
@@ -113,10 +113,8 @@ def overrides(model: str, args, root: Path, work: Path) -> dict:
     return values
 
 
-def launch(
-    model: str, values: dict, work: Path, device: str
-) -> subprocess.Popen:
-    """Starts the recipe of one model; output goes to ``<model>.log``."""
+def recipe_job(model: str, values: dict, work: Path, device: str) -> Job:
+    """The recipe command of one model; output goes to ``<model>.log``."""
     cmd = [
         sys.executable,
         str(RECIPE / "train.py"),
@@ -127,11 +125,7 @@ def launch(
     ]
     for key, value in values.items():
         cmd += [f"--{key}", str(value)]
-    log = open(work / f"{model}.log", "w", encoding="utf-8")
-    print("[run]", " ".join(cmd[1:]), flush=True)
-    return subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO)
-    )
+    return Job(cmd, work / f"{model}.log", 24 * 3600, cwd=REPO, name=model)
 
 
 def export_weights(model: str, work: Path, out: Path, dtype: str) -> None:
@@ -206,45 +200,50 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     root = prepare_corpus(args.corpus_tar, args.work)
 
-    queue = [(m, overrides(m, args, root, args.work)) for m in args.models]
-    running, starts, rows, seen = {}, {}, [], set()
-    while queue or running:
-        while queue and (args.parallel or not running):
-            model, values = queue.pop(0)
-            starts[model] = time.time()
-            running[model] = launch(model, values, args.work, args.device)
-        time.sleep(2)
-        for model in list(running):
+    jobs = {
+        m: recipe_job(
+            m, overrides(m, args, root, args.work), args.work, args.device
+        )
+        for m in args.models
+    }
+    rows, seen = [], set()
+
+    def record_curves() -> None:
+        """Stamps each newly logged epoch with the time since its start."""
+        for model, job in jobs.items():
             log = args.work / model / "train_log.txt"
             for epoch, loss, sisnri in read_curve(log):
-                if (model, epoch) not in seen:
-                    seen.add((model, epoch))
-                    secs = time.time() - starts[model]
-                    rows.append(
-                        dict(
-                            model=model,
-                            epoch=epoch,
-                            seconds=round(secs, 1),
-                            train_loss=loss,
-                            valid_si_snri=sisnri,
-                        )
+                if job.started is None or (model, epoch) in seen:
+                    continue
+                seen.add((model, epoch))
+                secs = round(time.time() - job.started, 1)
+                rows.append(
+                    dict(
+                        model=model,
+                        epoch=epoch,
+                        seconds=secs,
+                        train_loss=loss,
+                        valid_si_snri=sisnri,
                     )
-                    print(
-                        f"[{model}] {secs:6.0f} s epoch {epoch} "
-                        f"valid SI-SNRi {sisnri:.2f}",
-                        flush=True,
-                    )
-            code = running[model].poll()
-            if code is not None:
-                del running[model]
+                )
                 print(
-                    f"[{model}] exit {code} after "
-                    f"{time.time() - starts[model]:.0f} s",
+                    f"[{model}] {secs:6.0f} s epoch {epoch} "
+                    f"valid SI-SNRi {sisnri:.2f}",
                     flush=True,
                 )
-                if code != 0:
-                    tail = (args.work / f"{model}.log").read_text()[-3000:]
-                    print(tail, flush=True)
+
+    for job in jobs.values():
+        print("[run]", " ".join(job.cmd[1:]), flush=True)
+    run_jobs(
+        list(jobs.values()),
+        parallel=args.parallel,
+        poll_s=2.0,
+        on_poll=record_curves,
+    )
+    for model, job in jobs.items():
+        print(f"[{model}] exit {job.status} after {job.seconds} s", flush=True)
+        if job.status != 0:
+            print(log_tail(job.log), flush=True)
 
     summary = {"argv": sys.argv, "settings": vars(args) | {"common": COMMON}}
     for model in args.models:
@@ -255,7 +254,7 @@ def main(argv=None) -> int:
             summary[model] = {
                 "test": {k: v for k, v in table[-1].items()},
                 "num_test": len(table) - 1,
-                "wall_s": round(time.time() - starts[model], 1),
+                "wall_s": jobs[model].seconds,
             }
             export_weights(model, args.work, args.out, args.weights_dtype)
     with open(args.out / "curves.csv", "w", newline="", encoding="utf-8") as f:
