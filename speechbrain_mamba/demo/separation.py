@@ -297,6 +297,7 @@ def separate_held_out(
         f"{first}: mixture and the two separated speakers",
     )
     return {
+        "model": model.name,
         "test": average_row(rows, ("seconds", *METRICS)),
         "num_test": len(rows),
         "num_params": sum(p.numel() for p in separator.mods.parameters()),
@@ -417,16 +418,17 @@ def format_summary(summary: dict) -> str:
 
     Example
     -------
-    >>> s = {"test": {"si-snr_i": 10.0, "sdr_i": 10.5, "si-snr": 10.0,
-    ...      "sdr": 10.2, "pesq": 1.9, "stoi": 0.88}, "num_test": 24,
-    ...      "num_params": 7.9e6}
-    >>> print(format_summary(s).splitlines()[1])
+    >>> s = {"model": "my_model", "test": {"si-snr_i": 10.0, "sdr_i": 10.5,
+    ...      "si-snr": 10.0, "sdr": 10.2, "pesq": 1.9, "stoi": 0.88},
+    ...      "num_test": 24, "num_params": 7.9e6}
+    >>> print(format_summary(s))
+    my_model (7.9 M parameters), 24 held-out mixtures (unseen speakers):
       SI-SNRi = 10.00 dB, SDRi = 10.50 dB, PESQ = 1.90, STOI = 0.880
     """
     t = summary["test"]
     return "\n".join(
         [
-            f"Mamba-TasNet S ({summary['num_params'] / 1e6:.1f} M "
+            f"{summary['model']} ({summary['num_params'] / 1e6:.1f} M "
             f"parameters), {summary['num_test']} held-out mixtures "
             "(unseen speakers):",
             f"  SI-SNRi = {t['si-snr_i']:.2f} dB, SDRi = {t['sdr_i']:.2f} dB, "
