@@ -221,3 +221,135 @@ def test_record_cuda_graph_warms_up_restores_and_replays():
     graph.replay()
     torch.cuda.synchronize()
     assert state.item() == 2 and y.tolist() == [12.0] * 4
+
+
+# GraphedTraining of a function of several tensors -----------------------
+
+
+class Scaled(torch.nn.Module):
+    """A module whose forward takes an input and a per-item scale."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = MambaTasNetMaskNet(
+            32, out_channels=16, num_layers=2, cuda_graphs=False
+        )
+        self.unused = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, x, scale):
+        return self.net(x * scale[:, None, None])
+
+
+def step_grads(module, call, x, scale):
+    y = call(x, scale)
+    (y.float() * torch.linspace(-1, 1, y.numel(), device=y.device)).view_as(
+        y
+    ).sum().backward()
+    return y.detach().clone()
+
+
+def grads_of(module):
+    return {
+        n: None if p.grad is None else p.grad.clone()
+        for n, p in module.named_parameters()
+    }
+
+
+@pytest.mark.gpu
+def test_gradients_accumulate_as_eager_ones_whatever_zero_grad_does(
+    true_fp32,
+):
+    """SpeechBrain's Brain zeroes gradients in place (``set_to_none=False``)
+    and accumulates over batches: a replay must add its gradients to
+    ``.grad``, not write into the tensor ``.grad`` is (which a graph buffer
+    kept as ``.grad`` would do, doubling the next step's gradients)."""
+    eager = Scaled().cuda()
+    graphed_module = copy.deepcopy(eager)
+    graphed = GraphedTraining(graphed_module.forward, graphed_module)
+    torch.manual_seed(1)
+    xs = [torch.randn(2, 32, 300, device="cuda") for _ in range(5)]
+    scale = torch.tensor([1.0, 0.5], device="cuda")
+    # none -> in-place zero -> accumulate two -> set to None -> zero
+    zeroing = ["none", "zero", "keep", "none", "zero"]
+    for x, zero in zip(xs, zeroing):
+        for module in (eager, graphed_module):
+            if zero == "zero":
+                module.zero_grad(set_to_none=False)
+            elif zero == "none":
+                module.zero_grad(set_to_none=True)
+        x_ref = x.clone().requires_grad_()
+        x_graphed = x.clone().requires_grad_()
+        y_ref = step_grads(eager, eager, x_ref, scale)
+        y = step_grads(graphed_module, graphed, x_graphed, scale)
+        torch.testing.assert_close(y, y_ref, rtol=6e-4, atol=2e-3)
+        torch.testing.assert_close(
+            x_graphed.grad, x_ref.grad, rtol=6e-4, atol=2e-3
+        )
+        got, expected = grads_of(graphed_module), grads_of(eager)
+        assert got["unused"] is None and expected["unused"] is None
+        for name, grad in expected.items():
+            if grad is not None:
+                torch.testing.assert_close(
+                    got[name], grad, rtol=6e-4, atol=2e-3, msg=name
+                )
+    assert graphed.num_graphs == 1
+
+
+@pytest.mark.gpu
+def test_two_forwards_before_their_backwards_give_eager_gradients(
+    true_fp32,
+):
+    """A second forward while the first waits for its backward would
+    overwrite the first one's activations in the shared pool: it runs
+    eagerly, and both gradients are right."""
+    eager = Scaled().cuda()
+    graphed_module = copy.deepcopy(eager)
+    graphed = GraphedTraining(graphed_module.forward, graphed_module)
+    scale = torch.ones(1, device="cuda")
+    a, b = (torch.randn(1, 32, 200, device="cuda") for _ in range(2))
+    graphed(a, scale).sum().backward()  # records
+    graphed_module.zero_grad(set_to_none=True)
+    first = graphed(a, scale)
+    second = graphed(b, scale)  # eager: the first awaits its backward
+    (first.pow(2).sum() + second.sum()).backward()
+    (eager(a, scale).pow(2).sum() + eager(b, scale).sum()).backward()
+    for name, grad in grads_of(eager).items():
+        if grad is not None:
+            torch.testing.assert_close(
+                grads_of(graphed_module)[name],
+                grad,
+                rtol=6e-4,
+                atol=2e-3,
+                msg=name,
+            )
+    # a replay whose output is dropped without backward frees the way
+    graphed(a, scale)
+    y = graphed(b, scale)
+    assert graphed.num_graphs == 1 and y.grad_fn is not None
+    assert "Replay" in type(y.grad_fn).__name__
+
+
+@pytest.mark.gpu
+def test_keys_share_one_pool_of_activations():
+    """Four lengths recorded: memory grows by far less than four times one
+    key's activations (they share the pool and the gradient buffers)."""
+    module = MambaTasNetMaskNet(
+        32, out_channels=64, num_layers=8, cuda_graphs=False
+    ).cuda()
+    graphed = GraphedTraining(module, max_graphs=8)
+
+    def step(length):
+        x = torch.randn(4, 32, length, device="cuda", requires_grad=True)
+        graphed(x).sum().backward()
+        module.zero_grad(set_to_none=True)
+
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    step(4000)
+    one = torch.cuda.memory_allocated() - base
+    for length in (3900, 3800, 3700):
+        step(length)
+    four = torch.cuda.memory_allocated() - base
+    assert graphed.num_graphs == 4
+    assert four < 2 * one, (one, four)

@@ -19,14 +19,18 @@ The paper sizes XS, S, M and L are in :data:`MAMBA_TASNET_SIZES` (the
 model YAML files ``hparams/separation/mamba_tasnet_<size>.yaml`` and the
 benchmarks use them; tests check the YAML files against it).
 
-Inference on a GPU replays CUDA graphs by itself (``cuda_graphs``): every
-operation of the mask network over time respects the valid lengths (the
-norms and 1x1 convolutions act on each frame; the Mamba blocks take the
-lengths), so the time axis is padded up to a bucket
+On a GPU the mask network replays CUDA graphs by itself (``cuda_graphs``),
+in training (forward and backward) and inference alike: every operation of
+the mask network over time respects the valid lengths (the norms and 1x1
+convolutions act on each frame; the Mamba blocks take the lengths), so the
+time axis is padded up to a bucket
 (:func:`~speechbrain_mamba.utils.graphed_inference.bucket_length`, less
-than 12.5 % more frames) without changing any valid output, and each
-bucket's call is recorded once (:meth:`MambaTasNetMaskNet.bucketed_forward`
-is that padded call, eager).
+than 12.5 % more frames) without changing any valid output or gradient, and
+each bucket's call is recorded once
+(:class:`~speechbrain_mamba.utils.bucketed_graphs.BucketedGraphs`;
+:meth:`MambaTasNetMaskNet.bucketed_forward` is that padded call, eager).
+This works inside SpeechBrain's own ``Brain.fit_batch`` and inference
+classes, with no option to set.
 
 Author
 ------
@@ -40,12 +44,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from speechbrain_mamba.nnet import MambaStack
-from speechbrain_mamba.nnet.padding import check_input_dtype, lengths_to_frames
-from speechbrain_mamba.utils.graphed_inference import (
-    GraphedInference,
-    bucket_length,
-    forward_hooks_watch,
-)
+from speechbrain_mamba.nnet.padding import check_input_dtype
+from speechbrain_mamba.utils.bucketed_graphs import BucketedGraphs
 
 MASK_ACTIVATIONS = ("relu", "softmax")
 
@@ -120,20 +120,29 @@ class MambaTasNetMaskNet(nn.Module):
     layer_norm_eps : float
         Epsilon of the input channel-wise LayerNorm.
     cuda_graphs : bool
-        Replays inference calls on CUDA (no autograd needed: ``eval()``
-        with frozen parameters, ``torch.no_grad`` or
-        ``torch.inference_mode``; never while training with
-        ``drop_path``) from CUDA graphs, one per (batch, bucket of the
-        length, dtype, autocast) key, the first call of a key recording
-        it. Same outputs as the eager call (each graph's kernels are the
-        eager ones), without the host's per-kernel launch cost. The graphs
-        read the parameters by address: in-place updates are seen,
-        replaced parameters make the next call record again. False: every
+        Replays calls on CUDA from CUDA graphs that the mask network
+        records itself, one per (batch, bucket of the length, dtype,
+        autocast, training or inference) key, the first call of a key
+        recording it: training steps (forward, and backward through
+        autograd, gradients accumulated into ``.grad`` as usual) and
+        inference (``eval()`` with ``torch.no_grad`` or
+        ``torch.inference_mode``). Same outputs and gradients as the eager
+        call (each graph's kernels are the eager ones), without the host's
+        per-kernel launch cost. The graphs read the parameters by address:
+        in-place updates (optimizer steps) are seen, replaced parameters
+        make the next call record again. Eager instead: on CPU, while
+        training with ``drop_path``, under DDP (several processes), while
+        forward hooks watch a layer, beyond the limits below. False: every
         call is eager.
     max_cuda_graphs : int
-        Most graphs kept; calls of other keys run eagerly. The graphs
-        share one memory pool (about one eager call's activations) and
-        each keeps its input and masks buffers.
+        Most inference graphs kept; calls of other keys run eagerly. The
+        graphs share one memory pool (about one eager call's activations)
+        and each keeps its input and masks buffers.
+    max_training_graphs : int
+        Most training graph pairs kept (other keys train eagerly): a
+        training set of 2-8 s utterances in batches of one size needs
+        about 16 buckets, crops of one length a single one. They share one
+        memory pool for their activations and one set of gradient buffers.
     **mixer_kwargs : dict
         Further arguments of :class:`speechbrain_mamba.nnet.Mamba`
         (e.g. ``dt_min``, ``dt_max``, ``backend``).
@@ -166,6 +175,7 @@ class MambaTasNetMaskNet(nn.Module):
         layer_norm_eps: float = 1e-8,
         cuda_graphs: bool = True,
         max_cuda_graphs: int = 16,
+        max_training_graphs: int = 16,
         **mixer_kwargs,
     ):
         super().__init__()
@@ -180,6 +190,10 @@ class MambaTasNetMaskNet(nn.Module):
             raise ValueError(
                 f"max_cuda_graphs must be >= 0, got {max_cuda_graphs}"
             )
+        if max_training_graphs < 0:
+            raise ValueError(
+                f"max_training_graphs must be >= 0, got {max_training_graphs}"
+            )
         out_channels = in_channels if out_channels is None else out_channels
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -187,8 +201,9 @@ class MambaTasNetMaskNet(nn.Module):
         self.mask_activation = mask_activation
         self.cuda_graphs = cuda_graphs
         self.max_cuda_graphs = max_cuda_graphs
+        self.max_training_graphs = max_training_graphs
         self._stochastic = drop_path > 0
-        self._graphed: Optional[GraphedInference] = None
+        self._graphed: Optional[BucketedGraphs] = None
 
         # Per-frame normalisation over the encoder channels.
         self.layer_norm = nn.LayerNorm(in_channels, eps=layer_norm_eps)
@@ -244,55 +259,27 @@ class MambaTasNetMaskNet(nn.Module):
                 "encoder's kernel?"
             )
         check_input_dtype(x, self.bottleneck_conv1x1.weight.dtype)
-        if self._replays(x):
-            padded, padded_lengths = self._pad_to_bucket(x, lengths)
-            if self._graphed is None:
-                self._graphed = GraphedInference(
-                    self._masks, self, max_graphs=self.max_cuda_graphs
-                )
-            masks = self._graphed(padded, padded_lengths)
-            # the graph's buffer is overwritten by the next replay: a copy
-            return masks[..., :time].clone(
-                memory_format=torch.contiguous_format
+        if not self.cuda_graphs or (self.training and self._stochastic):
+            return self._masks(x, lengths)
+        return self._graphs()(x, lengths)
+
+    def _graphs(self) -> BucketedGraphs:
+        if self._graphed is None:
+            self._graphed = BucketedGraphs(
+                self._masks,
+                self,
+                time_dim=2,
+                output_time_dim=3,
+                max_graphs=self.max_cuda_graphs,
+                max_training_graphs=self.max_training_graphs,
             )
-        return self._masks(x, lengths)
+        return self._graphed
 
     @property
     def num_cuda_graphs(self) -> int:
-        """Number of recorded inference graphs."""
+        """Number of recorded CUDA graphs (inference graphs plus training
+        forward + backward pairs)."""
         return 0 if self._graphed is None else self._graphed.num_graphs
-
-    def _replays(self, x: torch.Tensor) -> bool:
-        """Whether this call is replayed from a CUDA graph."""
-        if not (self.cuda_graphs and x.is_cuda):
-            return False
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():
-            return False
-        if self.training and self._stochastic:
-            return False
-        if forward_hooks_watch(self):
-            return False  # hooks (e.g. layer capture) see the plain call
-        if torch.is_grad_enabled() and (
-            x.requires_grad or any(p.requires_grad for p in self.parameters())
-        ):
-            return False  # autograd needs the eager call
-        return not torch.cuda.is_current_stream_capturing()
-
-    def _pad_to_bucket(self, x: torch.Tensor, lengths: Optional[torch.Tensor]):
-        """x zero-padded along time up to its bucket, and the relative
-        lengths of the same valid frames in the padded length."""
-        batch, _, time = x.shape
-        frames = lengths_to_frames(lengths, batch, time)
-        bucket = bucket_length(time)
-        if frames is None:
-            padded_lengths = torch.full(
-                (batch,), time / bucket, device=x.device, dtype=torch.float32
-            )
-        else:
-            padded_lengths = frames.to(x.device, torch.float32) / bucket
-        if bucket > time:
-            x = F.pad(x, (0, bucket - time))
-        return x, padded_lengths
 
     def bucketed_forward(
         self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None
@@ -319,8 +306,7 @@ class MambaTasNetMaskNet(nn.Module):
         >>> torch.allclose(masknet.bucketed_forward(x), masknet(x), atol=1e-6)
         True
         """
-        padded, padded_lengths = self._pad_to_bucket(x, lengths)
-        return self._masks(padded, padded_lengths)[..., : x.shape[-1]]
+        return self._graphs().padded_call(x, lengths)
 
     def _masks(
         self, x: torch.Tensor, lengths: Optional[torch.Tensor]

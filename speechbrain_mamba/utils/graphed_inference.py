@@ -32,8 +32,10 @@ Author
 speechbrain-mamba developers
 """
 
+import contextlib
 import logging
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+import threading
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import torch
 from torch import nn
@@ -116,9 +118,64 @@ def bucket_length(length: int, mantissa_bits: int = 3) -> int:
     return -(-length // step) * step
 
 
-def _autocast_state() -> Tuple[bool, Optional[torch.dtype]]:
+def autocast_state() -> Tuple[bool, Optional[torch.dtype]]:
+    """CUDA autocast's state, part of every graph's key (a graph records
+    the casts of the autocast it was recorded under).
+
+    Returns
+    -------
+    enabled : bool
+        Whether CUDA autocast is on.
+    dtype : torch.dtype or None
+        Its dtype when on.
+
+    Example
+    -------
+    >>> autocast_state()
+    (False, None)
+    """
     enabled = torch.is_autocast_enabled("cuda")
     return enabled, torch.get_autocast_dtype("cuda") if enabled else None
+
+
+_nesting = threading.local()
+
+
+@contextlib.contextmanager
+def outermost_graphed_call() -> Iterator[None]:
+    """Marks the calls made inside as parts of a graphed call (recorded,
+    warmed up or run eagerly in its place): modules inside that graph
+    themselves call plainly, so that the outermost one records them.
+
+    Example
+    -------
+    >>> inside_graphed_call()
+    False
+    >>> with outermost_graphed_call():
+    ...     inside_graphed_call()
+    True
+    """
+    _nesting.depth = getattr(_nesting, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _nesting.depth -= 1
+
+
+def inside_graphed_call() -> bool:
+    """Whether this thread is inside :func:`outermost_graphed_call`.
+
+    Returns
+    -------
+    bool
+        True inside.
+
+    Example
+    -------
+    >>> inside_graphed_call()
+    False
+    """
+    return getattr(_nesting, "depth", 0) > 0
 
 
 class _Graph:
@@ -210,7 +267,7 @@ class GraphedInference:
     def _key(inputs: Tuple[torch.Tensor, ...]) -> Tuple:
         return (
             tuple((t.shape, t.dtype, t.device) for t in inputs),
-            _autocast_state(),
+            autocast_state(),
             torch.is_inference_mode_enabled(),
         )
 
@@ -276,8 +333,16 @@ class GraphedInference:
             buffers, which the next call of the same key overwrites: copy
             what is kept.
         """
-        if not inputs[0].is_cuda or torch.cuda.is_current_stream_capturing():
+        if (
+            not inputs[0].is_cuda
+            or torch.cuda.is_current_stream_capturing()
+            or inside_graphed_call()
+        ):
             return self.function(*inputs)
+        with outermost_graphed_call():
+            return self._call(inputs)
+
+    def _call(self, inputs: Tuple[torch.Tensor, ...]) -> Any:
         tensors = self._module_state()
         if tensors is None:
             return self.function(*inputs)

@@ -2,24 +2,37 @@
 
 A Mamba mask network on short inputs is bound by the host: dozens of layers,
 each a few GPU kernels launched from Python, and autograd's bookkeeping in
-between, so the GPU waits. Where the training inputs have recurring shapes
-(the separation recipes crop every training mixture to the same number of
-samples), the forward and backward of such a module can each be recorded
-once per shape in a CUDA graph (``torch.cuda.make_graphed_callables``) and
-replayed: one launch each, the same kernels, the same numbers.
+between, so the GPU waits. The forward and the backward of such a call can
+each be recorded once per input key in a CUDA graph and replayed: one
+launch each, the same kernels, the same numbers.
 
-:class:`GraphedTraining` wraps a module without becoming its owner: the
-module stays where it is (checkpoints, optimizer and ``self.modules`` of a
-SpeechBrain ``Brain`` are unchanged) and the wrapper is called in its place
-in the training forward. It records a graph for each new (shape, dtype,
-autocast) key, up to ``max_graphs`` of them, and calls the module eagerly in
-every other case: evaluation mode, no gradient, CPU tensors, a module
-wrapped in ``DistributedDataParallel`` (its gradient hooks run during
-backward), more shapes than allowed, or a module that cannot be recorded
-(e.g. one that copies from host memory in its forward; it is then never
-tried again). The outputs of a replay live in the graph's own memory and are
-overwritten by the next replay of the same graph: use them within the
-training step.
+:class:`GraphedTraining` calls ``function(*inputs)`` with autograd: the
+forward graph's output is returned through an autograd node whose backward
+replays the backward graph and hands the gradients of the differentiable
+inputs and of ``module``'s trainable parameters to autograd, which
+accumulates them into ``.grad`` as after an eager backward (hooks on the
+parameters and gradient accumulation work as usual).
+
+- Keys are the inputs' shapes, dtypes, devices and ``requires_grad``, the
+  autocast state and ``module.training``; at most ``max_graphs`` are
+  recorded (later keys run eagerly). Callers with variable lengths pad them
+  up to a few buckets first
+  (:class:`~speechbrain_mamba.utils.bucketed_graphs.BucketedGraphs`).
+- Memory: every graph is recorded into one memory pool per device, so the
+  activations of a forward graph (read by its backward graph) share memory
+  with those of the other keys: about one eager step's activations in all,
+  plus each key's input and output buffers. The parameter gradients are
+  written into one set of buffers shared by every key. This is safe because
+  a replayed forward's backward runs before the next replay: a call made
+  while an earlier replay still waits for its backward (two forwards, then
+  the backwards) runs eagerly instead.
+- The module is watched like by
+  :class:`~speechbrain_mamba.utils.graphed_inference.GraphedInference`:
+  in-place updates (optimizer steps, ``load_state_dict``) are read by the
+  next replay; replaced parameters or a changed ``requires_grad`` drop the
+  graphs; forward hooks on a sub-module, CPU tensors, a host
+  synchronisation inside the function (then never tried again) or several
+  processes (DDP, whose gradient buckets are not recorded) mean eager calls.
 
 Author
 ------
@@ -27,40 +40,90 @@ speechbrain-mamba developers
 """
 
 import logging
-from typing import Dict, Optional, Tuple
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import torch
 from torch import nn
 
+from speechbrain_mamba.utils.graphed_inference import (
+    autocast_state,
+    forward_hooks_watch,
+    inside_graphed_call,
+    outermost_graphed_call,
+)
+
 logger = logging.getLogger(__name__)
 
 
-class _Forward(nn.Module):
-    """A module of its own around ``module.forward`` (recording a module
-    replaces its ``forward``; this keeps the wrapped module untouched)."""
+def _several_processes() -> bool:
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
 
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.module = module
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Calls the wrapped module."""
-        return self.module(x)
+class _Recorded:
+    """One key: input buffers, the two graphs, output and gradient
+    buffers."""
+
+    def __init__(self, inputs, forward, backward, output, grad_output, grads):
+        self.inputs = inputs
+        self.forward = forward
+        self.backward = backward
+        self.output = output
+        self.grad_output = grad_output
+        self.grads = grads
+
+
+class _AwaitingBackward:
+    """Marks a replayed forward whose backward has not run yet."""
+
+    done = False
+
+
+class _Replay(torch.autograd.Function):
+    """Replays a recorded forward; its backward replays the backward."""
+
+    @staticmethod
+    def forward(ctx, recorded, token, *tensors):
+        for buffer, value in zip(recorded.inputs, tensors):
+            if buffer.data_ptr() != value.data_ptr():
+                buffer.copy_(value)
+        recorded.forward.replay()
+        ctx.recorded = recorded
+        ctx.token = token
+        return recorded.output.detach()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        recorded = ctx.recorded
+        recorded.grad_output.copy_(grad)
+        recorded.backward.replay()
+        ctx.token.done = True
+        # the buffers themselves (referenced here too), so that autograd
+        # copies or adds them into .grad instead of keeping the buffer,
+        # which the next replay overwrites
+        return (None, None) + recorded.grads
 
 
 class GraphedTraining:
-    """Calls ``module(x)`` in training through CUDA graphs of its forward
-    and backward, one pair per input shape.
+    """Calls ``function(*inputs)`` with autograd, the forward and backward
+    replayed from CUDA graphs, a pair per input key.
 
     Arguments
     ---------
-    module : torch.nn.Module
-        A module of one tensor argument returning one tensor, with no
-        host synchronisation in its forward or backward (e.g. a Mamba-TasNet
-        or DPMamba mask network).
+    function : callable
+        Takes tensors and returns one tensor computed from them and from
+        ``module``'s parameters and buffers, with no host synchronisation.
+        A module can be given alone (``GraphedTraining(module)``).
+    module : torch.nn.Module, optional
+        Owner of the parameters ``function`` reads and trains; defaults to
+        ``function`` itself.
     max_graphs : int
-        Most input keys (shape, dtype, autocast) to record; later keys run
-        eagerly (each graph keeps its activations' memory).
+        Most keys to record; calls of other keys run eagerly.
     warmup : int
         Eager forward + backward passes before each recording.
 
@@ -68,91 +131,258 @@ class GraphedTraining:
     -------
     >>> layer = torch.nn.Linear(4, 4)
     >>> graphed = GraphedTraining(layer)
-    >>> y = graphed(torch.randn(2, 4))  # on CPU: a plain call
+    >>> x = torch.randn(2, 4)
+    >>> torch.equal(graphed(x), layer(x))  # on CPU: a plain call
+    True
     >>> graphed.num_graphs
     0
     """
 
-    def __init__(self, module: nn.Module, max_graphs: int = 4, warmup: int = 3):
+    def __init__(
+        self,
+        function: Callable[..., torch.Tensor],
+        module: Optional[nn.Module] = None,
+        max_graphs: int = 4,
+        warmup: int = 3,
+    ):
         if max_graphs < 1:
             raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
+        if module is None:
+            if not isinstance(function, nn.Module):
+                raise ValueError("give the module whose parameters it trains")
+            module = function
+        self.function = function
         self.module = module
         self.max_graphs = max_graphs
         self.warmup = warmup
-        self._graphs: Dict[Tuple, nn.Module] = {}
+        self._graphs: Dict[Tuple, _Recorded] = {}
+        self._pools: Dict[torch.device, Tuple[int, int]] = {}
+        self._grad_buffers: Optional[Tuple[torch.Tensor, ...]] = None
+        self._params: Tuple[nn.Parameter, ...] = ()
+        self._state: Optional[List] = None
         self._unrecordable: Optional[str] = None
+        self._out_of_memory: Set[Tuple] = set()
+        self._awaiting: Optional[weakref.ref] = None
 
     @property
     def num_graphs(self) -> int:
-        """Number of recorded graphs (forward + backward pairs)."""
+        """Number of recorded keys (forward + backward pairs)."""
         return len(self._graphs)
 
-    def _applies(self, x: torch.Tensor) -> bool:
-        return (
-            self._unrecordable is None
-            and self.module.training
-            and torch.is_grad_enabled()
-            and x.is_cuda
-            and not isinstance(self.module, nn.parallel.DistributedDataParallel)
-        )
+    def clear(self) -> None:
+        """Drops every graph and its memory (once no output of a replay is
+        referenced any more) and forgets failed recordings."""
+        self._graphs.clear()
+        self._pools.clear()
+        self._grad_buffers = None
+        self._unrecordable = None
+        self._out_of_memory.clear()
+        self._awaiting = None
 
-    @staticmethod
-    def _key(x: torch.Tensor) -> Tuple:
-        enabled = torch.is_autocast_enabled("cuda")
-        dtype = torch.get_autocast_dtype("cuda") if enabled else None
-        return tuple(x.shape), x.dtype, x.requires_grad, enabled, dtype
+    def _module_state(self) -> Optional[List]:
+        """Addresses and ``requires_grad`` of the module's tensors."""
+        state = []
+        for module in self.module.modules():
+            for tensor in module._parameters.values():
+                if tensor is not None:
+                    state.append((tensor.data_ptr(), tensor.requires_grad))
+            for tensor in module._buffers.values():
+                if tensor is not None:
+                    state.append(tensor.data_ptr())
+        return state
 
-    def _record(self, x: torch.Tensor, key: Tuple) -> Optional[nn.Module]:
-        _, _, _, enabled, dtype = key
-        sample = x.detach().clone().requires_grad_(x.requires_grad)
-        forward = _Forward(self.module)
-        try:
-            # graphs take no autocast cast cache: casts are recorded as kernels
-            with torch.autocast(
-                "cuda", dtype=dtype, enabled=enabled, cache_enabled=False
-            ):
-                graphed = torch.cuda.make_graphed_callables(
-                    forward, (sample,), num_warmup_iters=self.warmup
-                )
-        except (RuntimeError, torch.OutOfMemoryError) as err:
-            self._unrecordable = str(err)
-            logger.warning(
-                "%s cannot be recorded in a CUDA graph (%s); it runs eagerly",
-                type(self.module).__name__,
-                err,
-            )
-            torch.cuda.synchronize()
-            return None
-        self._graphs[key] = graphed
-        logger.info(
-            "recorded %s for input %s in CUDA graph %d",
-            type(self.module).__name__,
-            tuple(x.shape),
-            len(self._graphs),
-        )
-        return graphed
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Runs the module on ``x`` (replayed from a graph in training).
+    def applies(self, *inputs: torch.Tensor) -> bool:
+        """Whether a call with these inputs can replay graphs (recorded or
+        to record): CUDA inputs, gradients needed, no forward hook, one
+        process, the function recordable.
 
         Arguments
         ---------
-        x : torch.Tensor
-            The module's input.
+        *inputs : torch.Tensor
+            The function's arguments.
+
+        Returns
+        -------
+        bool
+            False: the call is a plain (eager) call.
+        """
+        return (
+            self._unrecordable is None
+            and inputs[0].is_cuda
+            and torch.is_grad_enabled()
+            and not torch.cuda.is_current_stream_capturing()
+            and not isinstance(self.module, nn.parallel.DistributedDataParallel)
+            and not _several_processes()
+            and not forward_hooks_watch(self.module)
+        )
+
+    def _key(self, inputs: Tuple[torch.Tensor, ...]) -> Tuple:
+        return (
+            tuple(
+                (t.shape, t.dtype, t.device, t.requires_grad) for t in inputs
+            ),
+            autocast_state(),
+            self.module.training,
+        )
+
+    def _gradient_buffers(self, params) -> Tuple[torch.Tensor, ...]:
+        if self._grad_buffers is None:
+            self._grad_buffers = tuple(
+                torch.empty_like(p, memory_format=torch.preserve_format)
+                for p in params
+            )
+        return self._grad_buffers
+
+    def _record(self, inputs: Tuple[torch.Tensor, ...], key: Tuple):
+        device = inputs[0].device
+        enabled, dtype = key[1]
+        params = tuple(p for p in self.module.parameters() if p.requires_grad)
+        static = tuple(
+            t.detach().clone().requires_grad_(t.requires_grad) for t in inputs
+        )
+        wanted = tuple(t for t in static if t.requires_grad) + params
+        if device not in self._pools:
+            self._pools[device] = torch.cuda.graph_pool_handle()
+        pool = self._pools[device]
+        try:
+            with (
+                torch.cuda.device(device),
+                # no autocast cast cache: the graphs record the weight casts
+                torch.autocast(
+                    "cuda", dtype=dtype, enabled=enabled, cache_enabled=False
+                ),
+            ):
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(self.warmup):
+                        out = self.function(*static)
+                        torch.autograd.grad(
+                            out, wanted, torch.ones_like(out), allow_unused=True
+                        )
+                        del out
+                torch.cuda.current_stream().wait_stream(side)
+                forward = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(
+                    forward, pool=pool, capture_error_mode="thread_local"
+                ):
+                    out = self.function(*static)
+                if not isinstance(out, torch.Tensor) or not out.requires_grad:
+                    raise RuntimeError(
+                        "the function must return one tensor that needs "
+                        "gradients"
+                    )
+                grad_output = torch.empty_like(out)
+                shared = self._gradient_buffers(params)
+                backward = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(
+                    backward, pool=pool, capture_error_mode="thread_local"
+                ):
+                    grads = torch.autograd.grad(
+                        out, wanted, grad_output, allow_unused=True
+                    )
+                    param_grads = grads[len(grads) - len(params) :]
+                    used = [
+                        (buffer, grad)
+                        for buffer, grad in zip(shared, param_grads)
+                        if grad is not None
+                    ]
+                    if used:
+                        torch._foreach_copy_(*map(list, zip(*used)))
+        except torch.OutOfMemoryError:
+            self._out_of_memory.add(key)  # this key only: a shorter may fit
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+            return None
+        except RuntimeError as err:
+            # e.g. a host synchronisation inside: until the module changes
+            self._unrecordable = str(err)
+            logger.warning(
+                "%s cannot be recorded in a CUDA graph (%s); it trains eagerly",
+                type(self.module).__name__,
+                err,
+            )
+            torch.cuda.synchronize(device)
+            return None
+        # gradients handed to autograd: one per input (None where it needs
+        # none), then the shared buffer of each parameter (None if unused)
+        grads_in = iter(grads)
+        input_grads = tuple(
+            next(grads_in) if t.requires_grad else None for t in static
+        )
+        param_grads = tuple(
+            buffer if grad is not None else None
+            for buffer, grad in zip(shared, param_grads)
+        )
+        recorded = _Recorded(
+            static,
+            forward,
+            backward,
+            out.detach(),
+            grad_output,
+            input_grads + param_grads,
+        )
+        del out, grads, used  # the forward's activations: back to the pool
+        self._params = params
+        self._graphs[key] = recorded
+        logger.info(
+            "recorded the training forward and backward of %s for inputs "
+            "%s in CUDA graph %d",
+            type(self.module).__name__,
+            [tuple(t.shape) for t in inputs],
+            len(self._graphs),
+        )
+        return recorded
+
+    def _awaiting_backward(self) -> bool:
+        token = None if self._awaiting is None else self._awaiting()
+        return token is not None and not token.done
+
+    def __call__(self, *inputs: torch.Tensor) -> Any:
+        """Runs ``function(*inputs)``, replayed from graphs where they
+        apply.
+
+        Arguments
+        ---------
+        *inputs : torch.Tensor
+            The function's arguments.
 
         Returns
         -------
         torch.Tensor
-            The module's output.
+            The function's output. A replayed output lives in the graph's
+            buffer, which the next replay of the same key overwrites: copy
+            what is kept beyond the training step.
         """
-        if not self._applies(x):
-            return self.module(x)
-        key = self._key(x)
-        graphed = self._graphs.get(key)
-        if graphed is None:
-            if len(self._graphs) >= self.max_graphs:
-                return self.module(x)
-            graphed = self._record(x, key)
-            if graphed is None:
-                return self.module(x)
-        return graphed(x)
+        if inside_graphed_call() or not self.applies(*inputs):
+            return self.function(*inputs)
+        with outermost_graphed_call():
+            return self._call(inputs)
+
+    def _call(self, inputs: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+        state = self._module_state()
+        if state != self._state:
+            if self._graphs:
+                logger.info(
+                    "parameters of %s were replaced: its %d training CUDA "
+                    "graphs are recorded again",
+                    type(self.module).__name__,
+                    len(self._graphs),
+                )
+            self.clear()
+            self._state = state
+        if self._awaiting_backward():
+            return self.function(*inputs)  # a replay's backward is pending
+        key = self._key(inputs)
+        recorded = self._graphs.get(key)
+        if recorded is None:
+            if key in self._out_of_memory or len(self._graphs) >= (
+                self.max_graphs
+            ):
+                return self.function(*inputs)
+            recorded = self._record(inputs, key)
+            if recorded is None:
+                return self.function(*inputs)
+        token = _AwaitingBackward()
+        self._awaiting = weakref.ref(token)
+        return _Replay.apply(recorded, token, *inputs, *self._params)

@@ -1,0 +1,167 @@
+"""Mamba-TasNet's mask network records its own training graphs
+(:mod:`speechbrain_mamba.utils.bucketed_graphs`).
+
+On CPU: the bucket-padded call that the graphs record gives the gradients
+of the plain call, padded items included. On a GPU: training steps
+replayed from the mask network's own graphs give the eager outputs and
+gradients, lengths of one bucket share a graph, and SpeechBrain's
+``Brain.fit_batch`` (the separation recipe's Brain, no option set) trains
+to the same weights as the eager mask network.
+"""
+
+import copy
+
+import pytest
+import torch
+from speechbrain.dataio.batch import PaddedBatch
+from speechbrain.lobes.models.dual_path import Decoder, Encoder
+from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
+
+from speechbrain_mamba.lobes.mamba_tasnet import MambaTasNetMaskNet
+from speechbrain_mamba.separation.brain import SeparationBrain
+
+TOL = dict(rtol=6e-4, atol=2e-3)
+
+
+def masknet(**kwargs):
+    torch.manual_seed(0)
+    return MambaTasNetMaskNet(16, num_layers=2, d_state=4, **kwargs)
+
+
+def weighted_loss(masks):
+    weights = torch.linspace(-1, 1, masks.numel(), device=masks.device)
+    return (masks.float() * weights.view_as(masks)).sum()
+
+
+def gradients(net, call, x, lengths):
+    net.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    masks = call(x, lengths)
+    weighted_loss(masks).backward()
+    grads = {n: p.grad.clone() for n, p in net.named_parameters()}
+    return masks.detach(), x.grad, grads
+
+
+@pytest.mark.parametrize("time", [17, 40, 129])
+def test_bucket_padded_call_gives_the_plain_gradients_on_cpu(time):
+    net = masknet()
+    torch.manual_seed(1)
+    x = torch.randn(3, 16, time)
+    lengths = torch.tensor([1.0, 0.7, 0.4])
+    plain = gradients(net, net, x, lengths)
+    padded = gradients(net, net.bucketed_forward, x, lengths)
+    torch.testing.assert_close(padded[0], plain[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(padded[1], plain[1], rtol=1e-5, atol=1e-6)
+    for name, grad in plain[2].items():
+        torch.testing.assert_close(
+            padded[2][name], grad, rtol=1e-5, atol=1e-6, msg=name
+        )
+
+
+def train_steps(net, inputs, dtype=torch.float32):
+    """Masks, input and weight gradients of a few SGD steps."""
+    results = []
+    for x, lengths in inputs:
+        with torch.autocast(
+            "cuda", dtype=dtype, enabled=dtype != torch.float32
+        ):
+            results.append(gradients(net, net, x, lengths))
+        with torch.no_grad():
+            for p in net.parameters():
+                p.sub_(1e-2 * p.grad)
+    return results
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_replayed_training_steps_equal_eager_ones(true_fp32, dtype):
+    eager = masknet(cuda_graphs=False).cuda().train()
+    graphed = copy.deepcopy(eager)
+    graphed.cuda_graphs = True
+    torch.manual_seed(2)
+    # 400 and 390 frames share the bucket 416; 300 is another one
+    inputs = [
+        (torch.randn(2, 16, t, device="cuda"), torch.tensor(r, device="cuda"))
+        for t, r in [
+            (400, [1.0, 0.6]),
+            (390, [0.8, 1.0]),
+            (400, [1.0, 1.0]),
+            (300, [1.0, 0.5]),
+            (390, [1.0, 0.9]),
+        ]
+    ]
+    expected = train_steps(eager, inputs, dtype)
+    got = train_steps(graphed, inputs, dtype)
+    assert graphed.num_cuda_graphs == 2
+    # bf16 autocast: the weight gradients come from bf16 activations
+    tol = TOL if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-3)
+    for (masks, x_grad, grads), (masks_ref, x_grad_ref, grads_ref) in zip(
+        got, expected
+    ):
+        torch.testing.assert_close(masks, masks_ref, **tol)
+        torch.testing.assert_close(x_grad, x_grad_ref, **tol)
+        for name, grad in grads_ref.items():
+            torch.testing.assert_close(grads[name], grad, **tol, msg=name)
+
+
+@pytest.mark.gpu
+def test_stochastic_depth_trains_eagerly():
+    net = masknet(drop_path=0.1).cuda().train()
+    x = torch.randn(1, 16, 100, device="cuda", requires_grad=True)
+    net(x).sum().backward()
+    assert net.num_cuda_graphs == 0
+    assert x.grad is not None
+
+
+def separation_brain(graphs):
+    torch.manual_seed(0)
+    modules = {
+        "encoder": Encoder(kernel_size=16, out_channels=16),
+        "masknet": masknet(cuda_graphs=graphs),
+        "decoder": Decoder(16, 1, kernel_size=16, stride=8, bias=False),
+    }
+    brain = SeparationBrain(
+        modules,
+        opt_class=lambda params: torch.optim.Adam(params, 1e-3),
+        hparams={
+            "num_spks": 2,
+            "sample_rate": 8000,
+            "loss": get_si_snr_with_pitwrapper,
+            "clip_grad_norm": 5,
+        },
+        run_opts={"device": "cuda"},
+    )
+    brain.init_optimizers()
+    brain.nonfinite_count = 0
+    return brain
+
+
+def variable_length_batches():
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for lengths in [(3200, 2400), (3000, 3100), (3200, 3200), (1600, 1200)]:
+        items = []
+        for i, length in enumerate(lengths):
+            s1, s2 = torch.randn(2, length, generator=g)
+            items.append(
+                {"id": f"{i}", "mix_sig": s1 + s2, "s1_sig": s1, "s2_sig": s2}
+            )
+        batches.append(PaddedBatch(items))
+    return batches
+
+
+@pytest.mark.gpu
+def test_speechbrain_fit_batch_trains_through_the_masknets_graphs(true_fp32):
+    """SpeechBrain's own training step, nothing set: the mask network
+    replays its graphs and the weights follow the eager ones."""
+    eager = separation_brain(graphs=False)
+    graphed = separation_brain(graphs=True)
+    for batch in variable_length_batches():
+        expected = float(eager.fit_batch(batch))
+        got = float(graphed.fit_batch(batch))
+        assert got == pytest.approx(expected, rel=1e-3, abs=1e-3)
+    assert graphed.modules.masknet.num_cuda_graphs == 2  # 401 and 201 frames
+    for (name, p), p_ref in zip(
+        graphed.modules.named_parameters(), eager.modules.parameters()
+    ):
+        torch.testing.assert_close(p, p_ref, **TOL, msg=name)
