@@ -39,9 +39,10 @@ Author
 speechbrain-mamba developers
 """
 
+import contextlib
 import logging
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import torch
 from torch import nn
@@ -62,6 +63,31 @@ def _several_processes() -> bool:
         and torch.distributed.is_initialized()
         and torch.distributed.get_world_size() > 1
     )
+
+
+@contextlib.contextmanager
+def _fresh_leaves(
+    module: nn.Module, params: Tuple[nn.Parameter, ...]
+) -> Iterator[Tuple[torch.Tensor, ...]]:
+    """Swaps ``params`` in ``module`` for new leaf tensors on the same
+    memory while recording: autograd then makes new gradient-accumulator
+    nodes on the recording stream, instead of reaching nodes of an earlier
+    step that a kept tensor holds (made on another stream, which would
+    make autograd synchronise with it and break the capture)."""
+    leaves = {id(p): p.detach().requires_grad_() for p in params}
+    swapped = [
+        (sub, name, p)
+        for sub in module.modules()
+        for name, p in sub._parameters.items()
+        if p is not None and id(p) in leaves
+    ]
+    for sub, name, p in swapped:
+        sub._parameters[name] = leaves[id(p)]
+    try:
+        yield tuple(leaves[id(p)] for p in params)
+    finally:
+        for sub, name, p in swapped:
+            sub._parameters[name] = p
 
 
 class _Recorded:
@@ -240,7 +266,7 @@ class GraphedTraining:
         static = tuple(
             t.detach().clone().requires_grad_(t.requires_grad) for t in inputs
         )
-        wanted = tuple(t for t in static if t.requires_grad) + params
+        static_wanted = tuple(t for t in static if t.requires_grad)
         if device not in self._pools:
             self._pools[device] = torch.cuda.graph_pool_handle()
         pool = self._pools[device]
@@ -254,17 +280,26 @@ class GraphedTraining:
             ):
                 side = torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
+                with (
+                    torch.cuda.stream(side),
+                    _fresh_leaves(self.module, params) as leaves,
+                ):
                     for _ in range(self.warmup):
                         out = self.function(*static)
                         torch.autograd.grad(
-                            out, wanted, torch.ones_like(out), allow_unused=True
+                            out,
+                            static_wanted + leaves,
+                            torch.ones_like(out),
+                            allow_unused=True,
                         )
                         del out
                 torch.cuda.current_stream().wait_stream(side)
                 forward = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(
-                    forward, pool=pool, capture_error_mode="thread_local"
+                with (
+                    _fresh_leaves(self.module, params) as leaves,
+                    torch.cuda.graph(
+                        forward, pool=pool, capture_error_mode="thread_local"
+                    ),
                 ):
                     out = self.function(*static)
                 if not isinstance(out, torch.Tensor) or not out.requires_grad:
@@ -279,7 +314,10 @@ class GraphedTraining:
                     backward, pool=pool, capture_error_mode="thread_local"
                 ):
                     grads = torch.autograd.grad(
-                        out, wanted, grad_output, allow_unused=True
+                        out,
+                        static_wanted + leaves,
+                        grad_output,
+                        allow_unused=True,
                     )
                     param_grads = grads[len(grads) - len(params) :]
                     used = [
@@ -322,7 +360,8 @@ class GraphedTraining:
             grad_output,
             input_grads + param_grads,
         )
-        del out, grads, used  # the forward's activations: back to the pool
+        # the forward's activations go back to the pool
+        del out, grads, used, leaves
         self._params = params
         self._graphs[key] = recorded
         logger.info(
