@@ -45,7 +45,10 @@ import torch.nn.functional as F
 
 from speechbrain_mamba.nnet import MambaStack
 from speechbrain_mamba.nnet.padding import check_input_dtype
-from speechbrain_mamba.utils.bucketed_graphs import BucketedGraphs
+from speechbrain_mamba.utils.bucketed_graphs import (
+    BucketedGraphs,
+    SelfGraphedModule,
+)
 
 MASK_ACTIVATIONS = ("relu", "softmax")
 
@@ -86,7 +89,7 @@ MAMBA_TASNET_SIZES = {
 }
 
 
-class MambaTasNetMaskNet(nn.Module):
+class MambaTasNetMaskNet(SelfGraphedModule):
     """Mask network of Mamba-TasNet (drop-in for ``Dual_Path_Model``).
 
     Arguments
@@ -186,24 +189,17 @@ class MambaTasNetMaskNet(nn.Module):
             )
         if num_spks < 1:
             raise ValueError(f"num_spks must be >= 1, got {num_spks}")
-        if max_cuda_graphs < 0:
-            raise ValueError(
-                f"max_cuda_graphs must be >= 0, got {max_cuda_graphs}"
-            )
-        if max_training_graphs < 0:
-            raise ValueError(
-                f"max_training_graphs must be >= 0, got {max_training_graphs}"
-            )
         out_channels = in_channels if out_channels is None else out_channels
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.num_spks = num_spks
         self.mask_activation = mask_activation
-        self.cuda_graphs = cuda_graphs
-        self.max_cuda_graphs = max_cuda_graphs
-        self.max_training_graphs = max_training_graphs
-        self._stochastic = drop_path > 0
-        self._graphed: Optional[BucketedGraphs] = None
+        self.init_cuda_graphs(
+            cuda_graphs,
+            max_cuda_graphs,
+            max_training_graphs,
+            plain_training=drop_path > 0,
+        )
 
         # Per-frame normalisation over the encoder channels.
         self.layer_norm = nn.LayerNorm(in_channels, eps=layer_norm_eps)
@@ -259,27 +255,12 @@ class MambaTasNetMaskNet(nn.Module):
                 "encoder's kernel?"
             )
         check_input_dtype(x, self.bottleneck_conv1x1.weight.dtype)
-        if not self.cuda_graphs or (self.training and self._stochastic):
+        if not self.uses_cuda_graphs():
             return self._masks(x, lengths)
         return self._graphs()(x, lengths)
 
     def _graphs(self) -> BucketedGraphs:
-        if self._graphed is None:
-            self._graphed = BucketedGraphs(
-                self._masks,
-                self,
-                time_dim=2,
-                output_time_dim=3,
-                max_graphs=self.max_cuda_graphs,
-                max_training_graphs=self.max_training_graphs,
-            )
-        return self._graphed
-
-    @property
-    def num_cuda_graphs(self) -> int:
-        """Number of recorded CUDA graphs (inference graphs plus training
-        forward + backward pairs)."""
-        return 0 if self._graphed is None else self._graphed.num_graphs
+        return self.cuda_graph_calls(self._masks, time_dim=2, output_time_dim=3)
 
     def bucketed_forward(
         self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None
@@ -323,9 +304,3 @@ class MambaTasNetMaskNet(nn.Module):
         else:
             masks = F.softmax(scores, dim=1)
         return masks.transpose(0, 1)
-
-    def __getstate__(self):
-        """Copies and pickles leave the CUDA graphs out."""
-        state = self.__dict__.copy()
-        state["_graphed"] = None
-        return state

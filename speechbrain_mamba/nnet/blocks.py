@@ -35,6 +35,7 @@ from speechbrain_mamba.ops.backend import (
     use_cuda_kernels,
 )
 from speechbrain_mamba.ops.triton import mamba_step
+from speechbrain_mamba.utils.bucketed_graphs import SelfGraphedModule
 
 NORMS = ("rmsnorm", "layernorm")
 
@@ -205,7 +206,7 @@ class MambaBlock(nn.Module):
         return self.drop_path(hidden), residual
 
 
-class MambaStack(nn.Module):
+class MambaStack(SelfGraphedModule):
     """A stack of pre-norm residual Mamba blocks with a final norm.
 
     A unidirectional stack decoding one frame at a time through its cache
@@ -237,6 +238,22 @@ class MambaStack(nn.Module):
     gradient_checkpointing : bool
         While training, keep only each block's inputs and recompute the
         block in the backward pass (much less memory, ~30% more time).
+    cuda_graphs : bool
+        Calls without a cache on CUDA replay CUDA graphs the stack records
+        itself (training forward + backward, and inference), one per
+        (batch, bucket of the length, dtype, autocast) key: the time axis
+        is padded by less than 12.5 % and the lengths passed on, so outputs
+        and gradients are those of the plain call, without the host's
+        per-kernel launch cost (see
+        :class:`~speechbrain_mamba.utils.bucketed_graphs.BucketedGraphs`).
+        Off by default: models that contain a stack and record their own
+        graphs (Mamba-TasNet's mask network) turn it on at their level;
+        the VALL-M models turn it on for their stacks. Plain calls while
+        training with ``drop_path`` or ``gradient_checkpointing``.
+    max_cuda_graphs : int
+        Most inference graphs kept (other keys run eagerly).
+    max_training_graphs : int
+        Most training graph pairs kept; they share one memory pool.
     **mixer_kwargs
         Arguments of the mixers (d_state, d_conv, expand, backend, ...).
 
@@ -261,9 +278,18 @@ class MambaStack(nn.Module):
         drop_path: float = 0.0,
         final_norm: bool = True,
         gradient_checkpointing: bool = False,
+        cuda_graphs: bool = False,
+        max_cuda_graphs: int = 16,
+        max_training_graphs: int = 16,
         **mixer_kwargs,
     ):
         super().__init__()
+        self.init_cuda_graphs(
+            cuda_graphs,
+            max_cuda_graphs,
+            max_training_graphs,
+            plain_training=drop_path > 0 or gradient_checkpointing,
+        )
         self.gradient_checkpointing = gradient_checkpointing
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
@@ -400,6 +426,18 @@ class MambaStack(nn.Module):
             )
         if self.fused_step_applies(x, lengths, cache):
             return self._fused_step(x, cache)
+        if cache is None and self.uses_cuda_graphs():
+            calls = self.cuda_graph_calls(self._run, 1, 1)
+            return calls(x, lengths)
+        return self._run(x, lengths, cache)
+
+    def _run(
+        self,
+        x: torch.Tensor,
+        lengths: Optional[torch.Tensor],
+        cache: Optional[List[MambaCache]] = None,
+    ) -> torch.Tensor:
+        """The blocks and the final norm (a checked input)."""
         frames = lengths_to_frames(lengths, x.shape[0], x.shape[1])
         hidden, residual = x, None
         checkpointed = (

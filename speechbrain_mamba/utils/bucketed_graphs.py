@@ -289,3 +289,119 @@ class BucketedGraphs:
         padded, padded_lengths = pad_to_bucket(x, lengths, self.time_dim)
         output = self.function(padded, padded_lengths, *more)
         return output.narrow(self.output_time_dim, 0, time)
+
+
+class SelfGraphedModule(nn.Module):
+    """Base of the modules that replay their own calls from
+    :class:`BucketedGraphs` (the ``cuda_graphs`` option of Mamba-TasNet's
+    mask network, the Mamba stacks and the ConMamba encoder).
+
+    A subclass calls :meth:`init_cuda_graphs` in its constructor and, in
+    ``forward``, ``self.cuda_graph_calls(function, time_dim,
+    output_time_dim)(x, lengths, ...)`` where :meth:`uses_cuda_graphs` says
+    so. Copies and pickles leave the graphs out.
+
+    Example
+    -------
+    >>> class Cumulative(SelfGraphedModule):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.init_cuda_graphs(True, 4, 4)
+    ...     def forward(self, x):
+    ...         calls = self.cuda_graph_calls(self._sum, 1, 1)
+    ...         return calls(x, None) if self.uses_cuda_graphs() else x
+    ...     def _sum(self, x, lengths):
+    ...         return x.cumsum(1)
+    >>> Cumulative()(torch.ones(1, 3)).tolist()  # CPU: the plain call
+    [[1.0, 2.0, 3.0]]
+    """
+
+    def init_cuda_graphs(
+        self,
+        cuda_graphs: bool,
+        max_cuda_graphs: int,
+        max_training_graphs: int,
+        plain_training: bool = False,
+    ) -> None:
+        """Stores and checks the options.
+
+        Arguments
+        ---------
+        cuda_graphs : bool
+            Whether calls on CUDA replay graphs.
+        max_cuda_graphs : int
+            Most inference graphs kept.
+        max_training_graphs : int
+            Most training graph pairs kept.
+        plain_training : bool
+            Training calls are plain: the module draws random numbers on
+            the host (stochastic depth, layer drop) or recomputes in its
+            backward (gradient checkpointing).
+        """
+        for name, value in (
+            ("max_cuda_graphs", max_cuda_graphs),
+            ("max_training_graphs", max_training_graphs),
+        ):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        self.cuda_graphs = cuda_graphs
+        self.max_cuda_graphs = max_cuda_graphs
+        self.max_training_graphs = max_training_graphs
+        self._plain_training = plain_training
+        self._graphed: Optional[BucketedGraphs] = None
+
+    def uses_cuda_graphs(self) -> bool:
+        """Whether this call may replay graphs (the option is on, and not
+        a training call that must be plain).
+
+        Returns
+        -------
+        bool
+            False: the plain call.
+        """
+        return self.cuda_graphs and not (self.training and self._plain_training)
+
+    def cuda_graph_calls(
+        self,
+        function: Callable[..., torch.Tensor],
+        time_dim: int,
+        output_time_dim: int,
+    ) -> BucketedGraphs:
+        """The module's :class:`BucketedGraphs` (made at the first call).
+
+        Arguments
+        ---------
+        function : callable
+            The module's padded-length call, ``function(x, lengths, ...)``.
+        time_dim : int
+            Time axis of ``x``.
+        output_time_dim : int
+            Time axis of the output.
+
+        Returns
+        -------
+        BucketedGraphs
+            Call it with ``(x, lengths, ...)``.
+        """
+        if self._graphed is None:
+            self._graphed = BucketedGraphs(
+                function,
+                self,
+                time_dim=time_dim,
+                output_time_dim=output_time_dim,
+                max_graphs=self.max_cuda_graphs,
+                max_training_graphs=self.max_training_graphs,
+            )
+        return self._graphed
+
+    @property
+    def num_cuda_graphs(self) -> int:
+        """Number of recorded CUDA graphs (inference graphs plus training
+        forward + backward pairs)."""
+        return 0 if self._graphed is None else self._graphed.num_graphs
+
+    def __getstate__(self):
+        """Copies and pickles leave the CUDA graphs out."""
+        state = self.__dict__.copy()
+        state["_graphed"] = None
+        return state

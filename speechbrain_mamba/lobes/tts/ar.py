@@ -95,6 +95,12 @@ class CodecAR(CodecLMInputs):
         Epsilon of the norms.
     mamba_backend : str
         Backend of the Mamba layers ("auto", "torch", "cuda").
+    cuda_graphs : bool
+        The Mamba stacks replay CUDA graphs they record themselves on a GPU
+        (training and inference calls; one per batch size and bucket of
+        the length, same outputs and gradients as the plain call; see
+        :class:`~speechbrain_mamba.utils.bucketed_graphs.BucketedGraphs`).
+        A runtime option, not part of ``config``.
 
     Example
     -------
@@ -127,6 +133,7 @@ class CodecAR(CodecLMInputs):
         positional: Optional[bool] = None,
         norm_eps: float = 1e-5,
         mamba_backend: str = "auto",
+        cuda_graphs: bool = True,
     ):
         super().__init__()
         positional, d_ffn = backbone_defaults(
@@ -178,6 +185,7 @@ class CodecAR(CodecLMInputs):
                     text_encoder_layers,
                     bidirectional=True,
                     norm_eps=norm_eps,
+                    cuda_graphs=cuda_graphs,
                     **mixer,
                 )
             self.backbone = MambaStack(
@@ -185,6 +193,7 @@ class CodecAR(CodecLMInputs):
                 num_layers,
                 bidirectional=False,
                 norm_eps=norm_eps,
+                cuda_graphs=cuda_graphs,
                 **mixer,
             )
         self.head = nn.Linear(d_model, codebook_size + 1)

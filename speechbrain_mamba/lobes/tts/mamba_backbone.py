@@ -18,9 +18,10 @@ from speechbrain_mamba.nnet.padding import (
     lengths_to_frames,
     zero_padding,
 )
+from speechbrain_mamba.utils.bucketed_graphs import SelfGraphedModule
 
 
-class AdaptiveMambaStack(nn.Module):
+class AdaptiveMambaStack(SelfGraphedModule):
     """Pre-norm residual Mamba blocks with stage-conditioned norms.
 
     Each block follows the residual convention of
@@ -41,6 +42,16 @@ class AdaptiveMambaStack(nn.Module):
         BiMamba (True) or Mamba (False) mixers.
     norm_eps : float
         Epsilon of the norms.
+    cuda_graphs : bool
+        Calls on CUDA replay CUDA graphs the stack records itself
+        (training forward + backward, and inference), one per (batch,
+        bucket of the length, dtype, autocast) key; same outputs and
+        gradients as the plain call (see
+        :class:`~speechbrain_mamba.utils.bucketed_graphs.BucketedGraphs`).
+    max_cuda_graphs : int
+        Most inference graphs kept (other keys run eagerly).
+    max_training_graphs : int
+        Most training graph pairs kept; they share one memory pool.
     **mixer_kwargs
         Arguments of the mixers (d_state, d_conv, expand, backend, ...).
 
@@ -60,9 +71,13 @@ class AdaptiveMambaStack(nn.Module):
         num_conditions: int,
         bidirectional: bool = True,
         norm_eps: float = 1e-5,
+        cuda_graphs: bool = True,
+        max_cuda_graphs: int = 16,
+        max_training_graphs: int = 16,
         **mixer_kwargs,
     ):
         super().__init__()
+        self.init_cuda_graphs(cuda_graphs, max_cuda_graphs, max_training_graphs)
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         self.d_model = d_model
@@ -100,6 +115,18 @@ class AdaptiveMambaStack(nn.Module):
             [batch, time, d_model].
         """
         check_sequence_input(x, self.d_model)
+        if self.uses_cuda_graphs():
+            calls = self.cuda_graph_calls(self._run, 1, 1)
+            return calls(x, lengths, condition)
+        return self._run(x, lengths, condition)
+
+    def _run(
+        self,
+        x: torch.Tensor,
+        lengths: Optional[torch.Tensor],
+        condition: torch.Tensor,
+    ) -> torch.Tensor:
+        """The blocks and the final norm (a checked input)."""
         frames = lengths_to_frames(lengths, x.shape[0], x.shape[1])
         hidden, residual = x, None
         for mixer, norm in zip(self.mixers, self.norms):

@@ -60,6 +60,12 @@ class CodecNAR(CodecLMInputs):
         Epsilon of the norms.
     mamba_backend : str
         Backend of the Mamba layers.
+    cuda_graphs : bool
+        The Mamba stacks replay CUDA graphs they record themselves on a GPU
+        (training and inference calls; one per batch size and bucket of
+        the length, same outputs and gradients as the plain call; see
+        :class:`~speechbrain_mamba.utils.bucketed_graphs.BucketedGraphs`).
+        A runtime option, not part of ``config``.
 
     Example
     -------
@@ -90,6 +96,7 @@ class CodecNAR(CodecLMInputs):
         positional: Optional[bool] = None,
         norm_eps: float = 1e-5,
         mamba_backend: str = "auto",
+        cuda_graphs: bool = True,
     ):
         super().__init__()
         positional, d_ffn = backbone_defaults(
@@ -150,6 +157,7 @@ class CodecNAR(CodecLMInputs):
                 d_conv=d_conv,
                 expand=expand,
                 backend=mamba_backend,
+                cuda_graphs=cuda_graphs,
             )
         # output layer of each stage, one tensor so that every stage's
         # weights take part in each step (no unused parameters under DDP)
