@@ -60,6 +60,7 @@ from speechbrain_mamba.utils.atomic import (
     atomic_write_csv,
     atomic_write_text,
 )
+from speechbrain_mamba.utils.bucketed_graphs import SelfGraphedModule
 from speechbrain_mamba.utils.cli import positive_float, positive_int
 from speechbrain_mamba.utils.cuda_graphs import record_cuda_graph
 from speechbrain_mamba.utils.graphed_training import GraphedTraining
@@ -270,14 +271,10 @@ def measure_model(
                 torch.cuda.empty_cache()
         if step is None:
             step = make_step(model, x, mode, dtype, device)
-            masknet = getattr(model, "masknet", None)
-            if (
-                on_gpu
-                and mode == "infer"
-                and getattr(masknet, "cuda_graphs", 0)
-            ):
-                # the mask net records its graph in its first call, which
-                # allocates the graph's memory pool (replays allocate none)
+            if on_gpu and mode != "ar-step" and records_own_graphs(model):
+                # self-graphed modules record in their first call, which
+                # allocates the graphs' memory pool (replays allocate none:
+                # the pool's blocks are then reserved, not allocated)
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats(device)
                 step()
@@ -297,6 +294,35 @@ def measure_model(
         result["peak_mib"] = max(result["peak_mib"], capture_peak)
     result["cuda_graph"] = used_graph
     return result
+
+
+def records_own_graphs(model: torch.nn.Module) -> bool:
+    """Whether a sub-module of ``model`` records its own CUDA graphs
+    (:class:`~speechbrain_mamba.utils.bucketed_graphs.SelfGraphedModule`
+    with ``cuda_graphs`` on).
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        The timed model.
+
+    Returns
+    -------
+    bool
+        True if one does.
+
+    Example
+    -------
+    >>> from speechbrain_mamba.lobes.mamba_tasnet import MambaTasNetMaskNet
+    >>> records_own_graphs(MambaTasNetMaskNet(8, num_layers=1))
+    True
+    >>> records_own_graphs(torch.nn.Linear(2, 2))
+    False
+    """
+    return any(
+        isinstance(module, SelfGraphedModule) and module.cuda_graphs
+        for module in model.modules()
+    )
 
 
 def model_label(model: torch.nn.Module) -> str:
