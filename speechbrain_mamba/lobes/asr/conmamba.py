@@ -37,7 +37,10 @@ from speechbrain_mamba.nnet import BiMamba, Mamba
 from speechbrain_mamba.nnet.padding import (
     check_input_dtype,
     check_sequence_input,
+    lengths_to_frames,
+    valid_mask,
 )
+from speechbrain_mamba.utils.bucketed_graphs import SelfGraphedModule
 
 MambaConfig = Optional[Dict[str, Any]]
 
@@ -305,7 +308,7 @@ class ConMambaEncoderLayer(nn.Module):
         return x, None
 
 
-class ConMambaEncoder(NormedLayerStack):
+class ConMambaEncoder(NormedLayerStack, SelfGraphedModule):
     """Stack of :class:`ConMambaEncoderLayer` with a final LayerNorm, with the
     interface of SpeechBrain's ``ConformerEncoder``.
 
@@ -333,6 +336,30 @@ class ConMambaEncoder(NormedLayerStack):
         Also return the output of every layer.
     layerdrop_prob : float
         Probability of skipping a layer during training.
+    cuda_graphs : bool
+        Calls on CUDA replay CUDA graphs that the encoder records itself,
+        one per (batch, bucket of the length, dtype, autocast, training or
+        inference) key, the first call of a key recording it: training
+        steps (forward, and backward through autograd, gradients
+        accumulated into ``.grad`` as usual) and inference (``eval()``
+        with ``torch.no_grad`` or ``torch.inference_mode``). The time axis
+        is padded by less than 12.5 % and the padding mask rebuilt from
+        the valid lengths, so outputs and gradients are those of the eager
+        call (padded frames change no valid output), without the host's
+        per-kernel launch cost (see
+        :class:`~speechbrain_mamba.utils.bucketed_graphs.BucketedGraphs`).
+        Dropout is recorded (each replay draws new numbers). Eager
+        instead: on CPU, with ``output_hidden_states``, while training
+        with ``layerdrop_prob > 0``, under DDP (several processes), while
+        forward hooks watch a layer, beyond the limits below. False: every
+        call is eager.
+    max_cuda_graphs : int
+        Most inference graphs kept; calls of other keys run eagerly.
+    max_training_graphs : int
+        Most training graph pairs kept (other keys train eagerly); they
+        share one memory pool for their activations and one set of
+        gradient buffers. Batches of varying sizes and lengths make a key
+        per (batch size, length bucket).
 
     Example
     -------
@@ -359,6 +386,9 @@ class ConMambaEncoder(NormedLayerStack):
         mamba_config: MambaConfig = None,
         output_hidden_states: bool = False,
         layerdrop_prob: float = 0.0,
+        cuda_graphs: bool = True,
+        max_cuda_graphs: int = 16,
+        max_training_graphs: int = 16,
     ):
         make_layer = partial(
             ConMambaEncoderLayer,
@@ -375,6 +405,7 @@ class ConMambaEncoder(NormedLayerStack):
         self.d_model = d_model
         self.output_hidden_states = output_hidden_states
         self.layerdrop_prob = layerdrop_prob
+        self.init_cuda_graphs(cuda_graphs, max_cuda_graphs, max_training_graphs)
 
     def forward(
         self,
@@ -424,6 +455,20 @@ class ConMambaEncoder(NormedLayerStack):
                 "Dynamic chunk training is not supported by the ConMamba "
                 "encoder."
             )
+        if src_key_padding_mask is not None and (
+            src_key_padding_mask.shape != src.shape[:2]
+        ):
+            raise ValueError(
+                "src_key_padding_mask must be [batch, time] of src "
+                f"{tuple(src.shape[:2])}; got shape "
+                f"{tuple(src_key_padding_mask.shape)}"
+            )
+        if self.graphs_apply():
+            # the mask becomes valid lengths (right padding, as SpeechBrain's
+            # masks); the bucket-padded call rebuilds it from them
+            lengths = key_padding_mask_to_lengths(src_key_padding_mask)
+            calls = self.cuda_graph_calls(self._encode, 1, 1)
+            return calls(src, lengths), [None] * len(self.layers)
         keep = None
         if self.training and self.layerdrop_prob > 0.0:
             keep = (torch.rand(len(self.layers)) > self.layerdrop_prob).tolist()
@@ -441,3 +486,45 @@ class ConMambaEncoder(NormedLayerStack):
         if self.output_hidden_states:
             return output, attention_lst, hidden_state_lst
         return output, attention_lst
+
+    def graphs_apply(self) -> bool:
+        """Whether this call goes through the encoder's own CUDA graphs
+        (which still run eagerly on CPU and in the other cases
+        :class:`~speechbrain_mamba.utils.bucketed_graphs.BucketedGraphs`
+        lists).
+
+        Returns
+        -------
+        bool
+            False with ``cuda_graphs=False``, with ``output_hidden_states``
+            (several outputs) and while training with LayerDrop (drawn on
+            the host for each step).
+
+        Example
+        -------
+        >>> enc = ConMambaEncoder(2, 8, 16, kernel_size=3, layerdrop_prob=0.5)
+        >>> enc.graphs_apply(), enc.eval().graphs_apply()
+        (False, True)
+        """
+        layerdrop = self.training and self.layerdrop_prob > 0.0
+        return (
+            self.uses_cuda_graphs()
+            and not self.output_hidden_states
+            and not layerdrop
+        )
+
+    def _encode(
+        self, x: torch.Tensor, lengths: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """The layers and the final norm on ``x`` whose valid frames are
+        given by relative ``lengths`` (None: all), padded output frames
+        zero: the call the CUDA graphs record (no host synchronisation;
+        the lengths were checked on the real input)."""
+        frames = lengths_to_frames(lengths, x.shape[0], x.shape[1])
+        padding = None if frames is None else ~valid_mask(frames, x.shape[1])
+        output, _, _ = self.run_layers(
+            x, lambda _, layer, h: layer(h, src_key_padding_mask=padding)
+        )
+        if padding is None:
+            return output
+        return output.masked_fill(padding.unsqueeze(-1), 0.0)
