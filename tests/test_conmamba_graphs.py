@@ -189,10 +189,10 @@ def test_replayed_inference_equals_eager(true_fp32):
         enc.cuda_graphs = False
         eager = enc(x, src_key_padding_mask=mask)[0]
         other_eager = enc(other, src_key_padding_mask=other_mask)[0]
+    # first: checked after later replays (a copy, not the graph's buffer)
     torch.testing.assert_close(first, eager, **TOL)
     torch.testing.assert_close(replayed, eager, **TOL)
     torch.testing.assert_close(second, other_eager, **TOL)
-    assert first.data_ptr() != replayed.data_ptr()  # own tensors
 
 
 @pytest.mark.gpu
