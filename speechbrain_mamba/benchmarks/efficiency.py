@@ -15,6 +15,20 @@ models) it measures, in one run, for every duration and dtype:
   timed (median), with the peak memory during the steps. Mamba carries a
   fixed-size state, the Transformer a key/value cache that grows.
 
+Harnesses (``--harness``, the ``harness`` column):
+
+- ``brain`` (default; separation): the separation recipes' own SpeechBrain
+  ``Brain`` (:mod:`speechbrain_mamba.benchmarks.brain_step`): ``train``
+  times ``SeparationBrain.fit_batch`` (autocast of SpeechBrain's
+  ``precision``, PIT SI-SNR loss, backward, gradient clipping, Adam step)
+  and ``infer`` times ``compute_forward(batch, Stage.TEST)`` without
+  gradients, on a batch of the recipes' data pipeline; what a user of the
+  recipes waits for. These are the study's headline separation rows.
+- ``module``: ``model(x)`` (plus, in training, a mean-square loss and its
+  backward, no optimizer) on a tensor already on the device. The asr and
+  tts tasks always use it (no such Brain here for their benchmark
+  models).
+
 Times are medians over several repetitions after warm-up (CUDA
 synchronised), memory is peak CUDA memory, OOM is recorded as such. It
 writes
@@ -31,14 +45,15 @@ Usage::
         [--tasks separation asr tts] [--seconds 1 2 4 8 16 32 60] \\
         [--modes train infer ar-step] [--dtypes float32 bfloat16] \\
         [--device cuda] [--tts-size paper] [--ar-steps 50] \\
-        [--no-masknet-graphs]
+        [--harness brain|module] [--no-masknet-graphs]
 
-Mamba-TasNet's mask net replays its inference calls from CUDA graphs by
-itself (``MambaTasNetMaskNet(cuda_graphs=True)``, the default that
-SpeechBrain's own inference gets); ``--no-masknet-graphs`` times its eager
-calls instead. The ``masknet_graphs`` column counts the graphs it has
-recorded so far (one per batch size and bucket of lengths); the peak
-memory of its rows includes the recording call.
+Mamba-TasNet's mask net replays its calls from CUDA graphs by itself
+(``MambaTasNetMaskNet(cuda_graphs=True)``, the default that SpeechBrain's
+own training and inference get, in both harnesses); ``--no-masknet-graphs``
+times its eager calls instead (the eager rows beside). The
+``masknet_graphs`` column counts the graphs it has recorded so far (one per
+batch size, bucket of lengths and training or inference); the peak memory
+of its rows includes the recording call.
 
 Author
 ------
@@ -52,6 +67,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from speechbrain_mamba.benchmarks.brain_step import (
+    PRECISIONS,
+    measure_brain_step,
+    separation_batch,
+    separation_brain,
+)
 from speechbrain_mamba.benchmarks.models import TASKS
 from speechbrain_mamba.benchmarks.timing import measure
 from speechbrain_mamba.lobes.tts.factory import SIZES as TTS_SIZES
@@ -84,6 +105,36 @@ WARMUP = {"train": 1, "infer": 1, "ar-step": 3}
 #: (task, mode) never put in a CUDA graph: the TTS models check their token
 #: ids on the host (a GPU sync, which a capture cannot hold).
 EAGER_ONLY = {("tts", "train"), ("tts", "infer")}
+#: Timing harnesses: the recipe's Brain step, or the bare module call.
+HARNESSES = ("brain", "module")
+#: Tasks that have a recipe Brain in the study (the others: module).
+BRAIN_TASKS = ("separation",)
+
+
+def task_harness(task: str, harness: str) -> str:
+    """The harness a task is timed with: ``brain`` only for the tasks of
+    :data:`BRAIN_TASKS`, ``module`` for the others.
+
+    Arguments
+    ---------
+    task : str
+        A task of :data:`~speechbrain_mamba.benchmarks.models.TASKS`.
+    harness : str
+        The harness asked for (:data:`HARNESSES`).
+
+    Returns
+    -------
+    str
+        "brain" or "module".
+
+    Example
+    -------
+    >>> task_harness("separation", "brain"), task_harness("tts", "brain")
+    ('brain', 'module')
+    """
+    if harness not in HARNESSES:
+        raise ValueError(f"harness must be one of {HARNESSES}, got {harness!r}")
+    return harness if task in BRAIN_TASKS else "module"
 
 
 def _autocast(device, dtype, for_graph=False):
@@ -407,16 +458,24 @@ def thresholds(rows: List[Dict]) -> Dict[str, Optional[float]]:
 
 
 def ratio_rows(rows: List[Dict]) -> List[Dict]:
-    """Peer / Mamba ratios for every (task, seconds, mode, dtype)."""
+    """Peer / Mamba ratios for every (task, seconds, mode, dtype, harness)
+    (rows without a ``harness`` count as "module")."""
     index = {
-        (r["task"], r["role"], r["seconds"], r["mode"], r["dtype"]): r
+        (
+            r["task"],
+            r["role"],
+            r["seconds"],
+            r["mode"],
+            r["dtype"],
+            r.get("harness", "module"),
+        ): r
         for r in rows
     }
     out = []
-    for (task, role, seconds, mode, dtype), mamba in index.items():
+    for (task, role, seconds, mode, dtype, harness), mamba in index.items():
         if role != "mamba":
             continue
-        peer = index.get((task, "peer", seconds, mode, dtype))
+        peer = index.get((task, "peer", seconds, mode, dtype, harness))
         if peer is None:
             continue
 
@@ -433,6 +492,7 @@ def ratio_rows(rows: List[Dict]) -> List[Dict]:
                 "seconds": seconds,
                 "mode": mode,
                 "dtype": dtype,
+                "harness": harness,
                 "mamba": mamba["model"],
                 "peer": peer["model"],
                 "time_ratio": ratio("seconds_median"),
@@ -440,7 +500,14 @@ def ratio_rows(rows: List[Dict]) -> List[Dict]:
             }
         )
     return sorted(
-        out, key=lambda r: (r["task"], r["mode"], r["dtype"], r["seconds"])
+        out,
+        key=lambda r: (
+            r["task"],
+            r["harness"],
+            r["mode"],
+            r["dtype"],
+            r["seconds"],
+        ),
     )
 
 
@@ -639,6 +706,20 @@ def run(args) -> Dict:
     eager_only = sorted({(t, m) for t, _, _, m, _ in jobs} & EAGER_ONLY)
     if args.cuda_graphs != "none" and eager_only:
         print(f"timed eagerly, no CUDA graph: {eager_only}")
+    harnesses = {task: task_harness(task, args.harness) for task in args.tasks}
+    if args.harness == "brain" and "module" in harnesses.values():
+        print(
+            "module harness (no recipe Brain in the study) for: "
+            f"{sorted(t for t, h in harnesses.items() if h == 'module')}"
+        )
+    brain_infer = {
+        t for t, _, _, m, _ in jobs if harnesses[t] == "brain" and m == "infer"
+    }
+    if args.cuda_graphs != "none" and brain_infer:
+        print(
+            "brain harness: the recipes' cuda_graphs option is for training; "
+            "inference replays only the mask net's own graphs"
+        )
     rows = []
     models = {}
     jsonl = open(out / "results.jsonl", "w")
@@ -659,20 +740,38 @@ def run(args) -> Dict:
                 masknet.cuda_graphs = args.masknet_graphs
         model = models[(task, role)]
         batch = DEFAULT_BATCH[task] if args.batch is None else args.batch
-        result = measure_model(
-            model,
-            make_input(seconds, batch, device),
-            mode,
-            dtype,
-            device,
-            args.ar_steps if mode == "ar-step" else args.repeats,
-            graphed=(task, mode) not in EAGER_ONLY
-            and (
-                args.cuda_graphs == "both"
-                or (args.cuda_graphs == "mamba" and role == "mamba")
-            ),
-            warmup=WARMUP[mode],
+        graphed = (task, mode) not in EAGER_ONLY and (
+            args.cuda_graphs == "both"
+            or (args.cuda_graphs == "mamba" and role == "mamba")
         )
+        if harnesses[task] == "brain":
+            # the recipes' Brain around the model's modules, a fresh
+            # optimizer per measurement; graphed: the recipes' cuda_graphs
+            brain = separation_brain(
+                model,
+                device,
+                PRECISIONS[dtype],
+                cuda_graphs=graphed and mode == "train",
+            )
+            result = measure_brain_step(
+                brain,
+                separation_batch(seconds, batch),
+                mode,
+                args.repeats,
+                warmup=WARMUP[mode],
+            )
+            del brain  # its optimizer state and graphs
+        else:
+            result = measure_model(
+                model,
+                make_input(seconds, batch, device),
+                mode,
+                dtype,
+                device,
+                args.ar_steps if mode == "ar-step" else args.repeats,
+                graphed=graphed,
+                warmup=WARMUP[mode],
+            )
         row = {
             "task": task,
             "role": role,
@@ -684,6 +783,7 @@ def run(args) -> Dict:
             "batch": batch,
             "mode": mode,
             "dtype": str(dtype).replace("torch.", ""),
+            "harness": harnesses[task],
             "device": device,
             "seconds_median": result["seconds"],
             "peak_mib": result["peak_mib"],
@@ -705,13 +805,17 @@ def run(args) -> Dict:
     found = thresholds(ratios)
     atomic_write_text(out / "thresholds.json", json.dumps(found, indent=1))
     plot(rows, out / "efficiency.png")
-    print("| task | mode | dtype | seconds | time ratio | memory ratio |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| task | harness | mode | dtype | seconds | time ratio "
+        "| memory ratio |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for r in ratios:
         mem = r["memory_ratio"]
         tr = r["time_ratio"]
         print(
-            f"| {r['task']} | {r['mode']} | {r['dtype']} | {r['seconds']} | "
+            f"| {r['task']} | {r['harness']} | {r['mode']} | {r['dtype']} | "
+            f"{r['seconds']} | "
             f"{'-' if tr is None else f'{tr:.2f}'} | "
             f"{'-' if mem is None else f'{mem:.2f}'} |"
         )
@@ -764,17 +868,26 @@ def main(argv=None) -> None:
         choices=["none", "mamba", "both"],
         default="none",
         help="replay from CUDA graphs: in training the model's forward and "
-        "backward (GraphedTraining, as the recipes' cuda_graphs option), in "
-        "inference the whole call, for ar-step one decoding step with static "
-        "state buffers",
+        "backward (GraphedTraining; brain harness: the mask net's, the "
+        "recipes' cuda_graphs option), in inference the whole call (module "
+        "harness), for ar-step one decoding step with static state buffers",
+    )
+    parser.add_argument(
+        "--harness",
+        choices=HARNESSES,
+        default="brain",
+        help="brain (default): separation through the recipes' Brain "
+        "(SeparationBrain.fit_batch for train, compute_forward at the test "
+        "stage for infer); module: model(x) and its backward. asr and tts "
+        "always use the module harness (no recipe Brain in the study)",
     )
     parser.add_argument(
         "--masknet-graphs",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="Mamba-TasNet's own CUDA graphs of its inference calls "
-        "(MambaTasNetMaskNet's cuda_graphs, on by default); "
-        "--no-masknet-graphs: eager inference",
+        help="Mamba-TasNet's own CUDA graphs of its calls "
+        "(MambaTasNetMaskNet's cuda_graphs, on by default, as SpeechBrain "
+        "users get it); --no-masknet-graphs: eager mask net",
     )
     parser.add_argument(
         "--checkpointing",
