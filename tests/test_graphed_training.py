@@ -243,9 +243,8 @@ class Scaled(torch.nn.Module):
 
 def step_grads(module, call, x, scale):
     y = call(x, scale)
-    (y.float() * torch.linspace(-1, 1, y.numel(), device=y.device)).view_as(
-        y
-    ).sum().backward()
+    weights = torch.linspace(-1, 1, y.numel(), device=y.device)
+    (y.float() * weights.view_as(y)).sum().backward()
     return y.detach().clone()
 
 

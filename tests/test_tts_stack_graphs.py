@@ -122,45 +122,53 @@ def batches(device):
     return out
 
 
-def train_steps(ar, nar):
+def train_step(ar, nar, batch):
+    for model in (ar, nar):
+        model.zero_grad(set_to_none=True)
+    ar_logits = ar(
+        batch["phonemes"],
+        batch["codes"][:, 0],
+        batch["phoneme_lens"],
+        batch["code_lens"],
+    )
+    nar_logits = nar(
+        batch["phonemes"],
+        batch["codes"],
+        prompt_frames=batch["prompt"],
+        stage=batch["stage"],
+        phoneme_lens=batch["phoneme_lens"],
+        code_lens=batch["code_lens"],
+    )
+    loss = sum(
+        (
+            y.float()
+            * torch.linspace(-1, 1, y.numel(), device="cuda").view_as(y)
+        ).sum()
+        for y in (ar_logits, nar_logits)
+    )
+    loss.backward()
+    grads = {
+        f"{kind}.{n}": p.grad.clone()
+        for kind, model in (("ar", ar), ("nar", nar))
+        for n, p in model.named_parameters()
+        if p.grad is not None
+    }
+    return ar_logits.detach(), nar_logits.detach(), grads
+
+
+def paired_steps(graphed, eager):
+    """Each batch from the same weights: an SGD step of the eager models,
+    copied in place into the graphed ones (separate trainings would drift
+    apart: the scan's backward adds with atomics in any order)."""
     results = []
     for batch in batches("cuda"):
-        for model in (ar, nar):
-            model.zero_grad(set_to_none=True)
-        ar_logits = ar(
-            batch["phonemes"],
-            batch["codes"][:, 0],
-            batch["phoneme_lens"],
-            batch["code_lens"],
-        )
-        nar_logits = nar(
-            batch["phonemes"],
-            batch["codes"],
-            prompt_frames=batch["prompt"],
-            stage=batch["stage"],
-            phoneme_lens=batch["phoneme_lens"],
-            code_lens=batch["code_lens"],
-        )
-        loss = sum(
-            (
-                y.float()
-                * torch.linspace(-1, 1, y.numel(), device="cuda").view_as(y)
-            ).sum()
-            for y in (ar_logits, nar_logits)
-        )
-        loss.backward()
-        grads = {
-            f"{kind}.{n}": p.grad.clone()
-            for kind, model in (("ar", ar), ("nar", nar))
-            for n, p in model.named_parameters()
-            if p.grad is not None
-        }
-        results.append((ar_logits.detach(), nar_logits.detach(), grads))
+        results.append((train_step(*graphed, batch), train_step(*eager, batch)))
         with torch.no_grad():
-            for model in (ar, nar):
-                for p in model.parameters():
+            for model, reference in zip(graphed, eager):
+                for p, q in zip(reference.parameters(), model.parameters()):
                     if p.grad is not None:
                         p.sub_(1e-2 * p.grad)
+                    q.copy_(p)
     return results
 
 
@@ -176,14 +184,11 @@ def test_replayed_tts_training_equals_eager(true_fp32):
     eager_ar, eager_nar = copy.deepcopy(ar), copy.deepcopy(nar)
     for model in (eager_ar, eager_nar):
         set_graphs(model, False)
-    expected = train_steps(eager_ar, eager_nar)
-    got = train_steps(ar, nar)
+    results = paired_steps((ar, nar), (eager_ar, eager_nar))
     assert ar.backbone.num_cuda_graphs >= 1
     assert nar.backbone.num_cuda_graphs >= 1
     assert ar.text_encoder.num_cuda_graphs >= 1
-    for (ar_y, nar_y, grads), (ar_ref, nar_ref, grads_ref) in zip(
-        got, expected
-    ):
+    for (ar_y, nar_y, grads), (ar_ref, nar_ref, grads_ref) in results:
         torch.testing.assert_close(ar_y, ar_ref, **TOL)
         torch.testing.assert_close(nar_y, nar_ref, **TOL)
         assert grads.keys() == grads_ref.keys()

@@ -17,9 +17,32 @@ Author
 speechbrain-mamba developers
 """
 
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
+
+_side_streams: Dict[int, "torch.cuda.Stream"] = {}
+
+
+def side_stream() -> "torch.cuda.Stream":
+    """The stream on which recordings of the current device warm up: one
+    per device, reused (each new stream would get cuBLAS workspaces of its
+    own, tens of MB that stay allocated).
+
+    Returns
+    -------
+    torch.cuda.Stream
+        A stream of the current CUDA device.
+
+    Example
+    -------
+    >>> if torch.cuda.is_available():
+    ...     assert side_stream() is side_stream()
+    """
+    device = torch.cuda.current_device()
+    if device not in _side_streams:
+        _side_streams[device] = torch.cuda.Stream(device)
+    return _side_streams[device]
 
 
 def record_cuda_graph(
@@ -66,7 +89,7 @@ def record_cuda_graph(
     >>> if torch.cuda.is_available():
     ...     assert replayed_after_update() == [10.0, 10.0, 10.0]
     """
-    stream = torch.cuda.Stream()
+    stream = side_stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         for _ in range(warmup):

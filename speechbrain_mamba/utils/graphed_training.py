@@ -47,6 +47,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 import torch
 from torch import nn
 
+from speechbrain_mamba.utils.cuda_graphs import side_stream
 from speechbrain_mamba.utils.graphed_inference import (
     autocast_state,
     forward_hooks_watch,
@@ -129,10 +130,16 @@ class _Replay(torch.autograd.Function):
         recorded.grad_output.copy_(grad)
         recorded.backward.replay()
         ctx.token.done = True
-        # the buffers themselves (referenced here too), so that autograd
-        # copies or adds them into .grad instead of keeping the buffer,
-        # which the next replay overwrites
-        return (None, None) + recorded.grads
+        # inputs: copies (a leaf input would keep the buffer as its .grad,
+        # which the next replay overwrites); parameters: the shared buffers
+        # themselves, referenced here too, so that autograd copies or adds
+        # them into .grad instead of keeping them
+        inputs = len(recorded.inputs)
+        input_grads = tuple(
+            None if grad is None else grad.clone()
+            for grad in recorded.grads[:inputs]
+        )
+        return (None, None) + input_grads + recorded.grads[inputs:]
 
 
 class GraphedTraining:
@@ -278,7 +285,7 @@ class GraphedTraining:
                     "cuda", dtype=dtype, enabled=enabled, cache_enabled=False
                 ),
             ):
-                side = torch.cuda.Stream()
+                side = side_stream()
                 side.wait_stream(torch.cuda.current_stream())
                 with (
                     torch.cuda.stream(side),
