@@ -45,15 +45,17 @@ Usage::
         [--tasks separation asr tts] [--seconds 1 2 4 8 16 32 60] \\
         [--modes train infer ar-step] [--dtypes float32 bfloat16] \\
         [--device cuda] [--tts-size paper] [--ar-steps 50] \\
-        [--harness brain|module] [--no-masknet-graphs]
+        [--harness brain|module] [--no-self-graphs]
 
-Mamba-TasNet's mask net replays its calls from CUDA graphs by itself
-(``MambaTasNetMaskNet(cuda_graphs=True)``, the default that SpeechBrain's
-own training and inference get, in both harnesses); ``--no-masknet-graphs``
-times its eager calls instead (the eager rows beside). The
-``masknet_graphs`` column counts the graphs it has recorded so far (one per
-batch size, bucket of lengths and training or inference); the peak memory
-of its rows includes the recording call.
+The Mamba models replay their calls from CUDA graphs they record by
+themselves (the ``cuda_graphs`` option of Mamba-TasNet's mask net, of
+VALL-M's Mamba stacks and of the ConMamba encoder, on by default: what
+SpeechBrain's own training and inference get, in both harnesses);
+``--no-self-graphs`` (alias ``--no-masknet-graphs``) times their eager
+calls instead (the eager rows beside). The ``self_graphs`` column counts
+the graphs they have recorded so far (one per batch size, bucket of lengths
+and training or inference); the peak memory of their rows includes the
+recording call.
 
 Author
 ------
@@ -735,9 +737,9 @@ def run(args) -> Dict:
             models[(task, role)] = model.to(device)
             if role == "mamba" and args.checkpointing:
                 enable_checkpointing(models[(task, role)])
-            masknet = getattr(model, "masknet", None)
-            if hasattr(masknet, "cuda_graphs"):
-                masknet.cuda_graphs = args.masknet_graphs
+            for module in model.modules():
+                if isinstance(module, SelfGraphedModule):
+                    module.cuda_graphs = args.self_graphs
         model = models[(task, role)]
         batch = DEFAULT_BATCH[task] if args.batch is None else args.batch
         graphed = (task, mode) not in EAGER_ONLY and (
@@ -791,8 +793,10 @@ def run(args) -> Dict:
             "cuda_graph": result["cuda_graph"],
             "checkpointing": bool(args.checkpointing and role == "mamba"),
             "bimamba_kernels": bimamba_kernels(model),
-            "masknet_graphs": getattr(
-                getattr(model, "masknet", None), "num_cuda_graphs", 0
+            "self_graphs": sum(
+                module.num_cuda_graphs
+                for module in model.modules()
+                if isinstance(module, SelfGraphedModule)
             ),
         }
         rows.append(row)
@@ -882,12 +886,15 @@ def main(argv=None) -> None:
         "always use the module harness (no recipe Brain in the study)",
     )
     parser.add_argument(
+        "--self-graphs",
         "--masknet-graphs",
+        dest="self_graphs",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="Mamba-TasNet's own CUDA graphs of its calls "
-        "(MambaTasNetMaskNet's cuda_graphs, on by default, as SpeechBrain "
-        "users get it); --no-masknet-graphs: eager mask net",
+        help="the CUDA graphs the Mamba models record by themselves (the "
+        "cuda_graphs option of Mamba-TasNet's mask net, VALL-M's stacks "
+        "and the ConMamba encoder, on by default, as SpeechBrain users get "
+        "it); --no-self-graphs (or --no-masknet-graphs): eager calls",
     )
     parser.add_argument(
         "--checkpointing",
