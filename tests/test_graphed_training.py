@@ -331,8 +331,10 @@ def test_two_forwards_before_their_backwards_give_eager_gradients(
 
 @pytest.mark.gpu
 def test_keys_share_one_pool_of_activations():
-    """Four lengths recorded: memory grows by far less than four times one
-    key's activations (they share the pool and the gradient buffers)."""
+    """Four lengths recorded: the later three reserve far less memory than
+    the first (they share its pool of activations, the side stream and
+    the gradient buffers; each adds its input and output buffers). Without
+    sharing, each would reserve about as much again."""
     module = MambaTasNetMaskNet(
         32, out_channels=64, num_layers=8, cuda_graphs=False
     ).cuda()
@@ -344,11 +346,12 @@ def test_keys_share_one_pool_of_activations():
         module.zero_grad(set_to_none=True)
 
     torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_reserved()
     step(4000)
-    one = torch.cuda.memory_allocated() - base
+    one = torch.cuda.memory_reserved() - base
     for length in (3900, 3800, 3700):
         step(length)
-    four = torch.cuda.memory_allocated() - base
+    more = torch.cuda.memory_reserved() - base - one
     assert graphed.num_graphs == 4
-    assert four < 2 * one, (one, four)
+    assert more < one / 2, (one, more)
