@@ -259,9 +259,7 @@ def test_efficiency_study_times_the_self_graphed_masknet(tmp_path, flag):
         ]
     )  # fmt: skip
     with open(out / "results.csv", newline="") as f:
-        graphs = {
-            r["role"]: int(r["self_graphs"]) for r in csv.DictReader(f)
-        }
+        graphs = {r["role"]: int(r["self_graphs"]) for r in csv.DictReader(f)}
     assert graphs == {"mamba": 0 if flag else 1, "peer": 0}
 
 

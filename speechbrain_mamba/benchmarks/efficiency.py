@@ -802,6 +802,12 @@ def run(args) -> Dict:
         rows.append(row)
         jsonl.write(json.dumps(row) + "\n")
         jsonl.flush()
+        # the next row's peak memory must not hold this row's graphs
+        for module in model.modules():
+            if isinstance(module, SelfGraphedModule):
+                module.drop_cuda_graphs()
+        if cuda:
+            torch.cuda.empty_cache()
     jsonl.close()
     write_csv(rows, out / "results.csv")
     ratios = ratio_rows(rows)

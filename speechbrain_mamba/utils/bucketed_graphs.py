@@ -400,6 +400,12 @@ class SelfGraphedModule(nn.Module):
         forward + backward pairs)."""
         return 0 if self._graphed is None else self._graphed.num_graphs
 
+    def drop_cuda_graphs(self) -> None:
+        """Forgets every recorded graph; their memory is freed once no
+        output of a replay is referenced any more (the next calls record
+        again)."""
+        self._graphed = None
+
     def __getstate__(self):
         """Copies and pickles leave the CUDA graphs out."""
         state = self.__dict__.copy()
