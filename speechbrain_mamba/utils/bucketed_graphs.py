@@ -196,6 +196,9 @@ class BucketedGraphs:
             return None
         if forward_hooks_watch(self.module):
             return None  # hooks (e.g. layer capture) see the plain call
+        parameter = next(self.module.parameters(), None)
+        if parameter is not None and parameter.device != x.device:
+            return None  # e.g. a replica of another device's module
         if torch.is_grad_enabled() and (
             x.requires_grad
             or any(p.requires_grad for p in self.module.parameters())
