@@ -22,10 +22,13 @@ SpeechBrain's separation recipes and of the Mamba-TasNet paper:
 - an optional wall-clock budget (``train_time_budget_s``, see
   :mod:`speechbrain_mamba.utils.time_budget`) stops training after the
   running batch, validates and checkpoints;
-- on one GPU, ``cuda_graphs: True`` replays the mask network's training
-  forward and backward from CUDA graphs (one per input shape: crop the
-  signals with ``limit_training_signal_len``), which removes the launch
-  overhead that bounds a Mamba mask network on short inputs.
+- on one GPU, ``cuda_graphs: True`` replays the whole mask network's
+  training forward and backward from CUDA graphs (one per input shape: crop
+  the signals with ``limit_training_signal_len``), which removes the launch
+  overhead that bounds a Mamba mask network on short inputs. Mamba-TasNet's
+  mask network does this by itself, for every length (its own
+  ``cuda_graphs``, on by default); the option serves mask networks that do
+  not (DPMamba).
 
 The encoder, mask network and decoder are called through ``self.modules`` so
 that, under ``torchrun``, DDP synchronises their gradients. Decisions that
