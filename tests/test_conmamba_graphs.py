@@ -212,3 +212,18 @@ def test_dropout_is_drawn_again_at_each_replay(true_fp32):
         second = enc(x, src_key_padding_mask=mask)[0]
     assert enc.num_cuda_graphs == 2
     torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_asr_model_passes_the_graph_option_to_its_encoder(flag):
+    from speechbrain_mamba.lobes.asr.transformer_asr import MambaTransformerASR
+
+    net = MambaTransformerASR(
+        tgt_vocab=20, input_size=12, d_model=16, nhead=2,
+        num_encoder_layers=1, num_decoder_layers=1, d_ffn=32,
+        encoder_module="conmamba", decoder_module="mamba",
+        attention_type="RelPosMHAXL", normalize_before=True,
+        mamba_config={"d_state": 4, "expand": 2, "d_conv": 4},
+        cuda_graphs=flag,
+    )  # fmt: skip
+    assert net.encoder.cuda_graphs is flag

@@ -123,6 +123,11 @@ class MambaTransformerASR(TransformerASR):
     mamba_config : dict, optional
         Mamba mixer arguments (``d_state``, ``d_conv``, ``expand``, ...) and
         ``bidirectional`` (encoder only; default True), as in Mamba-ASR.
+    cuda_graphs : bool
+        The ConMamba encoder replays the CUDA graphs it records itself on a
+        GPU (training and inference, one per batch size and bucket of
+        lengths; see :class:`~speechbrain_mamba.lobes.asr.conmamba.
+        ConMambaEncoder`); False: eager calls.
 
     Example
     -------
@@ -167,6 +172,7 @@ class MambaTransformerASR(TransformerASR):
         output_hidden_states: bool = False,
         layerdrop_prob: float = 0.0,
         mamba_config: Optional[Dict[str, Any]] = None,
+        cuda_graphs: bool = True,
     ):
         if encoder_module not in SB_ENCODERS + MAMBA_ENCODERS:
             raise ValueError(
@@ -230,6 +236,7 @@ class MambaTransformerASR(TransformerASR):
                 mamba_config=mamba_config,
                 output_hidden_states=output_hidden_states,
                 layerdrop_prob=layerdrop_prob,
+                cuda_graphs=cuda_graphs,
             )
         if mamba_decoder:
             self.custom_tgt_module = ModuleList(
