@@ -2,15 +2,19 @@
 enhancement metrics."""
 
 import csv
+import hashlib
 import json
 import math
 import shutil
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
+from speechbrain_mamba.data import corpus_folder
 from speechbrain_mamba.lobes.transformer_masknet import (
     TransformerMaskNet,
 )
@@ -21,10 +25,12 @@ from speechbrain_mamba.separation.enhancement.metrics import (
 )
 from speechbrain_mamba.separation.enhancement.mini_voicebank import (
     FOLDERS,
+    MARKER_NAME,
     TEST_NOISES,
     TRAIN_NOISES,
     add_noise,
     build_voicebank,
+    main,
     make_noise,
 )
 from speechbrain_mamba.separation.enhancement.voicebank_prepare import (
@@ -84,6 +90,160 @@ def test_marker_keeps_the_generator_name_of_older_corpora(voicebank):
     marker = json.loads((voicebank / ".mini_voicebank.json").read_text())
     assert marker["generator"] == "speechbrain_mamba.enhancement.mini_voicebank"
     assert marker["version"] == 1
+
+
+# ---------------------------------------------------------------------------
+# Build safety: nothing the builder did not write is lost or overwritten
+# ---------------------------------------------------------------------------
+def tree_hashes(root):
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(root).rglob("*"))
+        if p.is_file()
+    }
+
+
+def leftovers(parent):
+    """Temporary, moved-aside and lock files the builds left in parent."""
+    return sorted(p.name for p in Path(parent).iterdir() if p.name[0] == ".")
+
+
+def before_swap(monkeypatch, action):
+    """Calls ``action()`` when a build has written its corpus, just before
+    it moves it into place (as a user or another process may)."""
+    lock = corpus_folder.folder_lock
+
+    def act_then_lock(final):
+        action()
+        return lock(final)
+
+    monkeypatch.setattr(corpus_folder, "folder_lock", act_then_lock)
+
+
+def test_rebuild_refuses_a_foreign_file_and_keeps_it(tmp_path, capsys):
+    out = build_voicebank(tmp_path / "vb", seed=0, num_utterances=4)
+    corpus = tree_hashes(out)
+    (out / "notes.txt").write_text("mine")
+    (out / "clean_testset_wav" / "p232_099.wav").write_bytes(b"RIFF")
+    # Same parameters: up to date, nothing is touched.
+    assert build_voicebank(out, seed=0, num_utterances=4) == out
+    for kwargs in ({"seed": 1}, {"seed": 0, "force": True}):
+        with pytest.raises(FileExistsError) as err:
+            build_voicebank(out, num_utterances=4, **kwargs)
+        assert str(out) in str(err.value)
+        assert "clean_testset_wav/p232_099.wav, notes.txt" in str(err.value)
+        assert (out / "notes.txt").read_text() == "mine"
+        assert (out / "clean_testset_wav" / "p232_099.wav").read_bytes() == (
+            b"RIFF"
+        )
+        after = tree_hashes(out)
+        del after["notes.txt"], after["clean_testset_wav/p232_099.wav"]
+        assert after == corpus  # the previous corpus is untouched
+    assert main(["--out", str(out), "-n", "4", "--seed", "1"]) == 1
+    assert "notes.txt" in capsys.readouterr().err
+    # A folder the builder never wrote to: refused before any synthesis.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="not made by the mini Voice"):
+        build_voicebank(other, num_utterances=4)
+    assert tree_hashes(other) == {
+        "keep.txt": hashlib.sha256(b"keep").hexdigest()
+    }
+    assert leftovers(tmp_path) == []
+
+
+def test_rebuild_over_its_own_output_is_byte_identical(tmp_path):
+    out = build_voicebank(tmp_path / "vb", seed=0, num_utterances=4)
+    first = tree_hashes(out)
+    assert build_voicebank(out, seed=0, num_utterances=4, force=True) == out
+    assert tree_hashes(out) == first
+    # Other parameters replace it with what a fresh folder gets, and back.
+    build_voicebank(out, seed=1, num_utterances=5)
+    fresh = build_voicebank(tmp_path / "fresh", seed=1, num_utterances=5)
+    assert tree_hashes(out) == tree_hashes(fresh) != first
+    # Corpus files the user deleted are no reason to refuse.
+    (out / "log_testset.txt").unlink()
+    build_voicebank(out, seed=0, num_utterances=4)
+    assert tree_hashes(out) == first
+    assert leftovers(tmp_path) == []
+
+
+def test_older_corpus_is_kept_but_not_replaced(voicebank, tmp_path):
+    # A corpus of the builder before markers listed their files is up to
+    # date with the same parameters; files added to it cannot be told
+    # apart from the corpus, so it is not replaced.
+    out = tmp_path / "vb"
+    shutil.copytree(voicebank, out)
+    marker = json.loads((out / MARKER_NAME).read_text())
+    del marker["files"]
+    (out / MARKER_NAME).write_text(json.dumps(marker))
+    before = tree_hashes(out)
+    assert build_voicebank(out, seed=0, num_utterances=14) == out
+    with pytest.raises(FileExistsError, match="older version"):
+        build_voicebank(out, seed=1, num_utterances=4)
+    assert tree_hashes(out) == before
+
+
+def test_file_added_during_the_build_survives(tmp_path, monkeypatch):
+    out = build_voicebank(tmp_path / "vb", seed=0, num_utterances=4)
+    corpus = tree_hashes(out)
+    before_swap(monkeypatch, lambda: (out / "notes.txt").write_text("mine"))
+    with pytest.raises(FileExistsError, match="did not write.*notes.txt"):
+        build_voicebank(out, seed=1, num_utterances=4)
+    assert (out / "notes.txt").read_text() == "mine"
+    after = tree_hashes(out)
+    del after["notes.txt"]
+    assert after == corpus
+    assert leftovers(tmp_path) == []
+
+
+def concurrent_builds(monkeypatch, out, seeds):
+    """Builds ``out`` once per seed in threads whose writes all finish
+    before any of them moves its corpus into place. Returns each build's
+    folder or exception."""
+    barrier = threading.Barrier(len(seeds), timeout=120)
+    before_swap(monkeypatch, barrier.wait)
+    results = [None] * len(seeds)
+
+    def build(i):
+        try:
+            results[i] = build_voicebank(out, seed=seeds[i], num_utterances=4)
+        except Exception as err:  # the test checks which one failed
+            results[i] = err
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    monkeypatch.undo()
+    return results
+
+
+def test_concurrent_different_builds_one_fails_clearly(tmp_path, monkeypatch):
+    out = tmp_path / "vb"
+    results = concurrent_builds(monkeypatch, out, (1, 2))
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert len(errors) == 1, results
+    assert isinstance(errors[0], FileExistsError)
+    assert "another build" in str(errors[0])
+    assert str(out.resolve()) in str(errors[0])
+    assert "seed 1" in str(errors[0]) and "seed 2" in str(errors[0])
+    winner = (1, 2)[results.index(out.resolve())]
+    assert json.loads((out / MARKER_NAME).read_text())["seed"] == winner
+    reference = build_voicebank(tmp_path / "ref", seed=winner, num_utterances=4)
+    assert tree_hashes(out) == tree_hashes(reference)
+    assert leftovers(tmp_path) == []
+
+
+def test_concurrent_identical_builds_both_succeed(tmp_path, monkeypatch):
+    out = tmp_path / "vb"
+    results = concurrent_builds(monkeypatch, out, (3, 3))
+    assert results == [out.resolve(), out.resolve()]
+    reference = build_voicebank(tmp_path / "ref", seed=3, num_utterances=4)
+    assert tree_hashes(out) == tree_hashes(reference)
+    assert leftovers(tmp_path) == []
 
 
 def test_noises_and_add_noise():

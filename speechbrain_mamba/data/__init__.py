@@ -12,6 +12,10 @@ mixing
 mini_corpus
     Builders (and a command line) writing LibriSpeech, WSJ0-2mix, Libri2Mix
     and LibriTTS style corpora to disk.
+corpus_folder
+    Building a corpus into a folder without losing files the builder did
+    not write (marker with the files' SHA-256, lock against concurrent
+    builds); shared with the mini VoiceBank builder.
 librispeech_prepare
     LibriSpeech data preparation (CSV files) for the ASR and SSL recipes.
 librispeech_dataio

@@ -15,7 +15,8 @@ records the parameters and the files written, so a second call with the
 same parameters returns at once, and a rebuild replaces an older corpus
 only if the folder holds nothing else (files the generator did not write
 are never deleted). Builds of other parameters that run at the same time
-into one folder do not both succeed: the later one stops with an error.
+into one folder do not both succeed: the later one stops with an error
+(:mod:`speechbrain_mamba.data.corpus_folder`).
 
 Speakers are split as in the real datasets: training subsets use 10
 pseudo-speakers, development and test subsets 3 unseen ones each.
@@ -34,20 +35,14 @@ speechbrain-mamba developers
 """
 
 import argparse
-import contextlib
 import csv
-import fcntl
-import hashlib
 import io
-import json
 import logging
 import operator
 import os
-import shutil
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,12 +51,13 @@ from typing import Optional, Union
 import numpy as np
 import soundfile as sf
 
+from speechbrain_mamba.data.corpus_folder import (
+    CorpusGenerator,
+    build_corpus_folder,
+)
 from speechbrain_mamba.data.espeak import (
     ESPEAK_SAMPLE_RATE,
-    EspeakNotFoundError,
     espeak_available,
-    espeak_version,
-    find_espeak,
     resample,
     synthesize,
     trim_silence,
@@ -706,137 +702,6 @@ def _write_mixtures(
 # ---------------------------------------------------------------------------
 # Atomic build with a completion marker
 # ---------------------------------------------------------------------------
-def _read_marker(folder: Path) -> Optional[dict]:
-    try:
-        with open(folder / MARKER_NAME, encoding="utf-8") as f:
-            marker = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return marker if isinstance(marker, dict) else None
-
-
-def _params_of(marker: Optional[dict], *drop: str) -> Optional[dict]:
-    """A marker's parameters: everything but its file list (and ``drop``)."""
-    if marker is None:
-        return None
-    return {k: v for k, v in marker.items() if k not in ("files", *drop)}
-
-
-def _walk_files(folder: Path) -> list:
-    """Relative paths (``/``-separated) of everything in ``folder`` that is
-    not a folder (symbolic links included, not followed), sorted."""
-    stack = [""]
-    found = []
-    while stack:
-        rel = stack.pop()
-        with os.scandir(folder / rel) as entries:
-            for entry in entries:
-                path = f"{rel}{entry.name}"
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(path + "/")
-                else:
-                    found.append(path)
-    return sorted(found)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _file_list(folder: Path) -> dict:
-    """``{relative path: [size, sha256]}`` of every file in ``folder``."""
-    return {
-        rel: [(folder / rel).stat().st_size, _sha256(folder / rel)]
-        for rel in _walk_files(folder)
-    }
-
-
-def _foreign_files(folder: Path, marker: dict, hashes: bool) -> list:
-    """Files of ``folder`` that the corpus recorded in ``marker`` did not
-    write, or that changed since (size, and with ``hashes`` the SHA-256);
-    the marker itself excluded. Files of the corpus that are missing are
-    not listed (replacing the folder loses nothing of the user's)."""
-    recorded = marker.get("files", {})
-    foreign = []
-    for rel in _walk_files(folder):
-        if rel == MARKER_NAME:
-            continue
-        path = folder / rel
-        entry = recorded.get(rel)
-        if entry is None or path.is_symlink():
-            foreign.append(rel)
-        elif path.stat().st_size != entry[0]:
-            foreign.append(rel)
-        elif hashes and _sha256(path) != entry[1]:
-            foreign.append(rel)
-    return foreign
-
-
-def _check_replaceable(
-    folder: Path, marker: Optional[dict], hashes: bool, where: Path
-) -> None:
-    """Raises ``FileExistsError`` unless replacing ``folder`` (a corpus
-    folder, or the copy of one moved aside) deletes only files that the
-    generator wrote there. ``where`` is the folder named in messages."""
-    if marker is None:
-        raise FileExistsError(
-            f"{where} is not empty and was not made by the mini corpus "
-            f"generator (no {MARKER_NAME}); refusing to overwrite it. Choose "
-            "a new or empty folder."
-        )
-    if "files" not in marker:
-        raise FileExistsError(
-            f"{where} holds a corpus of an older version of the generator, "
-            "which did not record its files, so files added to it cannot "
-            "be told apart from the corpus; refusing to replace it. Delete "
-            "it yourself (or choose another folder) and build again."
-        )
-    foreign = _foreign_files(folder, marker, hashes)
-    if foreign:
-        listed = ", ".join(foreign[:5])
-        if len(foreign) > 5:
-            listed += f" and {len(foreign) - 5} more"
-        raise FileExistsError(
-            f"{where} holds files that the corpus built there did not write "
-            f"(or that changed since): {listed}; refusing to replace it, "
-            "which would delete them. Move them elsewhere (or choose "
-            "another folder) and build again."
-        )
-
-
-@contextlib.contextmanager
-def _folder_lock(final: Path) -> Iterator[None]:
-    """Holds an exclusive lock on ``final``'s hidden sibling
-    ``.NAME.lock`` (``fcntl.flock``: released if the process dies), which
-    is deleted on release. Builds into one folder swap it in turn."""
-    path = final.parent / f".{final.name}.lock"
-    while True:
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            # The previous holder may have deleted the file while this
-            # process waited on it: lock the file that is there now.
-            if os.fstat(fd).st_ino == os.stat(path).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
-    try:
-        yield
-    finally:
-        try:
-            os.unlink(path)
-        finally:
-            os.close(fd)
-
-
 def _check_workers(num_workers: Optional[int], what: str) -> int:
     """``num_workers``, or the default for ``None``; refuses anything but
     an integer of at least 1 (nothing is clamped silently)."""
@@ -858,9 +723,14 @@ def _check_workers(num_workers: Optional[int], what: str) -> int:
     return workers
 
 
-def _describe_params(marker: dict) -> str:
-    keys = ("corpus", "seed", "num_utterances", "max_words")
-    return ", ".join(f"{k} {marker.get(k)}" for k in keys)
+#: This module's builders as their markers record them.
+_GENERATOR = CorpusGenerator(
+    name="speechbrain_mamba.data.mini_corpus",
+    version=GENERATOR_VERSION,
+    marker_name=MARKER_NAME,
+    title="the mini corpus generator",
+    described=("corpus", "seed", "num_utterances", "max_words"),
+)
 
 
 def _atomic_build(
@@ -872,115 +742,23 @@ def _atomic_build(
     workers: Optional[int],
 ) -> Path:
     """Runs ``write(tmp_dir, final_dir, espeak_binary, workers)`` in a
-    temporary folder and moves the result to ``out_dir``.
-
-    Never deletes a file it did not write: a corpus already in ``out_dir``
-    is replaced only if it holds exactly the files its marker records
-    (checked by name and size before the build, by SHA-256 too at the
-    swap); anything else there stops the build with the files named. The
-    swap holds a lock (``.NAME.lock`` next to ``out_dir``) and re-reads
-    the marker: if another build finished there meanwhile, an identical
-    one is kept (both builds succeed) and a different one stops this
-    build with an error instead of being replaced.
-    """
+    temporary folder and moves the result to ``out_dir`` with
+    :func:`~speechbrain_mamba.data.corpus_folder.build_corpus_folder`,
+    which never deletes a file it did not write."""
     what = "build_" + str(params["corpus"]).replace("-", "_")
     final = Path(out_dir).expanduser().resolve()
     if final.exists() and not final.is_dir():
         raise FileExistsError(f"{final} exists and is not a folder")
     workers = _check_workers(workers, what)
-    marker = _read_marker(final) if final.is_dir() else None
-    params = {
-        "generator": "speechbrain_mamba.data.mini_corpus",
-        "version": GENERATOR_VERSION,
-        **params,
-    }
-    try:
-        binary = find_espeak(espeak)  # fail before touching the disk
-    except EspeakNotFoundError:
-        # A complete corpus stays usable on a machine without espeak-ng.
-        if marker and not force:
-            if _params_of(marker, "espeak") == params:
-                logger.info("%s: already built (%s)", params["corpus"], final)
-                return final
-        raise
-    params["espeak"] = espeak_version(binary)
-    if _params_of(marker) == params and not force:
-        logger.info("%s: already built, skipping (%s)", params["corpus"], final)
-        return final
-    if final.is_dir() and any(final.iterdir()):
-        # Fails before the work; checked again, with hashes, at the swap.
-        _check_replaceable(final, marker, False, final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    start = time.perf_counter()
-    try:
-        count = write(tmp, final, binary, workers)
-        record = {**params, "files": _file_list(tmp)}
-        _write_text(
-            tmp / MARKER_NAME, json.dumps(record, indent=2, sort_keys=True)
-        )
-        with _folder_lock(final):
-            if not _swap_in(tmp, final, marker, params):
-                logger.info(
-                    "%s: an identical build finished first (%s)",
-                    params["corpus"],
-                    final,
-                )
-                return final
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    logger.info(
-        "%s: built %d files in %.1f s (%s)",
-        params["corpus"],
-        count,
-        time.perf_counter() - start,
+    return build_corpus_folder(
         final,
+        _GENERATOR,
+        params,
+        force,
+        espeak,
+        lambda tmp, final, binary: write(tmp, final, binary, workers),
+        str(params["corpus"]),
     )
-    return final
-
-
-def _swap_in(
-    tmp: Path, final: Path, marker: Optional[dict], params: dict
-) -> bool:
-    """Moves the built corpus ``tmp`` to ``final`` (under the folder's
-    lock). ``marker`` is what ``final`` held when the build started.
-    Returns False, leaving ``final`` as it is, if another build of the same
-    parameters finished there meanwhile; raises ``FileExistsError`` if one
-    of other parameters did, or if ``final`` holds files the generator did
-    not write."""
-    current = _read_marker(final) if final.is_dir() else None
-    if current != marker:  # another build finished while this one ran
-        if _params_of(current) == params:
-            return False
-        if current is not None:
-            raise FileExistsError(
-                f"another build wrote a corpus of other parameters into "
-                f"{final} while this one ran ({_describe_params(current)}; "
-                f"this one: {_describe_params(params)}); it was kept and "
-                "this build discarded. Build each corpus into its own folder."
-            )
-    if final.exists():
-        # Moved aside first, so nothing can be added after the check.
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex}"
-        os.rename(final, old)
-        try:
-            if any(old.iterdir()):
-                _check_replaceable(old, current, True, final)
-        except BaseException:
-            os.rename(old, final)
-            raise
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            # Something took the name meanwhile: keep the old corpus.
-            if not final.exists():
-                os.rename(old, final)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
-    return True
 
 
 def _check_rates(rates: Sequence[int], what: str) -> tuple:

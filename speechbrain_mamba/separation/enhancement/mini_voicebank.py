@@ -24,7 +24,13 @@ espeak-ng sentences for testing. The SNR is computed on the active level of
 the speech. Files are 16-bit PCM; ``noisy = clean + noise`` before
 quantisation. The same seed gives the same files. The corpus is built in a
 temporary folder and moved into place; a marker file records the
-parameters, and a second call with the same parameters returns at once.
+parameters and the files written (with their SHA-256), so a second call
+with the same parameters returns at once, and a rebuild replaces an older
+corpus only if the folder holds nothing else: files the builder did not
+write are never deleted (the build stops with an error naming them), and
+of two builds of other parameters into one folder at the same time the
+later one stops with an error (:mod:`speechbrain_mamba.data.corpus_folder`,
+shared with :mod:`speechbrain_mamba.data.mini_corpus`).
 
 Command line::
 
@@ -37,12 +43,8 @@ speechbrain-mamba developers
 """
 
 import argparse
-import json
 import logging
-import os
-import shutil
 import sys
-import uuid
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -50,10 +52,12 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import lfilter
 
+from speechbrain_mamba.data.corpus_folder import (
+    CorpusGenerator,
+    build_corpus_folder,
+)
 from speechbrain_mamba.data.espeak import (
     ESPEAK_SAMPLE_RATE,
-    espeak_version,
-    find_espeak,
     resample,
     synthesize,
     trim_silence,
@@ -61,6 +65,7 @@ from speechbrain_mamba.data.espeak import (
 from speechbrain_mamba.data.mini_corpus import PSEUDO_SPEAKERS
 from speechbrain_mamba.data.mixing import active_level, to_pcm16
 from speechbrain_mamba.data.sentences import SentenceGenerator
+from speechbrain_mamba.utils.cli import non_negative_int, positive_int
 from speechbrain_mamba.utils.io import PathLike
 
 logger = logging.getLogger(__name__)
@@ -71,6 +76,14 @@ VERSION = 1
 #: written, kept so that corpora built before enhancement moved into the
 #: separation package are still recognised.
 GENERATOR = "speechbrain_mamba.enhancement.mini_voicebank"
+#: The builder as its markers record it.
+_GENERATOR = CorpusGenerator(
+    name=GENERATOR,
+    version=VERSION,
+    marker_name=MARKER_NAME,
+    title="the mini VoiceBank builder",
+    described=("seed", "num_utterances", "test_fraction", "max_words"),
+)
 SAMPLE_RATE = 16000
 #: VoiceBank speaker IDs given to the training / test pseudo-speakers.
 TRAIN_SPEAKERS = (
@@ -259,7 +272,9 @@ def build_voicebank(
     test_fraction : float
         Share of test utterances.
     force : bool
-        Rebuild even when the folder holds this corpus already.
+        Rebuild even when the folder holds this corpus already (files the
+        builder did not write are never deleted: a folder holding any is
+        refused with ``FileExistsError``).
     espeak : str, optional
         espeak-ng executable.
     max_words : int
@@ -269,6 +284,13 @@ def build_voicebank(
     -------
     pathlib.Path
         ``out_dir``, resolved.
+
+    Example
+    -------
+    >>> out = getfixture("tmp_path") / "voicebank"
+    >>> root = build_voicebank(out, num_utterances=4)
+    >>> sorted(p.name for p in (root / "noisy_testset_wav").iterdir())
+    ['p232_001.wav', 'p257_001.wav']
     """
     if num_utterances < 4:
         raise ValueError(
@@ -278,34 +300,13 @@ def build_voicebank(
         raise ValueError(
             f"test_fraction must be in (0, 1), got {test_fraction}"
         )
-    final = Path(out_dir).expanduser().resolve()
-    binary = find_espeak(espeak)
-    params = {
-        "generator": GENERATOR,
-        "version": VERSION,
-        "seed": int(seed),
-        "num_utterances": int(num_utterances),
-        "test_fraction": float(test_fraction),
-        "max_words": int(max_words),
-        "espeak": espeak_version(binary),
-    }
-    marker = final / MARKER_NAME
-    if marker.is_file() and not force:
-        try:
-            if json.loads(marker.read_text(encoding="utf-8")) == params:
-                logger.info("mini VoiceBank already built in %s", final)
-                return final
-        except ValueError:
-            pass
-    if final.is_dir() and any(final.iterdir()) and not marker.is_file():
-        raise FileExistsError(
-            f"{final} is not empty and was not made by this builder; choose "
-            "a new or empty folder"
-        )
     n_test = max(2, int(round(num_utterances * test_fraction)))
     n_train = num_utterances - n_test
     if n_train < 2:
-        raise ValueError("too few utterances left for training")
+        raise ValueError(
+            f"too few utterances left for training: {num_utterances} "
+            f"utterances with test_fraction {test_fraction} leave {n_train}"
+        )
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5642]))
     sentences = SentenceGenerator(rng, 4, max_words)
     train_voices = [s for s in PSEUDO_SPEAKERS if s.subset == "train"]
@@ -346,10 +347,8 @@ def build_voicebank(
                 }
             )
     babble_texts = [sentences.sentence().normalized for _ in range(4)]
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
+
+    def write(tmp: Path, final: Path, binary: str) -> int:
         for subset in FOLDERS:
             for name in FOLDERS[subset] + (TEXT_FOLDERS[subset],):
                 (tmp / name).mkdir()
@@ -394,24 +393,20 @@ def build_voicebank(
             )
         for subset, lines in logs.items():
             _write_text(tmp / LOG_FILES[subset], "\n".join(lines) + "\n")
-        _write_text(
-            tmp / MARKER_NAME, json.dumps(params, indent=2, sort_keys=True)
+        logger.info(
+            "mini VoiceBank: %d train / %d test utterances", n_train, n_test
         )
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex}"
-            os.replace(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    logger.info(
-        "mini VoiceBank: %d train / %d test utterances in %s",
-        n_train,
-        n_test,
-        final,
+        return 3 * len(plan) + len(LOG_FILES)
+
+    params = {
+        "seed": int(seed),
+        "num_utterances": int(num_utterances),
+        "test_fraction": float(test_fraction),
+        "max_words": int(max_words),
+    }
+    return build_corpus_folder(
+        out_dir, _GENERATOR, params, force, espeak, write, "mini VoiceBank"
     )
-    return final
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -425,20 +420,45 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Returns
     -------
     int
-        Exit status.
+        Exit status: 0 on success, 1 on a clear error (message printed).
+
+    Example
+    -------
+    >>> main(["--out", "unused", "-n", "3"])
+    1
     """
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("-n", "--num-utterances", type=int, default=120)
-    parser.add_argument("--force", action="store_true")
+    parser = argparse.ArgumentParser(
+        prog="python -m speechbrain_mamba.separation.enhancement."
+        "mini_voicebank",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument("--out", required=True, help="corpus folder")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="random seed (>= 0)"
+    )
+    parser.add_argument(
+        "-n",
+        "--num-utterances",
+        type=positive_int,
+        default=120,
+        help="utterances over train and test (at least 4; default 120)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild even if up to date (files the builder did not write "
+        "are never deleted: a folder holding any is refused)",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO)
-    print(
-        build_voicebank(
+    try:
+        folder = build_voicebank(
             args.out, args.seed, args.num_utterances, force=args.force
         )
-    )
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(folder)
     return 0
 
 
