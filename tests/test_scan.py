@@ -47,7 +47,8 @@ def test_torch_scan_equals_reference(block_size, groups):
     torch.testing.assert_close(state, ref_state, rtol=RTOL, atol=ATOL)
 
 
-def test_torch_scan_gradients_equal_reference():
+@pytest.mark.parametrize("recompute_blocks", [True, False])
+def test_torch_scan_gradients_equal_reference(recompute_blocks):
     operands = [t.requires_grad_() for t in make_operands(time=90)]
     u, delta, A, B, C, D, z, bias, h0 = operands
     weights = torch.randn(2, 24, 90)
@@ -60,10 +61,40 @@ def test_torch_scan_gradients_equal_reference():
         return [t.grad.clone() for t in operands]
 
     expected = grads(selective_scan_reference)
-    got = grads(selective_scan_torch, block_size=32)
+    got = grads(
+        selective_scan_torch,
+        block_size=32,
+        recompute_blocks=recompute_blocks,
+    )
     names = "u delta A B C D z bias h0".split()
     for name, g_ref, g in zip(names, expected, got):
         torch.testing.assert_close(g, g_ref, rtol=RTOL, atol=ATOL, msg=name)
+
+
+def test_recomputed_blocks_keep_a_fraction_of_the_activations():
+    """With gradients, each block keeps only its inputs for the backward
+    pass (the blocks' intermediate states are computed again there)."""
+    operands = [t.requires_grad_() for t in make_operands(time=400)]
+
+    def saved_bytes(recompute_blocks):
+        sizes = []
+
+        def pack(tensor):
+            sizes.append(tensor.numel() * tensor.element_size())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            selective_scan_torch(
+                *operands[:8],
+                True,
+                operands[8],
+                block_size=32,
+                recompute_blocks=recompute_blocks,
+            )
+        return sum(sizes)
+
+    kept, everything = saved_bytes(True), saved_bytes(False)
+    assert kept < everything / 4, (kept, everything)
 
 
 def test_no_softplus_no_gate_no_skip():

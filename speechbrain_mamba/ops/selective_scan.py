@@ -34,6 +34,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 ScanOutput = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
@@ -203,7 +204,8 @@ def _segment_size(block: int) -> int:
 
 
 def _scan_block(
-    dA_log: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
     delta_u: torch.Tensor,
     Bb: torch.Tensor,
     Cb: torch.Tensor,
@@ -213,8 +215,10 @@ def _scan_block(
 
     Arguments
     ---------
-    dA_log : torch.Tensor
-        delta * A exponent, [b, g, c, T, n] (c = channels per group).
+    delta : torch.Tensor
+        Step sizes, [b, g, c, T] (c = channels per group).
+    A : torch.Tensor
+        State matrix, [g, c, 1, n] (delta * A is the decay exponent).
     delta_u : torch.Tensor
         delta * u, [b, g, c, T].
     Bb, Cb : torch.Tensor
@@ -229,6 +233,7 @@ def _scan_block(
     state : torch.Tensor
         State after the block, [b, g, c, n].
     """
+    dA_log = delta[..., None] * A  # [b, g, c, T, n]
     b, g, c, T, n = dA_log.shape
     seg = _segment_size(T)
     n_seg = -(-T // seg)
@@ -280,6 +285,7 @@ def selective_scan_torch(
     initial_state: Optional[torch.Tensor] = None,
     return_last_state: bool = False,
     block_size: Optional[int] = None,
+    recompute_blocks: bool = True,
 ) -> ScanOutput:
     """Blocked selective scan in pure PyTorch (differentiable).
 
@@ -296,6 +302,12 @@ def selective_scan_torch(
         As in :func:`selective_scan_reference`.
     block_size : int, optional
         Frames per block.
+    recompute_blocks : bool
+        When gradients are needed and there are several blocks, keep only
+        each block's inputs for the backward pass and compute the block
+        again there (activation checkpointing per block): the memory of one
+        block's intermediate states instead of all of them, the same
+        values and gradients, for one more forward pass of the scan.
 
     Returns
     -------
@@ -335,16 +347,35 @@ def selective_scan_torch(
     if block_size is None:
         per_frame = max(1, batch * d_inner * d_state)
         block_size = max(16, DEFAULT_BLOCK_ELEMENTS // per_frame)
+    # with gradients and several blocks, each block keeps only its inputs
+    # and is computed again in the backward pass: memory of one block's
+    # intermediate states instead of all of them (time: one more forward)
+    recompute = (
+        recompute_blocks
+        and time > block_size
+        and torch.is_grad_enabled()
+        and any(
+            t is not None and t.requires_grad
+            for t in (u, delta, A, B, C, initial_state)
+        )
+    )
     outputs = []
     for start in range(0, time, block_size):
         stop = min(time, start + block_size)
-        y_block, state = _scan_block(
-            delta_g[..., start:stop, None] * A_g,
+        block = (
+            delta_g[..., start:stop],
+            A_g,
             delta_u[..., start:stop],
             Bt[:, :, start:stop],
             Ct[:, :, start:stop],
             state,
         )
+        if recompute:
+            y_block, state = torch.utils.checkpoint.checkpoint(
+                _scan_block, *block, use_reentrant=False
+            )
+        else:
+            y_block, state = _scan_block(*block)
         outputs.append(y_block)
     if outputs:
         y = torch.cat(outputs, dim=-1).reshape(batch, d_inner, time)
