@@ -227,3 +227,21 @@ def test_asr_model_passes_the_graph_option_to_its_encoder(flag):
         cuda_graphs=flag,
     )  # fmt: skip
     assert net.encoder.cuda_graphs is flag
+
+
+@pytest.mark.gpu
+def test_inference_graph_of_training_mode_does_not_serve_eval(true_fp32):
+    """Dropout recorded under no_grad in training mode must not be replayed
+    for evaluation: the training flags are part of the key."""
+    enc = encoder(dropout=0.3).cuda().train()
+    x, mask = batches("cuda")[0]
+    with torch.no_grad():
+        enc(x, src_key_padding_mask=mask)  # training mode, no gradients
+        enc.eval()
+        first = enc(x, src_key_padding_mask=mask)[0]
+        second = enc(x, src_key_padding_mask=mask)[0]
+        enc.cuda_graphs = False
+        eager = enc(x, src_key_padding_mask=mask)[0]
+    assert enc.num_cuda_graphs == 2
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    torch.testing.assert_close(first, eager, **TOL)

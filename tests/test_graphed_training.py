@@ -121,6 +121,38 @@ def test_unrecordable_module_runs_eagerly():
     assert float(module.scale.grad) == 3.0
     assert graphed(x).shape == (3,)  # not tried again
     assert graphed.num_graphs == 0
+    # the failed capture left the process usable: random numbers, stream
+    assert torch.rand(3, device="cuda").shape == (3,)
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+
+
+@pytest.mark.gpu
+def test_second_backward_through_a_replay_is_refused():
+    net = mask_net("cuda")
+    graphed = GraphedTraining(net)
+    x = torch.randn(1, 32, 100, device="cuda", requires_grad=True)
+    graphed(x).sum().backward()  # records
+    loss = graphed(x).sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="runs once"):
+        loss.backward()
+
+
+@pytest.mark.gpu
+def test_autograd_grad_results_outlive_later_replays(true_fp32):
+    net = mask_net("cuda")
+    graphed = GraphedTraining(net)
+    params = list(net.parameters())
+    xs = [torch.randn(1, 32, 100, device="cuda") for _ in range(3)]
+    graphed(xs[0]).sum().backward()  # records
+    first = torch.autograd.grad(graphed(xs[1]).pow(2).sum(), params)
+    kept = [g.clone() for g in first]
+    torch.autograd.grad(graphed(xs[2]).sum(), params)
+    for got, expected in zip(first, kept):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    eager = torch.autograd.grad(net(xs[1]).pow(2).sum(), params)
+    for got, expected in zip(first, eager):
+        torch.testing.assert_close(got, expected, rtol=6e-4, atol=2e-3)
 
 
 def separation_brain(device, cuda_graphs):

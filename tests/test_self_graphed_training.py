@@ -172,3 +172,22 @@ def test_speechbrain_fit_batch_trains_through_the_masknets_graphs(true_fp32):
         graphed.modules.named_parameters(), eager.modules.parameters()
     ):
         torch.testing.assert_close(p, p_ref, **TOL, msg=name)
+
+
+def test_data_parallel_replicas_call_plainly():
+    net = masknet()
+    net.cuda_graph_calls(net._masks, 2, 3)  # as after a first GPU call
+    replica = net._replicate_for_data_parallel()
+    assert replica._graphed is None and not replica.cuda_graphs
+    assert net._graphed is not None and net.cuda_graphs
+
+
+def test_backward_hooks_make_calls_plain():
+    from speechbrain_mamba.utils.graphed_inference import forward_hooks_watch
+
+    net = masknet()
+    assert not forward_hooks_watch(net)
+    handle = net.mask_conv1x1.register_full_backward_hook(lambda *a: None)
+    assert forward_hooks_watch(net)
+    handle.remove()
+    assert not forward_hooks_watch(net)

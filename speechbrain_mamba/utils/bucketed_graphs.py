@@ -409,6 +409,14 @@ class SelfGraphedModule(nn.Module):
         again)."""
         self._graphed = None
 
+    def _replicate_for_data_parallel(self):
+        """Replicas made by ``nn.DataParallel`` at every step call plainly:
+        their parameters are copies on other devices, new at each step."""
+        replica = super()._replicate_for_data_parallel()
+        replica._graphed = None
+        replica.cuda_graphs = False
+        return replica
+
     def __getstate__(self):
         """Copies and pickles leave the CUDA graphs out."""
         state = self.__dict__.copy()

@@ -17,7 +17,8 @@ Author
 speechbrain-mamba developers
 """
 
-from typing import Any, Callable, Dict, Optional, Tuple
+import contextlib
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 
@@ -98,8 +99,69 @@ def record_cuda_graph(
     if after_warmup is not None:
         after_warmup()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(
-        graph, pool=pool, capture_error_mode=capture_error_mode
-    ):
+    with capturing(graph, pool, capture_error_mode):
         output = call()
     return graph, output
+
+
+@contextlib.contextmanager
+def capturing(
+    graph: "torch.cuda.CUDAGraph",
+    pool: Optional[Tuple[int, int]] = None,
+    capture_error_mode: str = "global",
+) -> Iterator[None]:
+    """``torch.cuda.graph`` on this device's :func:`side_stream`, which
+    leaves the process usable when the capture fails.
+
+    A failed capture (e.g. a host synchronisation inside) raises from
+    ``torch.cuda.graph``'s exit before it restores the current stream and
+    before the CUDA random generator leaves its capture state (every later
+    random draw would then fail). Here the stream is restored and a
+    trivial graph is captured after a failure, whose normal end resets the
+    generator; the error is raised again.
+
+    Arguments
+    ---------
+    graph : torch.cuda.CUDAGraph
+        The graph to record into.
+    pool : tuple, optional
+        Memory pool shared with other graphs.
+    capture_error_mode : str
+        As for ``torch.cuda.graph``.
+
+    Example
+    -------
+    >>> def failed_then_random():
+    ...     try:
+    ...         with capturing(torch.cuda.CUDAGraph()):
+    ...             torch.ones(1, device="cuda").item()  # not capturable
+    ...     except RuntimeError:
+    ...         pass
+    ...     return torch.rand(1, device="cuda").shape
+    >>> if torch.cuda.is_available():
+    ...     assert failed_then_random() == (1,)
+    """
+    stream = torch.cuda.current_stream()
+    try:
+        with torch.cuda.graph(
+            graph,
+            pool=pool,
+            stream=side_stream(),
+            capture_error_mode=capture_error_mode,
+        ):
+            yield
+    except BaseException:
+        torch.cuda.set_stream(stream)
+        try:
+            torch.cuda.synchronize()
+        except RuntimeError:
+            pass
+        reset = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(reset, stream=side_stream()):
+                torch.zeros(1, device=stream.device)
+        except RuntimeError:
+            pass
+        finally:
+            torch.cuda.set_stream(stream)
+        raise

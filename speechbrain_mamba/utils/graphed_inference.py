@@ -46,9 +46,9 @@ logger = logging.getLogger(__name__)
 
 
 def forward_hooks_watch(module: nn.Module) -> bool:
-    """Whether forward hooks watch a sub-module of ``module`` (or every
-    module, globally): a replayed graph would not run them, so such calls
-    run eagerly and unpadded.
+    """Whether module hooks (forward, forward-pre, backward, backward-pre)
+    watch a sub-module of ``module`` (or every module, globally): a replayed
+    graph would not run them, so such calls run eagerly and unpadded.
 
     Arguments
     ---------
@@ -72,12 +72,24 @@ def forward_hooks_watch(module: nn.Module) -> bool:
     >>> handle.remove()
     """
     hooks = torch.nn.modules.module
-    if getattr(hooks, "_global_forward_hooks", None) or getattr(
-        hooks, "_global_forward_pre_hooks", None
+    if any(
+        getattr(hooks, name, None)
+        for name in (
+            "_global_forward_hooks",
+            "_global_forward_pre_hooks",
+            "_global_backward_hooks",
+            "_global_backward_pre_hooks",
+        )
     ):
         return True
     return any(
-        index and (sub._forward_hooks or sub._forward_pre_hooks)
+        index
+        and (
+            sub._forward_hooks
+            or sub._forward_pre_hooks
+            or sub._backward_hooks
+            or sub._backward_pre_hooks
+        )
         for index, sub in enumerate(module.modules())
     )
 
@@ -263,12 +275,13 @@ class GraphedInference:
                         addresses.append(tensor.data_ptr())
         return addresses
 
-    @staticmethod
-    def _key(inputs: Tuple[torch.Tensor, ...]) -> Tuple:
+    def _key(self, inputs: Tuple[torch.Tensor, ...]) -> Tuple:
         return (
             tuple((t.shape, t.dtype, t.device) for t in inputs),
             autocast_state(),
             torch.is_inference_mode_enabled(),
+            # e.g. dropout recorded in training mode must not serve eval
+            tuple(module.training for module in self.module.modules()),
         )
 
     def _record(self, inputs: Tuple[torch.Tensor, ...], key: Tuple):
@@ -339,8 +352,7 @@ class GraphedInference:
             or inside_graphed_call()
         ):
             return self.function(*inputs)
-        with outermost_graphed_call():
-            return self._call(inputs)
+        return self._call(inputs)
 
     def _call(self, inputs: Tuple[torch.Tensor, ...]) -> Any:
         tensors = self._module_state()
@@ -365,7 +377,8 @@ class GraphedInference:
                 or len(self._graphs) >= self.max_graphs
             ):
                 return self.function(*inputs)
-            with torch.no_grad():
+            # modules inside call plainly while this one records them
+            with torch.no_grad(), outermost_graphed_call():
                 recorded = self._record(inputs, key)
             if recorded is None:
                 return self.function(*inputs)

@@ -14,7 +14,8 @@ accumulates them into ``.grad`` as after an eager backward (hooks on the
 parameters and gradient accumulation work as usual).
 
 - Keys are the inputs' shapes, dtypes, devices and ``requires_grad``, the
-  autocast state and ``module.training``; at most ``max_graphs`` are
+  autocast state and the training flag of every sub-module; at most
+  ``max_graphs`` are
   recorded (later keys run eagerly). Callers with variable lengths pad them
   up to a few buckets first
   (:class:`~speechbrain_mamba.utils.bucketed_graphs.BucketedGraphs`).
@@ -47,7 +48,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 import torch
 from torch import nn
 
-from speechbrain_mamba.utils.cuda_graphs import side_stream
+from speechbrain_mamba.utils.cuda_graphs import capturing, side_stream
 from speechbrain_mamba.utils.graphed_inference import (
     autocast_state,
     forward_hooks_watch,
@@ -126,20 +127,25 @@ class _Replay(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
+        if ctx.token.done:
+            raise RuntimeError(
+                "the backward of a forward replayed from a CUDA graph runs "
+                "once (retain_graph=True and a second backward would read "
+                "activations that later replays overwrite); set "
+                "cuda_graphs=False on the module to backpropagate twice"
+            )
         recorded = ctx.recorded
         recorded.grad_output.copy_(grad)
         recorded.backward.replay()
         ctx.token.done = True
-        # inputs: copies (a leaf input would keep the buffer as its .grad,
-        # which the next replay overwrites); parameters: the shared buffers
-        # themselves, referenced here too, so that autograd copies or adds
-        # them into .grad instead of keeping them
-        inputs = len(recorded.inputs)
-        input_grads = tuple(
-            None if grad is None else grad.clone()
-            for grad in recorded.grads[:inputs]
+        # fresh tensors (one multi-tensor copy): the buffers are overwritten
+        # by the next replay, so neither .grad nor autograd.grad's results
+        # may be the buffers themselves
+        grads = [g for g in recorded.grads if g is not None]
+        copies = iter(torch._foreach_mul(grads, 1.0) if grads else [])
+        return (None, None) + tuple(
+            None if g is None else next(copies) for g in recorded.grads
         )
-        return (None, None) + input_grads + recorded.grads[inputs:]
 
 
 class GraphedTraining:
@@ -218,7 +224,9 @@ class GraphedTraining:
         for module in self.module.modules():
             for tensor in module._parameters.values():
                 if tensor is not None:
-                    state.append((tensor.data_ptr(), tensor.requires_grad))
+                    state.append(
+                        (id(tensor), tensor.data_ptr(), tensor.requires_grad)
+                    )
             for tensor in module._buffers.values():
                 if tensor is not None:
                     state.append(tensor.data_ptr())
@@ -255,7 +263,7 @@ class GraphedTraining:
                 (t.shape, t.dtype, t.device, t.requires_grad) for t in inputs
             ),
             autocast_state(),
-            self.module.training,
+            tuple(module.training for module in self.module.modules()),
         )
 
     def _gradient_buffers(self, params) -> Tuple[torch.Tensor, ...]:
@@ -304,9 +312,7 @@ class GraphedTraining:
                 forward = torch.cuda.CUDAGraph()
                 with (
                     _fresh_leaves(self.module, params) as leaves,
-                    torch.cuda.graph(
-                        forward, pool=pool, capture_error_mode="thread_local"
-                    ),
+                    capturing(forward, pool, "thread_local"),
                 ):
                     out = self.function(*static)
                 if not isinstance(out, torch.Tensor) or not out.requires_grad:
@@ -317,9 +323,7 @@ class GraphedTraining:
                 grad_output = torch.empty_like(out)
                 shared = self._gradient_buffers(params)
                 backward = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(
-                    backward, pool=pool, capture_error_mode="thread_local"
-                ):
+                with capturing(backward, pool, "thread_local"):
                     grads = torch.autograd.grad(
                         out,
                         static_wanted + leaves,
@@ -397,13 +401,14 @@ class GraphedTraining:
         -------
         torch.Tensor
             The function's output. A replayed output lives in the graph's
-            buffer, which the next replay of the same key overwrites: copy
-            what is kept beyond the training step.
+            memory, which the next replay (of any key: they share one pool)
+            overwrites: copy what is kept beyond the training step
+            (:class:`~speechbrain_mamba.utils.bucketed_graphs.
+            BucketedGraphs` returns copies).
         """
         if inside_graphed_call() or not self.applies(*inputs):
             return self.function(*inputs)
-        with outermost_graphed_call():
-            return self._call(inputs)
+        return self._call(inputs)
 
     def _call(self, inputs: Tuple[torch.Tensor, ...]) -> torch.Tensor:
         state = self._module_state()
@@ -426,7 +431,9 @@ class GraphedTraining:
                 self.max_graphs
             ):
                 return self.function(*inputs)
-            recorded = self._record(inputs, key)
+            # modules inside call plainly while this one records them
+            with outermost_graphed_call():
+                recorded = self._record(inputs, key)
             if recorded is None:
                 return self.function(*inputs)
         token = _AwaitingBackward()

@@ -427,7 +427,10 @@ class ConMambaEncoder(NormedLayerStack, SelfGraphedModule):
         src_mask : torch.Tensor, optional
             Ignored (see :class:`ConMambaEncoderLayer`).
         src_key_padding_mask : torch.Tensor, optional
-            Boolean, [batch, time], True on padded frames.
+            Boolean, [batch, time], True on padded frames, which must be
+            at the end of each item (right padding, as SpeechBrain's masks
+            are): the Mamba layers and the CUDA graphs take each item's
+            number of valid frames from it.
         pos_embs : torch.Tensor, optional
             Ignored.
         dynchunktrain_config : DynChunkTrainConfig, optional

@@ -19,6 +19,7 @@ from speechbrain_mamba.nnet.padding import (
     zero_padding,
 )
 from speechbrain_mamba.utils.bucketed_graphs import SelfGraphedModule
+from speechbrain_mamba.utils.value_checks import check_once
 
 
 class AdaptiveMambaStack(SelfGraphedModule):
@@ -116,6 +117,13 @@ class AdaptiveMambaStack(SelfGraphedModule):
         """
         check_sequence_input(x, self.d_model)
         if self.uses_cuda_graphs():
+            # the caller's conditions: inside a replay, the norms see the
+            # graph's own copy, checked once when it was recorded
+            check_once(
+                condition,
+                ("condition", self.norm_f.num_conditions),
+                self.norm_f._check_condition,
+            )
             calls = self.cuda_graph_calls(self._run, 1, 1)
             return calls(x, lengths, condition)
         return self._run(x, lengths, condition)
