@@ -93,7 +93,7 @@ def test_markdown_table_rows_totals_and_bound():
 
 def test_bad_task_is_named():
     with pytest.raises(ValueError, match="task must be"):
-        kb.breakdown("tts", 1, 1)
+        kb.breakdown("enhancement", 1, 1)
 
 
 def test_cli_without_gpu_says_so(monkeypatch):

@@ -12,8 +12,8 @@ kernel can meet that target.
 
 Usage::
 
-    python -m speechbrain_mamba.benchmarks.kernel_breakdown --task asr \\
-        --seconds 40 320 [--batch 8] [--dtype bfloat16] [--mode train] \\
+    python -m speechbrain_mamba.benchmarks.kernel_breakdown \\
+        --task asr|separation|tts --seconds 40 320 [--batch 8] [--dtype bfloat16] [--mode train] \\
         [--out DIR]
 
 writes ``DIR/kernel_breakdown.json`` and ``DIR/kernel_breakdown.md`` (one
@@ -62,9 +62,10 @@ CATEGORIES = (
     ),
     ("reduction", ("reduce_kernel",)),
 )
-#: Tasks whose models are profiled (the TTS pair's AR step is timed by
-#: the efficiency study's ``ar-step`` mode).
-TASK_NAMES = ("separation", "asr")
+#: Tasks whose models are profiled (for tts: the joint AR + NAR training
+#: step or the teacher-forced inference of VALL-M and VALL-E; their AR step
+#: is timed by the efficiency study's ``ar-step`` mode).
+TASK_NAMES = ("separation", "asr", "tts")
 #: Categories of the Mamba model's own kernels, and of the peer's.
 MAMBA_OWN = ("scan", "mamba_conv")
 PEER_OWN = ("attention",)
@@ -182,7 +183,7 @@ def breakdown(
     Arguments
     ---------
     task : str
-        "separation" or "asr" (a key of
+        "separation", "asr" or "tts" (a key of
         :data:`~speechbrain_mamba.benchmarks.models.TASKS`).
     seconds : float
         Audio duration of each input.
@@ -208,7 +209,7 @@ def breakdown(
     ...     assert out["free_mixer_ratio"] > 0
     """
     if task not in TASK_NAMES:
-        raise ValueError(f"task must be 'separation' or 'asr', got {task!r}")
+        raise ValueError(f"task must be one of {TASK_NAMES}, got {task!r}")
     if not torch.cuda.is_available():
         raise RuntimeError("kernel_breakdown needs an NVIDIA GPU (torch.cuda)")
     mamba_builder, peer_builder, make_input, _ = TASKS[task]
