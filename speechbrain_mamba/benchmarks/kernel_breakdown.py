@@ -13,8 +13,8 @@ kernel can meet that target.
 Usage::
 
     python -m speechbrain_mamba.benchmarks.kernel_breakdown \\
-        --task asr|separation|tts --seconds 40 320 [--batch 8] [--dtype bfloat16] [--mode train] \\
-        [--out DIR]
+        --task asr|separation|tts --seconds 40 320 [--batch 8] \\
+        [--dtype bfloat16] [--mode train] [--out DIR]
 
 writes ``DIR/kernel_breakdown.json`` and ``DIR/kernel_breakdown.md`` (one
 table per duration). Needs an NVIDIA GPU.
