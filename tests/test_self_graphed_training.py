@@ -191,3 +191,25 @@ def test_backward_hooks_make_calls_plain():
     assert forward_hooks_watch(net)
     handle.remove()
     assert not forward_hooks_watch(net)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "speechbrain_mamba.utils.bucketed_graphs",
+        "speechbrain_mamba.utils.graphed_training",
+        "speechbrain_mamba.utils.graphed_inference",
+    ],
+)
+def test_graph_modules_import_first_in_a_fresh_interpreter(module):
+    """The Mamba stacks import bucketed_graphs: importing it first must not
+    run into that cycle."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", f"import {module}"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

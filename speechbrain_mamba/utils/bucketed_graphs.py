@@ -38,7 +38,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechbrain_mamba.nnet.padding import lengths_to_frames
 from speechbrain_mamba.utils.graphed_inference import (
     GraphedInference,
     bucket_length,
@@ -80,6 +79,9 @@ def pad_to_bucket(
     >>> (lengths * 18).round().tolist()  # 17 and round(8.5) frames
     [17.0, 8.0]
     """
+    # here, not at the top: speechbrain_mamba.nnet imports this module
+    from speechbrain_mamba.nnet.padding import lengths_to_frames
+
     batch, time = x.shape[0], x.shape[time_dim]
     frames = lengths_to_frames(lengths, batch, time)
     bucket = bucket_length(time)
