@@ -199,7 +199,168 @@ class _Graph:
         self.output = output
 
 
-class GraphedInference:
+class KeyedGraphs:
+    """What :class:`GraphedInference` and
+    :class:`~speechbrain_mamba.utils.graphed_training.GraphedTraining` keep
+    alike: recordings by key (at most ``max_graphs``), one memory pool per
+    device, the watched state of the module's tensors (a change drops every
+    recording), and the keys whose recording failed.
+
+    Arguments
+    ---------
+    function : callable
+        The recorded function.
+    module : torch.nn.Module
+        Owner of the parameters and buffers ``function`` reads.
+    max_graphs : int
+        Most keys to record.
+    warmup : int
+        Eager calls before each recording.
+
+    Example
+    -------
+    >>> graphs = KeyedGraphs(torch.relu, torch.nn.Identity(), 2, 1)
+    >>> graphs.may_record(("key",)), graphs.num_graphs
+    (True, 0)
+    """
+
+    #: Which calls the graphs record, for the log.
+    kind = "CUDA"
+
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        module: nn.Module,
+        max_graphs: int,
+        warmup: int,
+    ):
+        self.function = function
+        self.module = module
+        self.max_graphs = max_graphs
+        self.warmup = warmup
+        self._graphs: Dict[Tuple, Any] = {}
+        self._pools: Dict[torch.device, Tuple[int, int]] = {}
+        self._state: Optional[List] = None
+        self._unrecordable: Optional[str] = None
+        self._out_of_memory: Set[Tuple] = set()
+
+    @property
+    def num_graphs(self) -> int:
+        """Number of recorded keys."""
+        return len(self._graphs)
+
+    def clear(self) -> None:
+        """Drops every recording (and, once no other reference is left,
+        its memory) and forgets failed recordings."""
+        self._graphs.clear()
+        self._pools.clear()
+        self._unrecordable = None
+        self._out_of_memory.clear()
+
+    def watch(self, state: List) -> None:
+        """Drops every recording when the module's tensors changed.
+
+        Arguments
+        ---------
+        state : list
+            The module's tensors now (addresses and the like).
+        """
+        if state == self._state:
+            return
+        if self._graphs:
+            logger.info(
+                "parameters of %s were replaced: its %d %s graphs are "
+                "recorded again",
+                type(self.module).__name__,
+                len(self._graphs),
+                self.kind,
+            )
+        self.clear()
+        self._state = state
+
+    def may_record(self, key: Tuple) -> bool:
+        """Whether an unrecorded key may be recorded now.
+
+        Arguments
+        ---------
+        key : tuple
+            The key.
+
+        Returns
+        -------
+        bool
+            False: the function is unrecordable, this key ran out of
+            memory, or ``max_graphs`` are recorded.
+        """
+        return (
+            self._unrecordable is None
+            and key not in self._out_of_memory
+            and len(self._graphs) < self.max_graphs
+        )
+
+    def pool(self, device: torch.device) -> Tuple[int, int]:
+        """The memory pool of the recordings on ``device``.
+
+        Arguments
+        ---------
+        device : torch.device
+            A CUDA device.
+
+        Returns
+        -------
+        tuple
+            A ``torch.cuda.graph_pool_handle()``.
+        """
+        if device not in self._pools:
+            self._pools[device] = torch.cuda.graph_pool_handle()
+        return self._pools[device]
+
+    def recording_failed(
+        self, error: Exception, key: Tuple, device: torch.device
+    ) -> None:
+        """Remembers a failed recording: out of memory for this key only
+        (a shorter input may fit), any other error for every key until the
+        module's tensors change (e.g. a host synchronisation inside).
+
+        Arguments
+        ---------
+        error : Exception
+            What the recording raised.
+        key : tuple
+            The key being recorded.
+        device : torch.device
+            Its device.
+        """
+        torch.cuda.synchronize(device)
+        if isinstance(error, torch.OutOfMemoryError):
+            self._out_of_memory.add(key)
+            torch.cuda.empty_cache()
+            return
+        self._unrecordable = str(error)
+        logger.warning(
+            "%s cannot be recorded in %s graphs (%s); it runs eagerly",
+            type(self.module).__name__,
+            self.kind,
+            error,
+        )
+
+    def common_key(self) -> Tuple:
+        """The part of every key besides the inputs: the autocast state and
+        the training flag of every sub-module (dropout recorded in training
+        mode must not serve evaluation).
+
+        Returns
+        -------
+        tuple
+            The key part.
+        """
+        return (
+            autocast_state(),
+            tuple(module.training for module in self.module.modules()),
+        )
+
+
+class GraphedInference(KeyedGraphs):
     """Calls ``function(*inputs)`` without autograd, replayed from a CUDA
     graph per input key on CUDA tensors.
 
@@ -228,6 +389,8 @@ class GraphedInference:
     0
     """
 
+    kind = "inference CUDA"
+
     def __init__(
         self,
         function: Callable[..., Any],
@@ -237,28 +400,7 @@ class GraphedInference:
     ):
         if max_graphs < 0:
             raise ValueError(f"max_graphs must be >= 0, got {max_graphs}")
-        self.function = function
-        self.module = module
-        self.max_graphs = max_graphs
-        self.warmup = warmup
-        self._graphs: Dict[Tuple, _Graph] = {}
-        self._pools: Dict[torch.device, Tuple[int, int]] = {}
-        self._tensors: Optional[List[int]] = None
-        self._unrecordable: Optional[str] = None
-        self._out_of_memory: Set[Tuple] = set()
-
-    @property
-    def num_graphs(self) -> int:
-        """Number of recorded graphs."""
-        return len(self._graphs)
-
-    def clear(self) -> None:
-        """Drops every graph (and, once no other reference is left, their
-        memory) and forgets failed recordings."""
-        self._graphs.clear()
-        self._pools.clear()
-        self._unrecordable = None
-        self._out_of_memory.clear()
+        super().__init__(function, module, max_graphs, warmup)
 
     def _module_state(self) -> Optional[List[int]]:
         """The addresses of the module's parameters and buffers, or None
@@ -278,17 +420,13 @@ class GraphedInference:
     def _key(self, inputs: Tuple[torch.Tensor, ...]) -> Tuple:
         return (
             tuple((t.shape, t.dtype, t.device) for t in inputs),
-            autocast_state(),
             torch.is_inference_mode_enabled(),
-            # e.g. dropout recorded in training mode must not serve eval
-            tuple(module.training for module in self.module.modules()),
+            *self.common_key(),
         )
 
     def _record(self, inputs: Tuple[torch.Tensor, ...], key: Tuple):
         device = inputs[0].device
-        enabled, dtype = key[1]
-        if device not in self._pools:
-            self._pools[device] = torch.cuda.graph_pool_handle()
+        enabled, dtype = autocast_state()
         static = tuple(t.detach().clone() for t in inputs)
         try:
             # no autocast cast cache: the graph records the weight casts
@@ -301,25 +439,12 @@ class GraphedInference:
                 graph, output = record_cuda_graph(
                     lambda: self.function(*static),
                     warmup=self.warmup,
-                    pool=self._pools[device],
+                    pool=self.pool(device),
                     # data loader threads may pin memory meanwhile
                     capture_error_mode="thread_local",
                 )
-        except torch.OutOfMemoryError:
-            # this key only: a shorter input may fit
-            self._out_of_memory.add(key)
-            torch.cuda.synchronize(device)
-            torch.cuda.empty_cache()
-            return None
-        except RuntimeError as err:
-            # e.g. a host synchronisation inside: until the module changes
-            self._unrecordable = str(err)
-            logger.warning(
-                "%s cannot be recorded in a CUDA graph (%s); it runs eagerly",
-                type(self.module).__name__,
-                err,
-            )
-            torch.cuda.synchronize(device)
+        except RuntimeError as error:  # out of memory included
+            self.recording_failed(error, key, device)
             return None
         recorded = _Graph(static, graph, output)
         self._graphs[key] = recorded
@@ -355,27 +480,14 @@ class GraphedInference:
         return self._call(inputs)
 
     def _call(self, inputs: Tuple[torch.Tensor, ...]) -> Any:
-        tensors = self._module_state()
-        if tensors is None:
+        state = self._module_state()
+        if state is None:
             return self.function(*inputs)
-        if tensors != self._tensors:
-            if self._graphs:
-                logger.info(
-                    "parameters of %s were replaced: its %d CUDA graphs are "
-                    "recorded again",
-                    type(self.module).__name__,
-                    len(self._graphs),
-                )
-            self.clear()
-            self._tensors = tensors
+        self.watch(state)
         key = self._key(inputs)
         recorded = self._graphs.get(key)
         if recorded is None:
-            if (
-                self._unrecordable is not None
-                or key in self._out_of_memory
-                or len(self._graphs) >= self.max_graphs
-            ):
+            if not self.may_record(key):
                 return self.function(*inputs)
             # modules inside call plainly while this one records them
             with torch.no_grad(), outermost_graphed_call():

@@ -43,13 +43,14 @@ speechbrain-mamba developers
 import contextlib
 import logging
 import weakref
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from speechbrain_mamba.utils.cuda_graphs import capturing, side_stream
 from speechbrain_mamba.utils.graphed_inference import (
+    KeyedGraphs,
     autocast_state,
     forward_hooks_watch,
     inside_graphed_call,
@@ -148,7 +149,7 @@ class _Replay(torch.autograd.Function):
         )
 
 
-class GraphedTraining:
+class GraphedTraining(KeyedGraphs):
     """Calls ``function(*inputs)`` with autograd, the forward and backward
     replayed from CUDA graphs, a pair per input key.
 
@@ -177,6 +178,8 @@ class GraphedTraining:
     0
     """
 
+    kind = "training CUDA"
+
     def __init__(
         self,
         function: Callable[..., torch.Tensor],
@@ -190,32 +193,16 @@ class GraphedTraining:
             if not isinstance(function, nn.Module):
                 raise ValueError("give the module whose parameters it trains")
             module = function
-        self.function = function
-        self.module = module
-        self.max_graphs = max_graphs
-        self.warmup = warmup
-        self._graphs: Dict[Tuple, _Recorded] = {}
-        self._pools: Dict[torch.device, Tuple[int, int]] = {}
+        super().__init__(function, module, max_graphs, warmup)
         self._grad_buffers: Optional[Tuple[torch.Tensor, ...]] = None
         self._params: Tuple[nn.Parameter, ...] = ()
-        self._state: Optional[List] = None
-        self._unrecordable: Optional[str] = None
-        self._out_of_memory: Set[Tuple] = set()
         self._awaiting: Optional[weakref.ref] = None
-
-    @property
-    def num_graphs(self) -> int:
-        """Number of recorded keys (forward + backward pairs)."""
-        return len(self._graphs)
 
     def clear(self) -> None:
         """Drops every graph and its memory (once no output of a replay is
         referenced any more) and forgets failed recordings."""
-        self._graphs.clear()
-        self._pools.clear()
+        super().clear()
         self._grad_buffers = None
-        self._unrecordable = None
-        self._out_of_memory.clear()
         self._awaiting = None
 
     def _module_state(self) -> Optional[List]:
@@ -262,8 +249,7 @@ class GraphedTraining:
             tuple(
                 (t.shape, t.dtype, t.device, t.requires_grad) for t in inputs
             ),
-            autocast_state(),
-            tuple(module.training for module in self.module.modules()),
+            *self.common_key(),
         )
 
     def _gradient_buffers(self, params) -> Tuple[torch.Tensor, ...]:
@@ -276,15 +262,13 @@ class GraphedTraining:
 
     def _record(self, inputs: Tuple[torch.Tensor, ...], key: Tuple):
         device = inputs[0].device
-        enabled, dtype = key[1]
+        enabled, dtype = autocast_state()
         params = tuple(p for p in self.module.parameters() if p.requires_grad)
         static = tuple(
             t.detach().clone().requires_grad_(t.requires_grad) for t in inputs
         )
         static_wanted = tuple(t for t in static if t.requires_grad)
-        if device not in self._pools:
-            self._pools[device] = torch.cuda.graph_pool_handle()
-        pool = self._pools[device]
+        pool = self.pool(device)
         try:
             with (
                 torch.cuda.device(device),
@@ -338,20 +322,8 @@ class GraphedTraining:
                     ]
                     if used:
                         torch._foreach_copy_(*map(list, zip(*used)))
-        except torch.OutOfMemoryError:
-            self._out_of_memory.add(key)  # this key only: a shorter may fit
-            torch.cuda.synchronize(device)
-            torch.cuda.empty_cache()
-            return None
-        except RuntimeError as err:
-            # e.g. a host synchronisation inside: until the module changes
-            self._unrecordable = str(err)
-            logger.warning(
-                "%s cannot be recorded in a CUDA graph (%s); it trains eagerly",
-                type(self.module).__name__,
-                err,
-            )
-            torch.cuda.synchronize(device)
+        except RuntimeError as error:  # out of memory included
+            self.recording_failed(error, key, device)
             return None
         # gradients handed to autograd: one per input (None where it needs
         # none), then the shared buffer of each parameter (None if unused)
@@ -411,25 +383,13 @@ class GraphedTraining:
         return self._call(inputs)
 
     def _call(self, inputs: Tuple[torch.Tensor, ...]) -> torch.Tensor:
-        state = self._module_state()
-        if state != self._state:
-            if self._graphs:
-                logger.info(
-                    "parameters of %s were replaced: its %d training CUDA "
-                    "graphs are recorded again",
-                    type(self.module).__name__,
-                    len(self._graphs),
-                )
-            self.clear()
-            self._state = state
+        self.watch(self._module_state())
         if self._awaiting_backward():
             return self.function(*inputs)  # a replay's backward is pending
         key = self._key(inputs)
         recorded = self._graphs.get(key)
         if recorded is None:
-            if key in self._out_of_memory or len(self._graphs) >= (
-                self.max_graphs
-            ):
+            if not self.may_record(key):
                 return self.function(*inputs)
             # modules inside call plainly while this one records them
             with outermost_graphed_call():
