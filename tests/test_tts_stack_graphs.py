@@ -18,6 +18,7 @@ from speechbrain_mamba.lobes.tts.ar import CodecAR
 from speechbrain_mamba.lobes.tts.mamba_backbone import AdaptiveMambaStack
 from speechbrain_mamba.lobes.tts.nar import CodecNAR
 from speechbrain_mamba.nnet import MambaStack
+from speechbrain_mamba.utils.bucketed_graphs import self_graphed_modules
 
 TOL = dict(rtol=6e-4, atol=2e-3)
 
@@ -173,9 +174,8 @@ def paired_steps(graphed, eager):
 
 
 def set_graphs(model, flag):
-    for module in model.modules():
-        if hasattr(module, "uses_cuda_graphs"):
-            module.cuda_graphs = flag
+    for module in self_graphed_modules(model):
+        module.cuda_graphs = flag
 
 
 @pytest.mark.gpu

@@ -83,7 +83,7 @@ from speechbrain_mamba.utils.atomic import (
     atomic_write_csv,
     atomic_write_text,
 )
-from speechbrain_mamba.utils.bucketed_graphs import SelfGraphedModule
+from speechbrain_mamba.utils.bucketed_graphs import self_graphed_modules
 from speechbrain_mamba.utils.cli import positive_float, positive_int
 from speechbrain_mamba.utils.cuda_graphs import record_cuda_graph
 from speechbrain_mamba.utils.graphed_training import GraphedTraining
@@ -372,10 +372,7 @@ def records_own_graphs(model: torch.nn.Module) -> bool:
     >>> records_own_graphs(torch.nn.Linear(2, 2))
     False
     """
-    return any(
-        isinstance(module, SelfGraphedModule) and module.cuda_graphs
-        for module in model.modules()
-    )
+    return any(module.cuda_graphs for module in self_graphed_modules(model))
 
 
 def model_label(model: torch.nn.Module) -> str:
@@ -737,9 +734,8 @@ def run(args) -> Dict:
             models[(task, role)] = model.to(device)
             if role == "mamba" and args.checkpointing:
                 enable_checkpointing(models[(task, role)])
-            for module in model.modules():
-                if isinstance(module, SelfGraphedModule):
-                    module.cuda_graphs = args.self_graphs
+            for module in self_graphed_modules(model):
+                module.cuda_graphs = args.self_graphs
         model = models[(task, role)]
         batch = DEFAULT_BATCH[task] if args.batch is None else args.batch
         graphed = (task, mode) not in EAGER_ONLY and (
@@ -794,18 +790,15 @@ def run(args) -> Dict:
             "checkpointing": bool(args.checkpointing and role == "mamba"),
             "bimamba_kernels": bimamba_kernels(model),
             "self_graphs": sum(
-                module.num_cuda_graphs
-                for module in model.modules()
-                if isinstance(module, SelfGraphedModule)
+                module.num_cuda_graphs for module in self_graphed_modules(model)
             ),
         }
         rows.append(row)
         jsonl.write(json.dumps(row) + "\n")
         jsonl.flush()
         # the next row's peak memory must not hold this row's graphs
-        for module in model.modules():
-            if isinstance(module, SelfGraphedModule):
-                module.drop_cuda_graphs()
+        for module in self_graphed_modules(model):
+            module.drop_cuda_graphs()
         if cuda:
             torch.cuda.empty_cache()
     jsonl.close()

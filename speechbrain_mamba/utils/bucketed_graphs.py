@@ -32,7 +32,7 @@ Author
 speechbrain-mamba developers
 """
 
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -424,3 +424,27 @@ class SelfGraphedModule(nn.Module):
         state = self.__dict__.copy()
         state["_graphed"] = None
         return state
+
+
+def self_graphed_modules(model: nn.Module) -> List[SelfGraphedModule]:
+    """The sub-modules of ``model`` (itself included) that record their
+    own CUDA graphs, e.g. to switch their ``cuda_graphs`` option.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        Any model.
+
+    Returns
+    -------
+    list of SelfGraphedModule
+        In ``model.modules()`` order.
+
+    Example
+    -------
+    >>> from speechbrain_mamba.nnet import MambaStack
+    >>> model = nn.Sequential(MambaStack(8, 1, d_state=4), nn.Linear(8, 8))
+    >>> [type(m).__name__ for m in self_graphed_modules(model)]
+    ['MambaStack']
+    """
+    return [m for m in model.modules() if isinstance(m, SelfGraphedModule)]
