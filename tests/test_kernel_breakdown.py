@@ -91,6 +91,37 @@ def test_markdown_table_rows_totals_and_bound():
     assert "with scan and Mamba convolution free: 1.20." in text
 
 
+def test_top_kernels_and_categories_add_up():
+    kernels = {
+        "_carry_kernel_fwd": {"ms": 3.0, "launches": 24},
+        "nvjet_gemm_a": {"ms": 2.0, "launches": 48},
+        "vectorized_elementwise_kernel": {"ms": 0.5, "launches": 300},
+        "flash_fwd": {"ms": 1.0, "launches": 12},
+    }
+    assert kb.by_category(kernels) == {
+        "scan": 3.0,
+        "gemm": 2.0,
+        "elementwise": 0.5,
+        "attention": 1.0,
+        "total": 6.5,
+    }
+    top = kb.top_kernels(kernels, 2)
+    assert [(r["kernel"], r["category"], r["launches"]) for r in top] == [
+        ("_carry_kernel_fwd", "scan", 24),
+        ("nvjet_gemm_a", "gemm", 48),
+    ]
+    result = {
+        "task": "tts", "seconds": 10, "batch": 1, "mode": "train",
+        "dtype": "bfloat16", "free_mixer_ratio": 1.0,
+        "models": {"VALL-M": kb.by_category(kernels),
+                   "VALL-E": {"total": 1.0, "gemm": 1.0}},
+        "top_kernels": {"VALL-M": top},
+    }  # fmt: skip
+    lines = kb.markdown(result).splitlines()
+    assert "VALL-M's longest kernels:" in lines
+    assert "| `_carry_kernel_fwd` | scan | 3.00 | 24 |" in lines
+
+
 def test_bad_task_is_named():
     with pytest.raises(ValueError, match="task must be"):
         kb.breakdown("enhancement", 1, 1)
@@ -123,3 +154,9 @@ def test_asr_encoders_on_gpu(tmp_path):
         peer["total"] / (mamba["total"] - kb.own_share(mamba))
     )
     assert (tmp_path / "kernel_breakdown.md").read_text().startswith("### asr")
+    for name, row in result["models"].items():
+        top = result["top_kernels"][name]
+        assert top and top[0]["ms"] <= row["total"] + 1e-9
+        assert [r["ms"] for r in top] == sorted(
+            (r["ms"] for r in top), reverse=True
+        )

@@ -99,8 +99,8 @@ def categorize(kernel: str) -> str:
     return "elementwise"
 
 
-def profile_step(step, repeats: int = 3) -> Dict[str, float]:
-    """GPU milliseconds per call of ``step`` by kernel category.
+def profile_kernels(step, repeats: int = 3) -> Dict[str, Dict[str, float]]:
+    """GPU milliseconds and launches per call of ``step``, by kernel.
 
     Arguments
     ---------
@@ -108,19 +108,19 @@ def profile_step(step, repeats: int = 3) -> Dict[str, float]:
         One step on the GPU (e.g. from
         :func:`~speechbrain_mamba.benchmarks.efficiency.make_step`).
     repeats : int
-        Profiled calls (after two warm-up calls); times are per call.
+        Profiled calls (after two warm-up calls); figures are per call.
 
     Returns
     -------
     dict
-        category -> ms per call, plus "total".
+        kernel name -> ``{"ms": ..., "launches": ...}`` per call.
 
     Example
     -------
     >>> if torch.cuda.is_available():
     ...     x = torch.randn(256, 256, device="cuda")
-    ...     times = profile_step(lambda: x @ x, repeats=2)
-    ...     assert times["total"] > 0
+    ...     kernels = profile_kernels(lambda: x @ x, repeats=2)
+    ...     assert sum(k["launches"] for k in kernels.values()) == 1
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -131,13 +131,79 @@ def profile_step(step, repeats: int = 3) -> Dict[str, float]:
         for _ in range(repeats):
             step()
         torch.cuda.synchronize()
+    return {
+        event.key: {
+            "ms": event.self_device_time_total / repeats / 1e3,
+            "launches": event.count / repeats,
+        }
+        for event in prof.key_averages()
+        if event.device_type.name == "CUDA"
+    }
+
+
+def by_category(kernels: Dict[str, Dict[str, float]]) -> Dict[str, float]:
+    """Milliseconds per kernel category (:func:`categorize`) and "total".
+
+    Arguments
+    ---------
+    kernels : dict
+        From :func:`profile_kernels`.
+
+    Returns
+    -------
+    dict
+        category -> ms per call, plus "total".
+
+    Example
+    -------
+    >>> by_category({"_sequential_fwd": {"ms": 2.0, "launches": 1},
+    ...              "gemm_a": {"ms": 1.0, "launches": 4},
+    ...              "gemm_b": {"ms": 0.5, "launches": 1}})
+    {'scan': 2.0, 'gemm': 1.5, 'total': 3.5}
+    """
     times = Counter()
-    for event in prof.key_averages():
-        if event.device_type.name == "CUDA":
-            times[categorize(event.key)] += event.self_device_time_total
-    out = {name: value / repeats / 1e3 for name, value in times.items()}
+    for name, figures in kernels.items():
+        times[categorize(name)] += figures["ms"]
+    out = dict(times)
     out["total"] = sum(out.values())
     return out
+
+
+def top_kernels(
+    kernels: Dict[str, Dict[str, float]], count: int = 12
+) -> List[Dict]:
+    """The kernels that take the most GPU time.
+
+    Arguments
+    ---------
+    kernels : dict
+        From :func:`profile_kernels`.
+    count : int
+        How many.
+
+    Returns
+    -------
+    list of dict
+        ``kernel`` (name, cut to 90 characters), ``category``, ``ms`` and
+        ``launches`` per call, longest first.
+
+    Example
+    -------
+    >>> rows = top_kernels({"a_gemm": {"ms": 1.0, "launches": 2},
+    ...                     "_carry_kernel": {"ms": 3.0, "launches": 8}}, 1)
+    >>> rows[0]["kernel"], rows[0]["category"]
+    ('_carry_kernel', 'scan')
+    """
+    ranked = sorted(kernels.items(), key=lambda item: -item[1]["ms"])
+    return [
+        {
+            "kernel": name[:90],
+            "category": categorize(name),
+            "ms": figures["ms"],
+            "launches": figures["launches"],
+        }
+        for name, figures in ranked[:count]
+    ]
 
 
 def own_share(row: Dict[str, float], categories=MAMBA_OWN) -> float:
@@ -152,7 +218,7 @@ def free_mixer_ratio(mamba: Dict[str, float], peer: Dict[str, float]) -> float:
     Arguments
     ---------
     mamba, peer : dict
-        Rows of :func:`profile_step`.
+        Rows of :func:`by_category`.
 
     Returns
     -------
@@ -200,7 +266,8 @@ def breakdown(
     -------
     dict
         ``task, seconds, batch, mode, dtype``, ``models`` (name -> row of
-        :func:`profile_step`) and ``free_mixer_ratio``.
+        :func:`by_category`), ``top_kernels`` (name -> :func:`top_kernels`)
+        and ``free_mixer_ratio``.
 
     Example
     -------
@@ -213,12 +280,14 @@ def breakdown(
     if not torch.cuda.is_available():
         raise RuntimeError("kernel_breakdown needs an NVIDIA GPU (torch.cuda)")
     mamba_builder, peer_builder, make_input, _ = TASKS[task]
-    rows = {}
+    rows, tops = {}, {}
     for builder in (mamba_builder, peer_builder):
         model = builder().cuda()
         x = make_input(seconds, batch, "cuda")
         step = make_step(model, x, mode, dtype, "cuda")
-        rows[model_label(model)] = profile_step(step, repeats)
+        kernels = profile_kernels(step, repeats)
+        rows[model_label(model)] = by_category(kernels)
+        tops[model_label(model)] = top_kernels(kernels)
         del model, step, x
         torch.cuda.empty_cache()
     mamba_row, peer_row = rows.values()
@@ -229,6 +298,7 @@ def breakdown(
         "mode": mode,
         "dtype": str(dtype).replace("torch.", ""),
         "models": rows,
+        "top_kernels": tops,
         "free_mixer_ratio": free_mixer_ratio(mamba_row, peer_row),
     }
 
@@ -292,6 +362,19 @@ def markdown(result: Dict) -> str:
         f"convolution free: {result['free_mixer_ratio']:.2f}.",
         "",
     ]
+    for model, rows in result.get("top_kernels", {}).items():
+        lines += [
+            f"{model}'s longest kernels:",
+            "",
+            "| kernel | category | ms per step | launches per step |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{row['kernel']}` | {row['category']} | {row['ms']:.2f} "
+            f"| {row['launches']:g} |"
+            for row in rows
+        ]
+        lines.append("")
     return "\n".join(lines)
 
 
