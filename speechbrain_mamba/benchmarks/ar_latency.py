@@ -38,7 +38,7 @@ import speechbrain_mamba  # noqa: F401
 from speechbrain_mamba.benchmarks.timing import synchronize
 from speechbrain_mamba.lobes.tts.ar import ARDecodingState
 from speechbrain_mamba.lobes.tts.factory import build_codec_lm
-from speechbrain_mamba.tts.graphed_decoding import make_step
+from speechbrain_mamba.lobes.tts.step_graphs import step_graphs_switched
 from speechbrain_mamba.utils.parameters import count_parameters
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -183,9 +183,10 @@ def step_latencies(
     seed : int
         Seed of the random inputs.
     cuda_graph : bool
-        Replay the steps from a CUDA graph where the model allows it
-        (:mod:`speechbrain_mamba.tts.graphed_decoding`; recorded before the
-        first timed step).
+        Replay the steps from the CUDA graph the model records itself where
+        it allows it (:mod:`speechbrain_mamba.lobes.tts.step_graphs`;
+        recorded at the first step, i.e. in the warm-up run of
+        :func:`run`); False: plain steps.
 
     Returns
     -------
@@ -206,17 +207,14 @@ def step_latencies(
         torch.device(device).type == "cuda" and dtype != torch.float32
     )
     times = []
-    with torch.autocast("cuda", dtype=dtype, enabled=use_autocast):
+    autocast = torch.autocast("cuda", dtype=dtype, enabled=use_autocast)
+    with autocast, step_graphs_switched(ar, cuda_graph):
         logits, state = prefill(ar, phonemes, prompt)
-        graphed = make_step(ar, state, greedy_token(ar, logits), cuda_graph)
         for _ in range(num_tokens):
             token = greedy_token(ar, logits)
             synchronize(device)
             start = time.perf_counter()
-            if graphed is None:
-                logits = ar.step(token, state)
-            else:
-                logits = graphed(token)
+            logits = ar.step(token, state)
             synchronize(device)
             times.append(time.perf_counter() - start)
     return times
@@ -362,8 +360,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument(
         "--cuda-graph",
         action="store_true",
-        help="replay VALL-M's steps from a CUDA graph (VALL-E: eager, its "
-        "key/value cache grows)",
+        help="replay VALL-M's steps from the CUDA graph it records itself "
+        "(default: plain steps; VALL-E: plain, its key/value cache grows)",
     )
     parser.add_argument(
         "--threads",

@@ -49,8 +49,9 @@ Usage::
 
 The Mamba models replay their calls from CUDA graphs they record by
 themselves (the ``cuda_graphs`` option of Mamba-TasNet's mask net, of
-VALL-M's Mamba stacks and of the ConMamba encoder, on by default: what
-SpeechBrain's own training and inference get, in both harnesses);
+VALL-M's Mamba stacks and AR step and of the ConMamba encoder, on by
+default: what SpeechBrain's own training and inference get, in both
+harnesses);
 ``--no-self-graphs`` (alias ``--no-masknet-graphs``) times their eager
 calls instead (the eager rows beside). The ``self_graphs`` column counts
 the graphs they have recorded so far (one per batch size, bucket of lengths
@@ -63,6 +64,7 @@ speechbrain-mamba developers
 """
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -86,6 +88,7 @@ from speechbrain_mamba.utils.atomic import (
 from speechbrain_mamba.utils.bucketed_graphs import self_graphed_modules
 from speechbrain_mamba.utils.cli import positive_float, positive_int
 from speechbrain_mamba.utils.cuda_graphs import record_cuda_graph
+from speechbrain_mamba.utils.graphed_inference import outermost_graphed_call
 from speechbrain_mamba.utils.graphed_training import GraphedTraining
 
 DEFAULT_SECONDS = {
@@ -218,11 +221,13 @@ def make_ar_step(
     autocast = _autocast(device, dtype, for_graph)
     with torch.no_grad(), autocast:
         logits, state = prefill(ar, batch["phonemes"], batch["codes"][:, 0])
+    # recorded by the caller: the model's own step graph stays out of it
+    plain = outermost_graphed_call if for_graph else contextlib.nullcontext
 
     def step():
         nonlocal logits
         slots = _state_slots(state) if for_graph else []
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), autocast, plain():
             new = ar.step(greedy_token(ar, logits), state)
         if not for_graph:
             logits = new
@@ -324,7 +329,7 @@ def measure_model(
                 torch.cuda.empty_cache()
         if step is None:
             step = make_step(model, x, mode, dtype, device)
-            if on_gpu and mode != "ar-step" and records_own_graphs(model):
+            if on_gpu and records_own_graphs(model):
                 # self-graphed modules record in their first call, which
                 # allocates the graphs' memory pool (replays allocate none:
                 # the pool's blocks are then reserved, not allocated)
@@ -892,8 +897,9 @@ def main(argv=None) -> None:
         default=True,
         help="the CUDA graphs the Mamba models record by themselves (the "
         "cuda_graphs option of Mamba-TasNet's mask net, VALL-M's stacks "
-        "and the ConMamba encoder, on by default, as SpeechBrain users get "
-        "it); --no-self-graphs (or --no-masknet-graphs): eager calls",
+        "and AR step and the ConMamba encoder, on by default, as "
+        "SpeechBrain users get it); --no-self-graphs (or "
+        "--no-masknet-graphs): eager calls",
     )
     parser.add_argument(
         "--checkpointing",

@@ -15,7 +15,7 @@ import torch
 from speechbrain_mamba.lobes.tts.ar import CodecAR
 from speechbrain_mamba.lobes.tts.nar import CodecNAR
 from speechbrain_mamba.lobes.tts.packing import pack_segments, unpack_second
-from speechbrain_mamba.tts.graphed_decoding import make_step
+from speechbrain_mamba.lobes.tts.step_graphs import step_graphs_switched
 from speechbrain_mamba.tts.sampling import sample_token
 
 
@@ -37,10 +37,12 @@ class SamplingConfig:
         EOS is not allowed before this many frames per target phoneme.
     max_frames : int, optional
         Absolute length limit.
-    cuda_graph : bool
-        Replay each AR step from a CUDA graph where the model allows it
-        (a Mamba AR model on a GPU; see
-        :mod:`speechbrain_mamba.tts.graphed_decoding`); eager otherwise.
+    cuda_graph : bool, optional
+        Whether each AR step replays the CUDA graph the AR model records
+        itself where it allows it (VALL-M on a GPU; see
+        :mod:`speechbrain_mamba.lobes.tts.step_graphs`): True or False for
+        this generation, None (default) as the model's ``cuda_graphs``
+        option says (on unless switched off).
     """
 
     temperature: float = 1.0
@@ -49,7 +51,7 @@ class SamplingConfig:
     frames_per_phoneme: float = 20.0
     min_frames_per_phoneme: float = 0.0
     max_frames: Optional[int] = None
-    cuda_graph: bool = False
+    cuda_graph: Optional[bool] = None
 
     def limits(
         self, target_phonemes: torch.Tensor
@@ -91,15 +93,15 @@ def generate_first_codebook(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: Optional[torch.Generator] = None,
-    cuda_graph: bool = False,
+    cuda_graph: Optional[bool] = None,
 ) -> Tuple[List[torch.Tensor], torch.Tensor]:
     """Samples first-codebook tokens after the prompt until EOS.
 
     Each step feeds the last token through the model's cache (key/value
     cache for the Transformer, recurrent state for Mamba), so a step costs
-    O(length) for VALL-E and O(1) for VALL-M. With ``cuda_graph``, a Mamba
-    AR model on a GPU replays its step from a CUDA graph (sampling stays
-    eager); other models step eagerly.
+    O(length) for VALL-E and O(1) for VALL-M. A Mamba AR model on a GPU
+    replays its step from a CUDA graph it records itself (sampling stays
+    eager; ``cuda_graph`` switches it); other models step eagerly.
 
     Arguments
     ---------
@@ -122,8 +124,9 @@ def generate_first_codebook(
         See :func:`speechbrain_mamba.tts.sampling.sample_token`.
     generator : torch.Generator, optional
         Random generator for reproducible sampling.
-    cuda_graph : bool
-        Replay the AR steps from a CUDA graph where possible.
+    cuda_graph : bool, optional
+        True / False: the AR steps replay the model's own CUDA graph where
+        possible / step plainly; None: the model's ``cuda_graphs`` option.
 
     Returns
     -------
@@ -152,22 +155,20 @@ def generate_first_codebook(
     steps, done = [], torch.zeros(batch, dtype=torch.bool, device=device)
     ended = torch.zeros_like(done)
     counts = torch.zeros(batch, dtype=torch.long, device=device)
-    graphed = None
-    for t in range(int(high.max())):
-        logits = logits.float()
-        logits[:, eos] = torch.where(t < low, float("-inf"), logits[:, eos])
-        token = sample_token(logits, temperature, top_k, top_p, generator)
-        token = torch.where(done, eos, token)
-        ended |= (token == eos) & ~done
-        done |= token == eos
-        counts += (~done).long()
-        steps.append(token)
-        done |= counts >= high
-        if bool(done.all()):
-            break
-        if t == 0:
-            graphed = make_step(ar, state, token, cuda_graph)
-        logits = ar.step(token, state) if graphed is None else graphed(token)
+    with step_graphs_switched(ar, cuda_graph):
+        for t in range(int(high.max())):
+            logits = logits.float()
+            logits[:, eos] = torch.where(t < low, float("-inf"), logits[:, eos])
+            token = sample_token(logits, temperature, top_k, top_p, generator)
+            token = torch.where(done, eos, token)
+            ended |= (token == eos) & ~done
+            done |= token == eos
+            counts += (~done).long()
+            steps.append(token)
+            done |= counts >= high
+            if bool(done.all()):
+                break
+            logits = ar.step(token, state)
     sequence = torch.stack(steps, dim=1) if steps else prompt[:, :0]
     return [sequence[b, : counts[b]] for b in range(batch)], ended
 

@@ -6,7 +6,7 @@ the call read must be updated in place, and its outputs are overwritten by
 every replay.
 
 Used by the AR decoding step of VALL-M
-(:mod:`speechbrain_mamba.tts.graphed_decoding`) and the graphed timings of
+(:mod:`speechbrain_mamba.lobes.tts.step_graphs`) and the graphed timings of
 the efficiency study (:mod:`speechbrain_mamba.benchmarks.efficiency`) and
 the inference calls of :mod:`speechbrain_mamba.utils.graphed_inference`;
 the training forward and backward of a module are recorded by

@@ -30,8 +30,10 @@ from speechbrain_mamba.lobes.tts.common import (
 )
 from speechbrain_mamba.lobes.tts.inputs import CodecLMInputs
 from speechbrain_mamba.lobes.tts.packing import pack_segments, unpack_second
+from speechbrain_mamba.lobes.tts.step_graphs import ARStepGraphs
 from speechbrain_mamba.lobes.tts.transformer import KVCache, TransformerStack
 from speechbrain_mamba.nnet import MambaCache, MambaStack
+from speechbrain_mamba.utils.bucketed_graphs import SelfGraphedModule
 
 
 @dataclass
@@ -58,7 +60,7 @@ class ARDecodingState:
         return ARDecodingState(cache, self.next_position[index])
 
 
-class CodecAR(CodecLMInputs):
+class CodecAR(CodecLMInputs, SelfGraphedModule):
     """AR model over ``[phonemes ; first-codebook tokens]``.
 
     Token ids: audio tokens are ``0 .. codebook_size - 1``, EOS is
@@ -96,11 +98,19 @@ class CodecAR(CodecLMInputs):
     mamba_backend : str
         Backend of the Mamba layers ("auto", "torch", "cuda").
     cuda_graphs : bool
-        The Mamba stacks replay CUDA graphs they record themselves on a GPU
+        On a GPU, the Mamba stacks replay CUDA graphs they record themselves
         (training and inference calls; one per batch size and bucket of
         the length, same outputs and gradients as the plain call; see
-        :class:`~speechbrain_mamba.utils.bucketed_graphs.BucketedGraphs`).
-        A runtime option, not part of ``config``.
+        :class:`~speechbrain_mamba.utils.bucketed_graphs.BucketedGraphs`),
+        and VALL-M's :meth:`step` replays a graph of the whole decoding
+        step it records itself (one per batch size, dtypes and autocast;
+        see :mod:`~speechbrain_mamba.lobes.tts.step_graphs`). The attribute
+        ``cuda_graphs`` switches the step graphs (each stack has its own);
+        it is always False for the Transformer, whose growing key/value
+        cache a graph cannot hold. A runtime option, not part of
+        ``config``.
+    max_cuda_graphs : int
+        Most step graphs :meth:`step` keeps (other keys step plainly).
 
     Example
     -------
@@ -134,6 +144,7 @@ class CodecAR(CodecLMInputs):
         norm_eps: float = 1e-5,
         mamba_backend: str = "auto",
         cuda_graphs: bool = True,
+        max_cuda_graphs: int = 16,
     ):
         super().__init__()
         positional, d_ffn = backbone_defaults(
@@ -166,6 +177,8 @@ class CodecAR(CodecLMInputs):
         self.eos_index = codebook_size
         self.bos_index = codebook_size + 1
         self.backbone_type = backbone
+        self.init_cuda_graphs(cuda_graphs, max_cuda_graphs, 0)
+        self._step_graphs: Optional[ARStepGraphs] = None
         # audio tokens, EOS and BOS
         self.build_inputs(
             num_symbols, codebook_size + 2, d_model, dropout, positional
@@ -356,6 +369,15 @@ class CodecAR(CodecLMInputs):
     ) -> torch.Tensor:
         """Feeds one token per item and returns the next logits.
 
+        With ``cuda_graphs`` on, a VALL-M step on a GPU (fused decoding
+        kernels: no gradient, batch <= 8) replays a CUDA graph the model
+        records at the first such step (one launch instead of about a
+        hundred; the same values). The state's tensors are then replaced by
+        the recording's own tensors, holding the state's values (copied
+        once per generation, see
+        :func:`~speechbrain_mamba.lobes.tts.step_graphs.bind_state`): read
+        them from ``state``, not from references kept earlier.
+
         Arguments
         ---------
         tokens : torch.Tensor
@@ -367,8 +389,23 @@ class CodecAR(CodecLMInputs):
         Returns
         -------
         torch.Tensor
-            [batch, codebook_size + 1].
+            [batch, codebook_size + 1], a tensor of its own.
         """
+        if (
+            self.uses_cuda_graphs()
+            and self.max_cuda_graphs
+            and tokens.is_cuda
+            and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+        ):
+            if self._step_graphs is None:
+                self._step_graphs = ARStepGraphs(self, self.max_cuda_graphs)
+            return self._step_graphs(tokens, state)
+        return self._plain_step(tokens, state)
+
+    def _plain_step(
+        self, tokens: torch.Tensor, state: ARDecodingState
+    ) -> torch.Tensor:
+        """The decoding step that :meth:`step` records (its plain call)."""
         x = self._embed_audio(tokens[:, None], state.next_position[:, None])
         if self.backbone_type == "transformer":
             cache = state.cache
@@ -379,3 +416,37 @@ class CodecAR(CodecLMInputs):
             h = self.backbone(x, cache=state.cache)
         state.next_position += 1  # in place: a CUDA graph can replay it
         return self.head(h[:, 0])
+
+    # -- own CUDA graphs of the step ----------------------------------------
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether :meth:`step` replays its own CUDA graphs (never for the
+        Transformer)."""
+        return self._cuda_graphs and self.backbone_type == "mamba"
+
+    @cuda_graphs.setter
+    def cuda_graphs(self, value: bool) -> None:
+        self._cuda_graphs = bool(value)
+
+    @property
+    def num_cuda_graphs(self) -> int:
+        """Number of recorded step graphs (the stacks count theirs)."""
+        steps = 0 if self._step_graphs is None else self._step_graphs.num_graphs
+        return super().num_cuda_graphs + steps
+
+    def drop_cuda_graphs(self) -> None:
+        """Forgets the recorded step graphs (a state bound to one keeps its
+        tensors; the next steps record again)."""
+        super().drop_cuda_graphs()
+        self._step_graphs = None
+
+    def _replicate_for_data_parallel(self):
+        replica = super()._replicate_for_data_parallel()
+        replica._step_graphs = None
+        return replica
+
+    def __getstate__(self):
+        """Copies and pickles leave the step graphs out."""
+        state = super().__getstate__()
+        state["_step_graphs"] = None
+        return state
