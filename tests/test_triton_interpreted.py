@@ -5,7 +5,7 @@ before Triton is imported, so not in this process), where their small cases
 compare every kernel path (BiMamba scan forward and backward, inference
 scan, bidirectional convolution, the lean layer function, the forward-only
 scan and causal convolution of Mamba, CrossMamba and MambaStack, the fused
-decoding step) with the PyTorch references,
+decoding step, the fused residual add + norm) with the PyTorch references,
 gradients and padded items included. On a GPU machine the subprocess
 hides the GPU, so the same small cases run (the files also run their
 compiled-kernel cases there directly)."""
@@ -25,11 +25,12 @@ FILES = (
     "test_triton_bimamba.py",
     "test_triton_mamba.py",
     "test_triton_mamba_step.py",
+    "test_add_norm.py",
 )
 
 #: Tests of FILES that run under the interpreter (so that a change which
 #: skips them all cannot pass here).
-INTERPRETED_TESTS = 20
+INTERPRETED_TESTS = 53
 
 
 @pytest.mark.skipif(

@@ -29,11 +29,7 @@ from speechbrain_mamba.nnet.padding import (
     lengths_to_frames,
     zero_padding,
 )
-from speechbrain_mamba.ops.backend import (
-    fused_add_norm,
-    fused_step_applies,
-    use_cuda_kernels,
-)
+from speechbrain_mamba.ops.backend import fused_add_norm, fused_step_applies
 from speechbrain_mamba.ops.triton import mamba_step
 from speechbrain_mamba.utils.bucketed_graphs import SelfGraphedModule
 
@@ -67,6 +63,26 @@ def make_norm(norm: str, d_model: int, eps: float) -> nn.Module:
     if norm == "layernorm":
         return nn.LayerNorm(d_model, eps=eps)
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
+def _plain_norm_dtype(norm: nn.Module, x: torch.Tensor) -> torch.dtype:
+    """The dtype ``norm(x.to(norm.weight.dtype))`` returns: the weight's,
+    or fp32 for a LayerNorm under autocast (which runs it in fp32)."""
+    if isinstance(norm, nn.LayerNorm) and torch.is_autocast_enabled(
+        x.device.type
+    ):
+        return torch.float32
+    return norm.weight.dtype
+
+
+def _fused_add_norm(norm: nn.Module, backend: str, hidden, residual):
+    """The fused add + norm kernel for this call (None: plain path), see
+    :func:`speechbrain_mamba.ops.backend.fused_add_norm`."""
+    if not isinstance(norm, (RMSNorm, nn.LayerNorm)):
+        return None
+    return fused_add_norm(
+        backend, hidden, residual, getattr(norm, "weight", None)
+    )
 
 
 class DropPath(nn.Module):
@@ -179,20 +195,34 @@ class MambaBlock(nn.Module):
         residual : torch.Tensor
             The updated residual stream (fp32 if residual_in_fp32).
         """
-        add_norm = fused_add_norm() if hidden.is_cuda else None
-        if add_norm is not None and use_cuda_kernels(
-            self.mixer.backend, hidden, self.mixer.d_state
-        ):
-            # one Triton kernel for the residual add and the norm
+        add_norm = _fused_add_norm(
+            self.norm, self.mixer.backend, hidden, residual
+        )
+        if add_norm is not None:
+            # one Triton kernel for the residual add and the norm, which
+            # keeps only the new residual stream for backward
+            weight = self.norm.weight
+            out_dtype = _plain_norm_dtype(self.norm, hidden)
+            autocast = torch.get_autocast_dtype("cuda")
+            if (
+                cache is None
+                and hidden.is_cuda
+                and torch.is_autocast_enabled("cuda")
+                and weight.dtype in (torch.float32, autocast)
+            ):
+                # the mixer's first operation (in_proj) casts its input to
+                # the autocast dtype: writing that dtype gives the same
+                # numbers in half the bytes
+                out_dtype = autocast
             normed, residual = add_norm(
                 hidden,
-                self.norm.weight,
+                weight,
                 getattr(self.norm, "bias", None),
                 residual=residual,
                 eps=self.norm.eps,
-                prenorm=True,
                 residual_in_fp32=self.residual_in_fp32,
                 is_rms_norm=isinstance(self.norm, RMSNorm),
+                out_dtype=out_dtype,
             )
         else:
             residual = hidden if residual is None else residual + hidden
@@ -458,6 +488,24 @@ class MambaStack(SelfGraphedModule):
                 lengths=lengths,
                 cache=None if cache is None else cache[index],
             )
+        add_norm = _fused_add_norm(
+            self.norm_f, self.layers[-1].mixer.backend, hidden, residual
+        )
+        if add_norm is not None:
+            out_dtype = _plain_norm_dtype(self.norm_f, hidden)
+            if out_dtype == torch.float32:  # one rounding either way
+                out_dtype = x.dtype
+            normed, _ = add_norm(
+                hidden,
+                self.norm_f.weight,
+                getattr(self.norm_f, "bias", None),
+                residual=residual,
+                eps=self.norm_f.eps,
+                residual_in_fp32=False,
+                is_rms_norm=isinstance(self.norm_f, RMSNorm),
+                out_dtype=out_dtype,
+            )
+            return zero_padding(normed.to(x.dtype), frames)
         residual = residual + hidden
         weight = getattr(self.norm_f, "weight", None)
         if weight is not None:

@@ -19,6 +19,10 @@ and whether a gradient is needed:
 :func:`fused_step_applies`
     a decoding step of a unidirectional layer or stack on the two fused
     Triton step kernels (:mod:`speechbrain_mamba.ops.triton.mamba_step`).
+:func:`fused_add_norm`
+    the residual add + norm of a pre-norm block in one Triton kernel
+    (:mod:`speechbrain_mamba.ops.triton.add_norm`), wherever the block's
+    mixer runs on GPU kernels.
 
 ``backend="auto"`` uses mamba_ssm's ``selective_scan_fn`` (and
 causal_conv1d's ``causal_conv1d_fn`` when installed) for CUDA tensors when
@@ -51,7 +55,7 @@ speechbrain-mamba developers
 import functools
 import os
 from types import SimpleNamespace
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -479,26 +483,59 @@ def state_update_kernel():
     return selective_state_update
 
 
-@functools.lru_cache(maxsize=1)
-def fused_add_norm():
-    """mamba_ssm's Triton fused residual-add + (RMS/Layer)Norm, or None.
+def fused_add_norm(
+    backend: str,
+    hidden: torch.Tensor,
+    residual: Optional[torch.Tensor],
+    weight: Optional[torch.Tensor],
+) -> Optional[Callable]:
+    """The fused residual add + norm of a pre-norm block
+    (:func:`speechbrain_mamba.ops.triton.add_norm.add_norm`), or None for
+    the plain path.
+
+    It applies where the block's mixer runs on GPU kernels (this package's
+    or mamba_ssm's): CUDA tensors with backend "auto", "cuda" or "triton"
+    (under Triton's interpreter, "triton" also takes CPU tensors), Triton
+    installed, a norm with a weight, fp32 / fp16 / bf16 tensors. CPU
+    tensors (and backend "torch") keep the plain path.
+
+    Arguments
+    ---------
+    backend : str
+        The mixer's backend (before the ``SBMAMBA_BACKEND`` override).
+    hidden : torch.Tensor
+        The branch output added to the residual stream, [..., d_model].
+    residual : torch.Tensor, optional
+        The residual stream so far.
+    weight : torch.Tensor, optional
+        The norm's weight (None: a norm without one, plain path).
 
     Returns
     -------
     callable or None
-        ``layer_norm_fn(x, weight, bias, residual=None, eps=...,
-        prenorm=False, residual_in_fp32=False, is_rms_norm=False)``.
+        ``add_norm(hidden, weight, bias, residual, eps, residual_in_fp32,
+        is_rms_norm, out_dtype)``, or None.
 
     Example
     -------
-    >>> fn = fused_add_norm()
-    >>> fn is None or callable(fn)
+    >>> hidden, weight = torch.zeros(1, 5, 8), torch.ones(8)
+    >>> fused_add_norm("auto", hidden, None, weight) is None  # CPU tensors
     True
     """
-    if cuda_kernels() is None:
+    from speechbrain_mamba.ops.triton import add_norm
+
+    backend = effective_backend(backend)
+    if backend == "torch" or weight is None or not add_norm.available():
         return None
-    try:
-        from mamba_ssm.ops.triton.layer_norm import layer_norm_fn
-    except (ImportError, OSError):
+    if not (
+        hidden.is_cuda or (backend == "triton" and _triton_runs_on(hidden))
+    ):
         return None
-    return layer_norm_fn
+    tensors = (
+        (hidden, weight) if residual is None else (hidden, weight, residual)
+    )
+    if any(t.dtype not in add_norm.DTYPES for t in tensors):
+        return None
+    if hidden.shape[-1] > add_norm.MAX_FEATURES:
+        return None
+    return add_norm.add_norm
