@@ -387,3 +387,264 @@ def test_keys_share_one_pool_of_activations():
     more = torch.cuda.memory_reserved() - base - one
     assert graphed.num_graphs == 4
     assert more < one / 2, (one, more)
+
+
+# Where a replayed backward puts the parameter gradients ------------------
+#
+# The backward graph adds each parameter's gradient into a buffer, which
+# becomes the parameter's ``.grad``; _place_gradients asks autograd's
+# engine, inside the running backward, what it does with each parameter.
+# CPU cannot record graphs: ``AddsIntoBuffers`` computes y = x * w + b and
+# its backward "replays" by adding the gradients of w and b into buffers,
+# as the graph does, then lets _place_gradients decide. Every pattern is
+# compared with the same computation done eagerly.
+
+
+class AddsIntoBuffers(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, buffers, x, w, b):
+        ctx.save_for_backward(x)
+        ctx.buffers, ctx.params = buffers, (w, b)
+        return x * w + b
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        from speechbrain_mamba.utils.graphed_training import _place_gradients
+
+        (x,) = ctx.saved_tensors
+        w, _ = ctx.params
+        buffer_w, buffer_b = ctx.buffers
+
+        def replay():  # what the backward graph does
+            buffer_w.add_((g * x).sum(0))
+            buffer_b.add_(g.sum(0))
+
+        nodes = [node for node, _ in ctx.next_functions[1:]]
+        grads = _place_gradients(nodes, ctx.params, ctx.buffers, replay)
+        return (None, g * w, *grads)
+
+
+class Affine(torch.nn.Module):
+    """y = x * w + b, eager or through AddsIntoBuffers."""
+
+    def __init__(self, replayed):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.linspace(0.5, 2.0, 3))
+        self.b = torch.nn.Parameter(torch.linspace(-1.0, 1.0, 3))
+        self.replayed = replayed
+        # garbage, as torch.empty_like would leave
+        self.buffers = (torch.full((3,), 7.0), torch.full((3,), -5.0))
+
+    def forward(self, x):
+        if self.replayed:
+            return AddsIntoBuffers.apply(self.buffers, x, self.w, self.b)
+        return x * self.w + self.b
+
+
+def affine_pair():
+    return Affine(replayed=False), Affine(replayed=True)
+
+
+def inputs_of(step):
+    g = torch.Generator().manual_seed(step)
+    return torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+
+
+def affine_loss(model, step):
+    x, weights = inputs_of(step)
+    return (model(x) * weights).sum()
+
+
+def assert_grads_equal(got, expected):
+    for (name, p), q in zip(got.named_parameters(), expected.parameters()):
+        if q.grad is None:
+            assert p.grad is None, name
+        else:
+            torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_replayed_gradients_accumulate_as_eager_whatever_zero_grad_does():
+    """None -> the buffer becomes .grad; in-place zero and accumulation
+    over micro-batches add into it (the same tensor every step); a .grad
+    the user assigned gets the gradient added in place."""
+    eager, replayed = affine_pair()
+    buffers = replayed.buffers
+    grad_w = None  # the tensor that replayed.w.grad must be
+    for step, pattern in enumerate(
+        ["none", "zero", "keep", "keep", "none", "user", "keep", "none"]
+    ):
+        for model in (eager, replayed):
+            if pattern == "none":
+                model.zero_grad(set_to_none=True)
+            elif pattern == "zero":
+                model.zero_grad(set_to_none=False)
+            elif pattern == "user":
+                model.w.grad = torch.full((3,), 0.25)
+                model.b.grad = None
+        if pattern == "none":
+            grad_w = buffers[0]
+        elif pattern == "user":
+            grad_w = replayed.w.grad
+        for model in (eager, replayed):
+            affine_loss(model, step).backward()
+        assert replayed.w.grad is grad_w
+        assert replayed.b.grad is buffers[1]
+        assert_grads_equal(replayed, eager)
+
+
+def test_autograd_grad_and_backward_inputs_leave_grad_alone():
+    """torch.autograd.grad returns fresh tensors and leaves .grad (the
+    buffer) as it was; backward(inputs=...) accumulates only into the
+    parameters it names."""
+    eager, replayed = affine_pair()
+    for model in (eager, replayed):
+        affine_loss(model, 0).backward()  # .grad: the buffers
+    kept = replayed.w.grad.clone()
+    results = []
+    for model in (eager, replayed):
+        results.append(torch.autograd.grad(affine_loss(model, 1), [model.w]))
+    (expected,), (got,) = results
+    torch.testing.assert_close(got, expected)
+    assert got is not replayed.buffers[0]
+    torch.testing.assert_close(replayed.w.grad, kept)  # untouched
+    affine_loss(replayed, 2).backward()  # the next replay
+    torch.testing.assert_close(got, expected)  # the result survives
+    affine_loss(eager, 2).backward()
+    for step, model_inputs in [(3, "b"), (4, "x"), (5, "w")]:
+        for model in (eager, replayed):
+            x, weights = inputs_of(step)
+            x.requires_grad_()
+            wanted = {"b": [model.b], "x": [x], "w": [model.w, x]}
+            loss = (model(x) * weights).sum()
+            loss.backward(inputs=wanted[model_inputs])
+        assert_grads_equal(replayed, eager)
+    assert replayed.w.grad is replayed.buffers[0]
+    assert replayed.b.grad is replayed.buffers[1]
+    # autograd.grad of an input only: the parameters' .grad untouched
+    for model in (eager, replayed):
+        x, weights = inputs_of(6)
+        x.requires_grad_()
+        torch.autograd.grad((model(x) * weights).sum(), [x])
+    assert_grads_equal(replayed, eager)
+
+
+@pytest.mark.parametrize("zero", ["none", "zero", "user"])
+def test_parameter_also_used_outside_the_replay(zero):
+    """w feeds the replayed call and eager operations after and before it:
+    autograd adds the outside gradient into the .grad the replay left."""
+    eager, replayed = affine_pair()
+    for model in (eager, replayed):
+        affine_loss(model, 0).backward()
+    for step in (1, 2):
+        for model in (eager, replayed):
+            if zero == "none":
+                model.zero_grad(set_to_none=True)
+            elif zero == "zero":
+                model.zero_grad(set_to_none=False)
+            else:
+                model.w.grad = torch.full((3,), 0.5)
+            x, weights = inputs_of(step)
+            before = (model.w**2).sum()  # used before the call
+            loss = (model(x * model.w) * weights).sum() + before
+            loss = loss + (model.w * 3).sum()  # and after it
+            loss.backward()
+        assert_grads_equal(replayed, eager)
+
+
+def test_parameter_hooks_see_the_replayed_gradient():
+    """A hook on a parameter gets the full gradient (replayed and from
+    outside) and may change it; a post-accumulate hook sees the final
+    .grad, as eagerly."""
+    eager, replayed = affine_pair()
+    seen = {id(eager): [], id(replayed): []}
+    for model in (eager, replayed):
+        model.w.register_hook(lambda g: 2 * g)
+        record = seen[id(model)]
+        model.b.register_post_accumulate_grad_hook(
+            lambda p, record=record: record.append(p.grad.clone())
+        )
+    for step, zero in enumerate(["none", "keep", "zero"]):
+        for model in (eager, replayed):
+            if zero == "none":
+                model.zero_grad(set_to_none=True)
+            elif zero == "zero":
+                model.zero_grad(set_to_none=False)
+            x, weights = inputs_of(step)
+            ((model(x) * weights).sum() + model.b.sum()).backward()
+        assert_grads_equal(replayed, eager)
+    assert len(seen[id(replayed)]) == 3
+    for got, expected in zip(seen[id(replayed)], seen[id(eager)]):
+        torch.testing.assert_close(got, expected)
+
+
+class FakeGraph:
+    """Stands for a recorded CUDA graph on CPU: replay() runs a function."""
+
+    def __init__(self, run):
+        self.replay = run
+
+
+def fake_recording(linear):
+    """What GraphedTraining records for ``linear`` on inputs [4, 3], with
+    the two graphs computed on CPU (the backward adds the parameter
+    gradients into the buffers, as the recorded one does)."""
+    from speechbrain_mamba.utils.graphed_training import _Recorded
+
+    weight, bias = linear.weight, linear.bias
+    x, out = torch.zeros(4, 3), torch.zeros(4, 2)
+    grad_output, grad_x = torch.zeros(4, 2), torch.zeros(4, 3)
+    buffers = (torch.full_like(weight, 9.0), torch.full_like(bias, 9.0))
+
+    def forward():
+        out.copy_(x @ weight.detach().T + bias.detach())
+
+    def backward():
+        grad_x.copy_(grad_output @ weight.detach())
+        buffers[0].add_(grad_output.T @ x)
+        buffers[1].add_(grad_output.sum(0))
+
+    used = [(0, weight, buffers[0]), (1, bias, buffers[1])]
+    recording = _Recorded(
+        (x,), FakeGraph(forward), FakeGraph(backward), out, grad_output,
+        (grad_x,), used,
+    )  # fmt: skip
+    return recording, buffers
+
+
+def test_replay_node_hands_out_input_and_parameter_gradients():
+    """_Replay's backward on CPU graphs: the input gets a fresh gradient,
+    the parameters their buffers as .grad, an unused parameter none; the
+    gradients equal eager ones over steps with and without zeroing."""
+    from speechbrain_mamba.utils.graphed_training import (
+        _AwaitingBackward,
+        _Replay,
+    )
+
+    torch.manual_seed(0)
+    eager = torch.nn.Linear(3, 2)
+    eager.unused = torch.nn.Parameter(torch.ones(2))
+    replayed = copy.deepcopy(eager)
+    recording, buffers = fake_recording(replayed)
+    params = (replayed.weight, replayed.bias, replayed.unused)
+    for zero in ["none", "keep", "zero", "none"]:
+        x, weights = torch.randn(4, 3), torch.randn(4, 2)
+        x_eager, x_replayed = x.clone().requires_grad_(), x.requires_grad_()
+        for model in (eager, replayed):
+            if zero != "keep":
+                model.zero_grad(set_to_none=zero == "none")
+        (eager(x_eager) * weights).sum().backward()
+        token = _AwaitingBackward()
+        y = _Replay.apply(recording, token, 3, x_replayed, *params)
+        torch.testing.assert_close(y, eager(x_eager))
+        loss = (y * weights).sum()
+        loss.backward(retain_graph=True)
+        assert token.done
+        torch.testing.assert_close(x_replayed.grad, x_eager.grad)
+        assert x_replayed.grad is not recording.input_grads[0]
+        assert replayed.weight.grad is buffers[0]
+        assert replayed.bias.grad is buffers[1]
+        assert replayed.unused.grad is None
+        assert_grads_equal(replayed, eager)
+    with pytest.raises(RuntimeError, match="runs once"):
+        loss.backward()

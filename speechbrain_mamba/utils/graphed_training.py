@@ -8,10 +8,13 @@ launch each, the same kernels, the same numbers.
 
 :class:`GraphedTraining` calls ``function(*inputs)`` with autograd: the
 forward graph's output is returned through an autograd node whose backward
-replays the backward graph and hands the gradients of the differentiable
-inputs and of ``module``'s trainable parameters to autograd, which
-accumulates them into ``.grad`` as after an eager backward (hooks on the
-parameters and gradient accumulation work as usual).
+replays the backward graph. The backward graph adds each trainable
+parameter's gradient into one buffer per parameter, which becomes the
+parameter's ``.grad``: a replayed step keeps no second copy of the
+gradients (an eager step's memory), and accumulation over micro-batches,
+``zero_grad`` either way, ``torch.autograd.grad``, ``backward(inputs=...)``,
+parameters also used outside the function and gradient hooks on parameters
+give eager's gradients (see :class:`GraphedTraining`).
 
 - Keys are the inputs' shapes, dtypes, devices and ``requires_grad``, the
   autocast state and the training flag of every sub-module; at most
@@ -22,8 +25,9 @@ parameters and gradient accumulation work as usual).
 - Memory: every graph is recorded into one memory pool per device, so the
   activations of a forward graph (read by its backward graph) share memory
   with those of the other keys: about one eager step's activations in all,
-  plus each key's input and output buffers. The parameter gradients are
-  written into one set of buffers shared by every key. This is safe because
+  plus each key's input and output buffers. Every key adds the parameter
+  gradients into the same buffers, as they are computed (the gradients of
+  all parameters never exist twice). This is safe because
   a replayed forward's backward runs before the next replay: a call made
   while an earlier replay still waits for its backward (two forwards, then
   the backwards) runs eagerly instead.
@@ -42,8 +46,17 @@ speechbrain-mamba developers
 
 import contextlib
 import logging
+import operator
 import weakref
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import (
+    Any,
+    Callable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 import torch
 from torch import nn
@@ -93,17 +106,175 @@ def _fresh_leaves(
             sub._parameters[name] = p
 
 
-class _Recorded:
-    """One key: input buffers, the two graphs, output and gradient
-    buffers."""
+def _engine_wants(node: Any) -> Optional[bool]:
+    """Whether the running backward accumulates into the gradient
+    accumulator ``node``: True, False, or None where
+    ``torch.autograd.grad`` returns the gradient."""
+    try:
+        return torch._C._will_engine_execute_node(node)
+    except RuntimeError as error:
+        if "autograd.grad" not in str(error):
+            raise
+        return None
 
-    def __init__(self, inputs, forward, backward, output, grad_output, grads):
+
+def _place_gradients(
+    nodes: Sequence[Any],
+    params: Sequence[torch.Tensor],
+    buffers: Sequence[torch.Tensor],
+    replay: Callable[[], None],
+) -> List[Optional[torch.Tensor]]:
+    """Inside a backward: runs ``replay``, which adds each parameter's
+    gradient into its buffer, and puts each gradient where this backward
+    wants it, asking autograd's engine per parameter.
+
+    - Accumulated into ``.grad`` (``backward()``, or ``inputs`` naming
+      it): when ``.grad`` is the buffer, the replay's addition is the
+      accumulation; when ``.grad`` is None, the buffer is zeroed first and
+      becomes ``.grad``; another ``.grad`` tensor gets the gradient added
+      in place. Autograd gets None (it must not add it again; gradient
+      that reaches the parameter by other paths is still added by autograd
+      afterwards, into that ``.grad``).
+    - Wanted by ``torch.autograd.grad``, or accumulated into a parameter
+      watched by gradient hooks: autograd gets a fresh copy (the buffer is
+      overwritten by the next replay), and runs the hooks.
+    - Not wanted: autograd gets None.
+
+    A ``.grad`` that is the buffer keeps its value whenever this backward
+    does not accumulate into it. Zeroing, copies and additions are one
+    multi-tensor operation each.
+
+    Arguments
+    ---------
+    nodes : sequence
+        The parameters' gradient accumulators (autograd nodes), those that
+        the calling backward's node feeds.
+    params : sequence of torch.Tensor
+        The parameters (leaves) that the replay gives gradients.
+    buffers : sequence of torch.Tensor
+        One per parameter: the memory ``replay`` adds its gradient into.
+    replay : callable
+        Adds each parameter's gradient into its buffer.
+
+    Returns
+    -------
+    list
+        Per parameter, what the calling backward returns to autograd:
+        None, or a fresh tensor holding the gradient.
+
+    Example
+    -------
+    >>> class Doubles(torch.autograd.Function):  # y = 2 w, "replayed"
+    ...     @staticmethod
+    ...     def forward(ctx, buffer, w):
+    ...         ctx.buffer, ctx.w = buffer, w
+    ...         return 2 * w
+    ...     @staticmethod
+    ...     def backward(ctx, g):
+    ...         node = ctx.next_functions[1][0]  # w's accumulator
+    ...         add = lambda: ctx.buffer.add_(2 * g)  # what the graph does
+    ...         grads = _place_gradients([node], [ctx.w], [ctx.buffer], add)
+    ...         return None, *grads
+    >>> w, buffer = torch.ones(3, requires_grad=True), torch.empty(3)
+    >>> Doubles.apply(buffer, w).sum().backward()
+    >>> w.grad is buffer, w.grad.tolist()
+    (True, [2.0, 2.0, 2.0])
+    >>> Doubles.apply(buffer, w).sum().backward()  # accumulates
+    >>> w.grad.tolist()
+    [4.0, 4.0, 4.0]
+    >>> (g,) = torch.autograd.grad(Doubles.apply(buffer, w).sum(), w)
+    >>> g.tolist(), w.grad.tolist()  # .grad untouched
+    ([2.0, 2.0, 2.0], [4.0, 4.0, 4.0])
+    """
+    try:
+        wanted = list(map(torch._C._will_engine_execute_node, nodes))
+    except RuntimeError as error:
+        if "autograd.grad" not in str(error):
+            raise
+        wanted = [_engine_wants(node) for node in nodes]
+    grads = [param.grad for param in params]
+    hooked = [  # register_hook, register_post_accumulate_grad_hook
+        bool(param._backward_hooks or param._post_accumulate_grad_hooks)
+        for param in params
+    ]
+    if (
+        all(wanted)
+        and all(map(operator.is_, grads, buffers))
+        and not any(hooked)
+    ):  # accumulating into the buffers, as every step but the first
+        replay()
+        return [None] * len(params)
+    saved, zeroed, handed = [], [], []
+    adopted, added = [], []
+    for index, (accumulates, hooks, param, grad, buffer) in enumerate(
+        zip(wanted, hooked, params, grads, buffers)
+    ):
+        if accumulates and not hooks:
+            if grad is not buffer:
+                zeroed.append(buffer)
+                if grad is None:
+                    adopted.append((param, buffer))
+                else:
+                    added.append((grad, buffer))
+            continue
+        if grad is buffer:
+            saved.append(buffer)
+        if accumulates is not False:
+            zeroed.append(buffer)
+            handed.append(index)
+    copies = torch._foreach_mul(saved, 1.0) if saved else []
+    if zeroed:
+        torch._foreach_zero_(zeroed)
+    replay()
+    result: List[Optional[torch.Tensor]] = [None] * len(params)
+    if handed:
+        fresh = torch._foreach_mul([buffers[i] for i in handed], 1.0)
+        for index, grad in zip(handed, fresh):
+            result[index] = grad
+    if saved:
+        torch._foreach_copy_(saved, copies)
+    if added:
+        torch._foreach_add_(*map(list, zip(*added)))
+    for param, buffer in adopted:
+        param.grad = buffer
+    return result
+
+
+def _drop_grad(tensor: torch.Tensor) -> None:
+    tensor.grad = None
+
+
+def _mark_reached(reached: set, index: int) -> Callable:
+    """A gradient hook that notes ``index`` when a gradient arrives (the
+    engine calls hooks with None where an operation gives none)."""
+
+    def hook(grad: Optional[torch.Tensor]) -> None:
+        if grad is not None:
+            reached.add(index)
+
+    return hook
+
+
+class _Recorded:
+    """One key: input buffers, the two graphs, output buffer, and where
+    the backward graph leaves the gradients."""
+
+    def __init__(
+        self, inputs, forward, backward, output, grad_output, input_grads, used
+    ):
         self.inputs = inputs
         self.forward = forward
         self.backward = backward
         self.output = output
         self.grad_output = grad_output
-        self.grads = grads
+        # per input: the graph's tensor holding its gradient, or None
+        self.input_grads = input_grads
+        # the parameters the backward graph adds a gradient to (index
+        # among the parameters, parameter, buffer)
+        self.used = tuple(index for index, _, _ in used)
+        self.used_params = tuple(param for _, param, _ in used)
+        self.used_buffers = tuple(buffer for _, _, buffer in used)
+        self.nodes: Optional[Tuple[Any, ...]] = None  # their accumulators
 
 
 class _AwaitingBackward:
@@ -116,13 +287,14 @@ class _Replay(torch.autograd.Function):
     """Replays a recorded forward; its backward replays the backward."""
 
     @staticmethod
-    def forward(ctx, recorded, token, *tensors):
+    def forward(ctx, recorded, token, num_params, *tensors):
         for buffer, value in zip(recorded.inputs, tensors):
             if buffer.data_ptr() != value.data_ptr():
                 buffer.copy_(value)
         recorded.forward.replay()
         ctx.recorded = recorded
         ctx.token = token
+        ctx.num_params = num_params
         return recorded.output.detach()
 
     @staticmethod
@@ -137,16 +309,29 @@ class _Replay(torch.autograd.Function):
             )
         recorded = ctx.recorded
         recorded.grad_output.copy_(grad)
-        recorded.backward.replay()
-        ctx.token.done = True
-        # fresh tensors (one multi-tensor copy): the buffers are overwritten
-        # by the next replay, so neither .grad nor autograd.grad's results
-        # may be the buffers themselves
-        grads = [g for g in recorded.grads if g is not None]
-        copies = iter(torch._foreach_mul(grads, 1.0) if grads else [])
-        return (None, None) + tuple(
-            None if g is None else next(copies) for g in recorded.grads
+        if recorded.nodes is None:  # the same while the parameters live
+            first = len(recorded.inputs)
+            recorded.nodes = tuple(
+                ctx.next_functions[first + index][0] for index in recorded.used
+            )
+        placed = _place_gradients(
+            recorded.nodes,
+            recorded.used_params,
+            recorded.used_buffers,
+            recorded.backward.replay,
         )
+        ctx.token.done = True
+        # the inputs' gradients as fresh tensors (one multi-tensor copy):
+        # the graph's are overwritten by the next replay
+        wanted = [g for g in recorded.input_grads if g is not None]
+        copies = iter(torch._foreach_mul(wanted, 1.0) if wanted else [])
+        input_grads = tuple(
+            None if g is None else next(copies) for g in recorded.input_grads
+        )
+        param_grads: List[Optional[torch.Tensor]] = [None] * ctx.num_params
+        for index, param_grad in zip(recorded.used, placed):
+            param_grads[index] = param_grad
+        return (None, None, None) + input_grads + tuple(param_grads)
 
 
 class GraphedTraining(KeyedGraphs):
@@ -166,6 +351,30 @@ class GraphedTraining(KeyedGraphs):
         Most keys to record; calls of other keys run eagerly.
     warmup : int
         Eager forward + backward passes before each recording.
+
+    Notes
+    -----
+    Where the replayed backward puts a parameter's gradient:
+
+    - ``backward()`` (or ``inputs`` naming the parameter): when ``.grad`` is
+      None (``zero_grad(set_to_none=True)``, which SpeechBrain's ``Brain``
+      calls after each optimizer step), the parameter's buffer is zeroed and
+      becomes ``.grad``; when ``.grad`` is the buffer (in-place
+      ``zero_grad``, accumulation over micro-batches), the gradient is added
+      to it; a ``.grad`` assigned since the recording gets the gradient
+      added in place, as eagerly (the buffer then costs the parameters'
+      bytes once more, until ``.grad`` is set to None). A ``.grad`` present
+      at the first recording becomes the buffer.
+    - ``torch.autograd.grad`` or a parameter watched by gradient hooks
+      (``register_hook``, ``register_post_accumulate_grad_hook``): autograd
+      gets a fresh copy of the gradient and runs the hooks as eagerly.
+    - Gradient reaching the parameter outside the function (a parameter used
+      there too) is added by autograd into ``.grad`` afterwards.
+
+    The one difference from eager: after ``zero_grad(set_to_none=True)``
+    the next backward gives the parameter the same ``.grad`` tensor again
+    (eagerly a new one), so a reference to the old ``.grad`` kept by the
+    caller sees the new gradient.
 
     Example
     -------
@@ -253,11 +462,33 @@ class GraphedTraining(KeyedGraphs):
         )
 
     def _gradient_buffers(self, params) -> Tuple[torch.Tensor, ...]:
+        """One buffer per parameter, shared by every key: its ``.grad``
+        where it has one of the parameter's layout (no second copy of the
+        gradients, e.g. while ``zero_grad(set_to_none=False)`` keeps them),
+        else new memory."""
         if self._grad_buffers is None:
-            self._grad_buffers = tuple(
-                torch.empty_like(p, memory_format=torch.preserve_format)
-                for p in params
-            )
+            buffers, taken = [], set()
+            for param in params:
+                grad = param.grad
+                if (
+                    grad is not None
+                    and id(grad) not in taken
+                    and grad.layout == torch.strided
+                    and not grad.requires_grad
+                    and grad.dtype == param.dtype
+                    and grad.device == param.device
+                    and grad.shape == param.shape
+                    and grad.stride() == param.stride()
+                ):
+                    taken.add(id(grad))
+                    buffers.append(grad)
+                else:
+                    buffers.append(
+                        torch.empty_like(
+                            param, memory_format=torch.preserve_format
+                        )
+                    )
+            self._grad_buffers = tuple(buffers)
         return self._grad_buffers
 
     def _record(self, inputs: Tuple[torch.Tensor, ...], key: Tuple):
@@ -283,15 +514,20 @@ class GraphedTraining(KeyedGraphs):
                     torch.cuda.stream(side),
                     _fresh_leaves(self.module, params) as leaves,
                 ):
+                    # each gradient is dropped once accumulated: no more
+                    # memory than an eager step's
+                    for leaf in leaves:
+                        leaf.register_post_accumulate_grad_hook(_drop_grad)
                     for _ in range(self.warmup):
                         out = self.function(*static)
-                        torch.autograd.grad(
+                        torch.autograd.backward(
                             out,
-                            static_wanted + leaves,
                             torch.ones_like(out),
-                            allow_unused=True,
+                            inputs=static_wanted + leaves,
                         )
                         del out
+                        for tensor in static_wanted:
+                            tensor.grad = None
                 torch.cuda.current_stream().wait_stream(side)
                 forward = torch.cuda.CUDAGraph()
                 with (
@@ -306,45 +542,50 @@ class GraphedTraining(KeyedGraphs):
                     )
                 grad_output = torch.empty_like(out)
                 shared = self._gradient_buffers(params)
+                # the backward adds each parameter's gradient into its
+                # buffer as autograd produces it (AccumulateGrad adds in
+                # place into a defined .grad), so the gradients of all
+                # parameters never exist at once in the graph's memory;
+                # the inputs' gradients stay in the graph's memory
+                reached = set()
+                for index, (leaf, buffer) in enumerate(zip(leaves, shared)):
+                    leaf.grad = buffer
+                    leaf.register_hook(_mark_reached(reached, index))
                 backward = torch.cuda.CUDAGraph()
                 with capturing(backward, pool, "thread_local"):
-                    grads = torch.autograd.grad(
-                        out,
-                        static_wanted + leaves,
-                        grad_output,
-                        allow_unused=True,
+                    torch.autograd.backward(
+                        out, grad_output, inputs=static_wanted + leaves
                     )
-                    param_grads = grads[len(grads) - len(params) :]
-                    used = [
-                        (buffer, grad)
-                        for buffer, grad in zip(shared, param_grads)
-                        if grad is not None
-                    ]
-                    if used:
-                        torch._foreach_copy_(*map(list, zip(*used)))
+                moved = [
+                    index
+                    for index, (leaf, buffer) in enumerate(zip(leaves, shared))
+                    if leaf.grad is not buffer
+                    or leaf.grad.data_ptr() != buffer.data_ptr()
+                ]
+                if moved:
+                    raise RuntimeError(
+                        f"{len(moved)} parameter gradients were not added "
+                        "in place into their buffers while recording the "
+                        "backward"
+                    )
         except RuntimeError as error:  # out of memory included
             self.recording_failed(error, key, device)
             return None
-        # gradients handed to autograd: one per input (None where it needs
-        # none), then the shared buffer of each parameter (None if unused)
-        grads_in = iter(grads)
-        input_grads = tuple(
-            next(grads_in) if t.requires_grad else None for t in static
-        )
-        param_grads = tuple(
-            buffer if grad is not None else None
-            for buffer, grad in zip(shared, param_grads)
-        )
         recorded = _Recorded(
             static,
             forward,
             backward,
             out.detach(),
             grad_output,
-            input_grads + param_grads,
+            tuple(t.grad if t.requires_grad else None for t in static),
+            [
+                (index, param, buffer)
+                for index, (param, buffer) in enumerate(zip(params, shared))
+                if index in reached
+            ],
         )
         # the forward's activations go back to the pool
-        del out, grads, used, leaves
+        del out, leaves
         self._params = params
         self._graphs[key] = recorded
         logger.info(
@@ -398,4 +639,6 @@ class GraphedTraining(KeyedGraphs):
                 return self.function(*inputs)
         token = _AwaitingBackward()
         self._awaiting = weakref.ref(token)
-        return _Replay.apply(recorded, token, *inputs, *self._params)
+        return _Replay.apply(
+            recorded, token, len(self._params), *inputs, *self._params
+        )
