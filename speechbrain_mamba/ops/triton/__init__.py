@@ -11,6 +11,9 @@ interpreter, ``TRITON_INTERPRET=1``, which is how the tests run them in CI).
     a whole BiMamba or Mamba layer as one low-memory autograd function.
 :mod:`~speechbrain_mamba.ops.triton.mamba_step`
     one decoding step of a unidirectional Mamba block in two kernels.
+:mod:`~speechbrain_mamba.ops.triton.add_norm`
+    the residual add and the pre-norm of a Mamba block in one kernel
+    (forward and backward), keeping only the new residual stream.
 
 Which call runs on them is decided in :mod:`speechbrain_mamba.ops.backend`.
 """

@@ -210,11 +210,13 @@ if available():
                 )
 
 
-def _tile(features: int) -> Tuple[int, int, int]:
-    """(rows per program, padded features, warps) of a feature size."""
+def _tile(features: int, backward: bool = False) -> Tuple[int, int, int]:
+    """(rows per program, padded features, warps) of a feature size; the
+    backward kernel holds more values per element, so twice the warps."""
     block = triton.next_power_of_2(features)
     rows = max(1, min(MAX_ROWS, TILE // block))
-    warps = 4 if rows * block <= TILE else 8
+    per_warp = 512 if backward else 1024
+    warps = max(4, min(16, rows * block // per_warp))
     return rows, block, warps
 
 
@@ -286,11 +288,14 @@ class AddNormFunction(torch.autograd.Function):
         if residual_dtype is not None and needs[3]:
             dresidual = torch.empty_like(residual_out, dtype=residual_dtype)
         needs_dweight = needs[1] or needs[2]
-        tile_rows, block, warps = _tile(features)
+        tile_rows, block, warps = _tile(features, backward=True)
         programs = _backward_programs(rows, tile_rows, residual_out.device)
         partial = None
-        if needs_dweight:
-            partial = residual_out.new_zeros(
+        if needs_dweight:  # every program writes its row (none: zeros)
+            allocate = (
+                residual_out.new_empty if rows else residual_out.new_zeros
+            )
+            partial = allocate(
                 (2, max(programs, 1), features), dtype=torch.float32
             )
         if rows > 0:
@@ -310,10 +315,12 @@ class AddNormFunction(torch.autograd.Function):
                 num_warps=warps,
             )  # fmt: skip
         dweight = dbias = None
-        if needs[1]:
-            dweight = partial[0].sum(0).to(weight.dtype)
-        if needs[2] and bias is not None:
-            dbias = partial[1].sum(0).to(bias.dtype)
+        if needs_dweight:
+            sums = partial.sum(1)  # both in one reduction
+            if needs[1]:
+                dweight = sums[0].to(weight.dtype)
+            if needs[2] and bias is not None:
+                dbias = sums[1].to(bias.dtype)
         return (
             dhidden if needs[0] else None, dweight, dbias, dresidual,
             None, None, None, None,
