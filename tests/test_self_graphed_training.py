@@ -112,6 +112,39 @@ def test_replayed_training_steps_equal_eager_ones(true_fp32, dtype):
 
 
 @pytest.mark.gpu
+def test_replayed_gradients_accumulate_into_the_same_grad(true_fp32):
+    """The mask network's own graphs over micro-batches (two per
+    optimizer step, zeroed in place or set to None between steps, as
+    SpeechBrain's Brain does): eager gradients, and every ``.grad`` is
+    one tensor at one address for the whole training (the graphs' shared
+    buffer, no copy per step)."""
+    eager = masknet(cuda_graphs=False).cuda().train()
+    graphed = copy.deepcopy(eager)
+    graphed.cuda_graphs = True
+    torch.manual_seed(3)
+    first = None  # name: (tensor, address) of .grad after the first step
+    for step, zero in enumerate(["none", None, "zero", None, "none", None]):
+        x = torch.randn(2, 16, 400, device="cuda")
+        lengths = torch.tensor([1.0, 0.7], device="cuda")
+        for net in (eager, graphed):
+            if zero is not None:
+                net.zero_grad(set_to_none=zero == "none")
+            weighted_loss(net(x, lengths)).backward()
+        for (name, p), p_ref in zip(
+            graphed.named_parameters(), eager.parameters()
+        ):
+            torch.testing.assert_close(
+                p.grad, p_ref.grad, **TOL, msg=f"step {step}: {name}"
+            )
+        grads = {n: p.grad for n, p in graphed.named_parameters()}
+        if first is None:
+            first = {n: (g, g.data_ptr()) for n, g in grads.items()}
+        for name, (grad, address) in first.items():
+            assert grads[name] is grad and grad.data_ptr() == address, name
+    assert graphed.num_cuda_graphs == 1
+
+
+@pytest.mark.gpu
 def test_stochastic_depth_trains_eagerly():
     net = masknet(drop_path=0.1).cuda().train()
     x = torch.randn(1, 16, 100, device="cuda", requires_grad=True)
