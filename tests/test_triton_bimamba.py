@@ -107,6 +107,25 @@ def test_scan_equals_loop_reference(time, lengths, d_inner, d_state):
     assert_scan_matches_reference(inputs, d_state, 0.5)
 
 
+def test_long_sequences_scan_in_longer_training_chunks(monkeypatch):
+    """From LONG_TRAINING_SEQUENCE frames on, training keeps one state per
+    LONG_TRAINING_CHUNK frames (half as many); the gradients stay the
+    reference's, padded item included (threshold lowered to reach it)."""
+    long_chunk = 2 * scan_ops.TRAINING_CHUNK
+    monkeypatch.setattr(scan_ops, "LONG_TRAINING_CHUNK", long_chunk)
+    monkeypatch.setattr(scan_ops, "LONG_TRAINING_SEQUENCE", 2 * long_chunk)
+    time = 3 * long_chunk + 5
+    assert scan_ops.training_chunk(time) == long_chunk
+    assert scan_ops.training_chunk(2 * long_chunk - 1) == long_chunk // 2
+    inputs = scan_inputs(2, time, 8, 4, [time, long_chunk + 3])
+    with torch.no_grad():
+        _, states, _ = call(
+            lambda ins, scale: scan_ops.scan_forward(ins), inputs, 4, 0.5
+        )
+    assert states.shape[1] == -(-time // long_chunk)  # chunks kept
+    assert_scan_matches_reference(inputs, 4, 0.5)
+
+
 @pytest.mark.gpu
 def test_scan_step_sizes_over_the_whole_softplus_range():
     """The kernels' softplus and sigmoid use the hardware's base-2 exp/log:

@@ -31,8 +31,9 @@ pass reruns each chunk's forward steps from the stored chunk state (the
 states go to a per-program scratch area), then walks the chunk backwards and
 forms every gradient from ``g``, the stored states and ``exp(delta A)
 h[t-1] = h[t] - delta B u`` (nothing is divided). What autograd keeps: the
-inputs and one fp32 state per chunk boundary (``2 d d_state /
-TRAINING_CHUNK`` floats per frame).
+inputs and one fp32 state per chunk boundary (``2 d d_state / chunk``
+floats per frame, with chunks of 64 frames, or of 128 from 16384 frames
+on: :func:`training_chunk`).
 
 Exponentials and logarithms use the hardware's base-2 approximations
 (``exp(delta A) = exp2(delta A log2(e))``, one instruction instead of five
@@ -73,6 +74,11 @@ SHORT_CHUNK = 64
 SHORT_SEQUENCE = 16384
 #: Frames per chunk in training (autograd keeps one state per chunk).
 TRAINING_CHUNK = 64
+#: Frames per chunk in training from ``LONG_TRAINING_SEQUENCE`` frames on:
+#: half the kept states (58.6 MB less per BiMamba layer of Mamba-TasNet-M
+#: at 60 s), with chunks enough left to fill the GPU.
+LONG_TRAINING_CHUNK = 128
+LONG_TRAINING_SEQUENCE = 16384
 #: Channels per program (at most; must divide d_inner).
 CHANNEL_BLOCK = 32
 #: Channels per program of the backward kernels (at most).
@@ -1026,12 +1032,39 @@ def bidirectional_scan_inference(
     return gate_directions(y, inputs.z, scale)
 
 
-def _program_count(device: torch.device, work: int) -> int:
-    """Programs of the persistent backward kernel."""
+def _program_count(device: torch.device, work: int, chunk: int) -> int:
+    """Programs of the persistent backward kernel (fewer for longer
+    chunks: their scratch areas take the memory of ``TRAINING_CHUNK``'s)."""
     if device.type != "cuda":  # Triton's interpreter
         return min(work, 4)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return min(work, sms * PROGRAMS_PER_SM)
+    per_sm = max(1, PROGRAMS_PER_SM * TRAINING_CHUNK // chunk)
+    return min(work, sms * per_sm)
+
+
+def training_chunk(time: int) -> int:
+    """Frames per chunk of the training scan of a sequence: the forward
+    pass keeps one fp32 state per chunk for the backward pass.
+
+    Arguments
+    ---------
+    time : int
+        Frames of the (padded) sequence.
+
+    Returns
+    -------
+    int
+        ``TRAINING_CHUNK``, or ``LONG_TRAINING_CHUNK`` for sequences of at
+        least ``LONG_TRAINING_SEQUENCE`` frames.
+
+    Example
+    -------
+    >>> training_chunk(8000) < training_chunk(60000)
+    True
+    """
+    if time >= LONG_TRAINING_SEQUENCE:
+        return LONG_TRAINING_CHUNK
+    return TRAINING_CHUNK
 
 
 def scan_forward(
@@ -1051,7 +1084,8 @@ def scan_forward(
         ``C h + D u`` of each direction, [batch, time, directions *
         d_inner] (forward channels first; 0 on padded frames).
     states : torch.Tensor
-        The fp32 state entering each chunk of ``TRAINING_CHUNK`` frames.
+        The fp32 state entering each chunk of :func:`training_chunk`
+        frames.
     inputs : ScanInputs
         The inputs in the kernels' layout, for :func:`scan_backward`.
 
@@ -1071,7 +1105,7 @@ def scan_forward(
     """
     check_scan_inputs(inputs)
     inputs = kernel_layout(inputs)
-    y, states = _forward(inputs, TRAINING_CHUNK)
+    y, states = _forward(inputs, training_chunk(inputs.u.shape[1]))
     return y, states, inputs
 
 
@@ -1121,8 +1155,9 @@ def scan_backward(
     d_state = A.shape[1]
     chunks = states.shape[1]
     block = _channel_block(d_inner, BACKWARD_CHANNEL_BLOCK)
+    chunk = training_chunk(time)
     common = dict(
-        N=d_state, NP=triton.next_power_of_2(d_state), CH=TRAINING_CHUNK,
+        N=d_state, NP=triton.next_power_of_2(d_state), CH=chunk,
         BD=block, STAGES=STAGES, DIRECTIONS=directions,
     )  # fmt: skip
     strides = _strides(u, z, dout, B_fwd)
@@ -1143,9 +1178,9 @@ def scan_backward(
     )
     sum_a = sum_q = None  # freed before the last pass
     work = batch * chunks * (channels // block)
-    programs = _program_count(u.device, work)
+    programs = _program_count(u.device, work, chunk)
     scratch = torch.empty(
-        programs, TRAINING_CHUNK, block, common["NP"],
+        programs, chunk, block, common["NP"],
         device=u.device, dtype=torch.float32,
     )  # fmt: skip
     y = torch.empty_like(u)
