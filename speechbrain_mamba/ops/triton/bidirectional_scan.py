@@ -1032,14 +1032,12 @@ def bidirectional_scan_inference(
     return gate_directions(y, inputs.z, scale)
 
 
-def _program_count(device: torch.device, work: int, chunk: int) -> int:
-    """Programs of the persistent backward kernel (fewer for longer
-    chunks: their scratch areas take the memory of ``TRAINING_CHUNK``'s)."""
+def _program_count(device: torch.device, work: int) -> int:
+    """Programs of the persistent backward kernel."""
     if device.type != "cuda":  # Triton's interpreter
         return min(work, 4)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    per_sm = max(1, PROGRAMS_PER_SM * TRAINING_CHUNK // chunk)
-    return min(work, sms * per_sm)
+    return min(work, sms * PROGRAMS_PER_SM)
 
 
 def training_chunk(time: int) -> int:
@@ -1178,7 +1176,7 @@ def scan_backward(
     )
     sum_a = sum_q = None  # freed before the last pass
     work = batch * chunks * (channels // block)
-    programs = _program_count(u.device, work, chunk)
+    programs = _program_count(u.device, work)
     scratch = torch.empty(
         programs, chunk, block, common["NP"],
         device=u.device, dtype=torch.float32,
