@@ -116,7 +116,9 @@ class ZeroShotTTS(Pretrained):
         seed : int, optional
             Seed for reproducible sampling.
         cuda_graph : bool, optional
-            Replay VALL-M's AR steps from a CUDA graph (on a GPU).
+            Replay VALL-M's AR steps from its own CUDA graph (on a GPU)
+            or step plainly (False); None: the model's ``cuda_graphs``
+            option, or the sampling settings when they say.
 
         Returns
         -------
