@@ -122,6 +122,30 @@ def test_add_norm_equals_plain_path(shape, norm, stream):
 
 
 @pytest.mark.triton
+def test_add_norm_takes_strided_weights():
+    """A strided weight / bias (a view) gives the plain path's outputs and
+    gradients (the kernels read them with unit stride)."""
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 24, device=DEVICE, requires_grad=True)
+    base_w = (1 + torch.randn(48, device=DEVICE)).requires_grad_()
+    base_b = torch.randn(48, device=DEVICE, requires_grad=True)
+    results = []
+    for function in (add_norm, add_norm_reference):
+        normed, _ = function(
+            hidden, base_w[::2], base_b[1::2], is_rms_norm=False
+        )
+        grads = torch.autograd.grad(
+            (normed * torch.linspace(-1, 1, 24, device=DEVICE)).sum(),
+            (hidden, base_w, base_b),
+        )
+        results.append((normed, *grads))
+    for name, actual, expected in zip(
+        ["normed", "hidden", "weight", "bias"], *results
+    ):
+        assert_close(actual, expected, name)
+
+
+@pytest.mark.triton
 def test_add_norm_writes_the_requested_dtype():
     """Under autocast a block writes the mixer's dtype directly: the plain
     output rounded once (at most one bf16 step apart)."""

@@ -272,7 +272,10 @@ class AddNormFunction(torch.autograd.Function):
         return normed, residual_out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, dnormed, dresidual_out):
+        """Gradients of hidden, weight, bias and residual (one kernel and
+        the sum of its per-program weight and bias partials)."""
         residual_out, weight, bias, stats = ctx.saved_tensors
         hidden_dtype, residual_dtype = ctx.dtypes
         needs = ctx.needs_input_grad
@@ -462,6 +465,9 @@ def add_norm(
             "add_norm needs Triton, which comes with the CUDA builds of PyTorch"
         )
     _check_inputs(hidden, weight, bias, residual)
+    # the kernels read weight and bias with unit stride
+    weight = weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
     return AddNormFunction.apply(
         hidden, weight, bias, residual, float(eps),
         residual_dtype(hidden, residual, residual_in_fp32), bool(is_rms_norm),
