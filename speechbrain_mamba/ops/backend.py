@@ -21,8 +21,8 @@ and whether a gradient is needed:
     Triton step kernels (:mod:`speechbrain_mamba.ops.triton.mamba_step`).
 :func:`fused_add_norm`
     the residual add + norm of a pre-norm block in one Triton kernel
-    (:mod:`speechbrain_mamba.ops.triton.add_norm`), wherever the block's
-    mixer runs on GPU kernels.
+    (:mod:`speechbrain_mamba.ops.triton.add_norm`) for CUDA tensors with
+    backend "auto", "cuda" or "triton".
 
 ``backend="auto"`` uses mamba_ssm's ``selective_scan_fn`` (and
 causal_conv1d's ``causal_conv1d_fn`` when installed) for CUDA tensors when
@@ -493,9 +493,9 @@ def fused_add_norm(
     (:func:`speechbrain_mamba.ops.triton.add_norm.add_norm`), or None for
     the plain path.
 
-    It applies where the block's mixer runs on GPU kernels (this package's
-    or mamba_ssm's): CUDA tensors with backend "auto", "cuda" or "triton"
-    (under Triton's interpreter, "triton" also takes CPU tensors), Triton
+    It applies to CUDA tensors with backend "auto", "cuda" or "triton",
+    whichever kernels the mixer then runs on (under Triton's interpreter,
+    "triton" also takes CPU tensors), Triton
     installed, a norm with a weight, fp32 / fp16 / bf16 tensors. CPU
     tensors (and backend "torch") keep the plain path.
 

@@ -241,6 +241,8 @@ def _place_gradients(
 
 
 def _drop_grad(tensor: torch.Tensor) -> None:
+    """A post-accumulate-grad hook of the warm-up: forgets the gradient just
+    accumulated (warm-up gradients are not kept)."""
     tensor.grad = None
 
 

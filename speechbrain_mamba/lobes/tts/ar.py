@@ -441,6 +441,8 @@ class CodecAR(CodecLMInputs, SelfGraphedModule):
         self._step_graphs = None
 
     def _replicate_for_data_parallel(self):
+        """DataParallel replicas step plainly (their parameters are copies,
+        new at each call)."""
         replica = super()._replicate_for_data_parallel()
         replica._step_graphs = None
         return replica

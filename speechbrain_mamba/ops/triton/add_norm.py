@@ -243,6 +243,7 @@ class AddNormFunction(torch.autograd.Function):
         ctx, hidden, weight, bias, residual, eps, residual_dtype,
         is_rms_norm, out_dtype,
     ):  # fmt: skip
+        """One kernel: the stored residual stream and its norm."""
         features = hidden.shape[-1]
         hidden = hidden.contiguous()
         if residual is not None:
