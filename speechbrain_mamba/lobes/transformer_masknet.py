@@ -122,7 +122,7 @@ class TransformerMaskNet(nn.Module):
         y = self.bottleneck_conv1x1(y).transpose(1, 2)
         y = y + self.pos(y)
         padding = None
-        frames = lengths_to_frames(lengths, batch, time)
+        frames = lengths_to_frames(lengths, batch, time, x.device)
         if frames is not None:
             padding = ~valid_mask(frames, time)
         y, _ = self.encoder(y, src_key_padding_mask=padding)

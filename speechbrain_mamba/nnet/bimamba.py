@@ -134,7 +134,7 @@ class BiMamba(Mamba):
         check_sequence_input(x, self.d_model)
         check_input_dtype(x, self.in_proj.weight.dtype)
         batch, time, _ = x.shape
-        frames = lengths_to_frames(lengths, batch, time)
+        frames = lengths_to_frames(lengths, batch, time, x.device)
         scale = 0.5 if self.combine == "mean" else 1.0
         inference = not (
             torch.is_grad_enabled()

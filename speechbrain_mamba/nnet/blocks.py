@@ -468,7 +468,7 @@ class MambaStack(SelfGraphedModule):
         cache: Optional[List[MambaCache]] = None,
     ) -> torch.Tensor:
         """The blocks and the final norm (a checked input)."""
-        frames = lengths_to_frames(lengths, x.shape[0], x.shape[1])
+        frames = lengths_to_frames(lengths, x.shape[0], x.shape[1], x.device)
         hidden, residual = x, None
         checkpointed = (
             self.gradient_checkpointing

@@ -174,8 +174,12 @@ class CrossMamba(Mamba):
             self.prime(memory, cache, memory_lengths)
             return super().forward(target, target_lengths, cache)
 
-        memory_frames = lengths_to_frames(memory_lengths, batch, memory_time)
-        target_frames = lengths_to_frames(target_lengths, batch, target_time)
+        memory_frames = lengths_to_frames(
+            memory_lengths, batch, memory_time, memory.device
+        )
+        target_frames = lengths_to_frames(
+            target_lengths, batch, target_time, target.device
+        )
         if memory_frames is None:
             memory_frames = torch.full(
                 (batch,), memory_time, device=memory.device

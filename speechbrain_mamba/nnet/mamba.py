@@ -527,7 +527,7 @@ class Mamba(nn.Module):
         check_sequence_input(x, self.d_model)
         check_input_dtype(x, self.in_proj.weight.dtype)
         batch, time, _ = x.shape
-        frames = lengths_to_frames(lengths, batch, time)
+        frames = lengths_to_frames(lengths, batch, time, x.device)
         if cache is not None:
             self._check_cache(cache, batch)
         if self.directions == ("",) and fused_step_applies(

@@ -144,7 +144,10 @@ def check_relative_lengths(lengths: torch.Tensor) -> None:
 
 
 def lengths_to_frames(
-    lengths: Optional[torch.Tensor], batch: int, time: int
+    lengths: Optional[torch.Tensor],
+    batch: int,
+    time: int,
+    device: Optional[torch.device] = None,
 ) -> Optional[torch.Tensor]:
     """Converts relative lengths to numbers of valid frames.
 
@@ -156,6 +159,9 @@ def lengths_to_frames(
         Batch size of the sequence.
     time : int
         Padded length of the sequence.
+    device : torch.device, optional
+        Where the frames go (the sequence's device: lengths kept on the
+        CPU then work with a sequence on the GPU); default: the lengths'.
 
     Returns
     -------
@@ -167,6 +173,8 @@ def lengths_to_frames(
     -------
     >>> lengths_to_frames(torch.tensor([1.0, 0.5]), 2, 10)
     tensor([10,  5])
+    >>> lengths_to_frames([1.0, 0.5], 2, 10, torch.device("meta")).device
+    device(type='meta')
     """
     if lengths is None:
         return None
@@ -183,8 +191,8 @@ def lengths_to_frames(
             f"like wav_lens), got dtype {lengths.dtype}"
         )
     check_once(lengths, "relative lengths", check_relative_lengths)
-    frames = torch.round(lengths.float() * time).long()
-    return frames.clamp(1, time)
+    frames = torch.round(lengths.float() * time).long().clamp(1, time)
+    return frames if device is None else frames.to(device)
 
 
 def valid_mask(frames: torch.Tensor, time: int) -> torch.Tensor:

@@ -523,7 +523,7 @@ class ConMambaEncoder(NormedLayerStack, SelfGraphedModule):
         given by relative ``lengths`` (None: all), padded output frames
         zero: the call the CUDA graphs record (no host synchronisation;
         the lengths were checked on the real input)."""
-        frames = lengths_to_frames(lengths, x.shape[0], x.shape[1])
+        frames = lengths_to_frames(lengths, x.shape[0], x.shape[1], x.device)
         padding = None if frames is None else ~valid_mask(frames, x.shape[1])
         output, _, _ = self.run_layers(
             x, lambda _, layer, h: layer(h, src_key_padding_mask=padding)

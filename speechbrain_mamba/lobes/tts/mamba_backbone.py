@@ -135,7 +135,7 @@ class AdaptiveMambaStack(SelfGraphedModule):
         condition: torch.Tensor,
     ) -> torch.Tensor:
         """The blocks and the final norm (a checked input)."""
-        frames = lengths_to_frames(lengths, x.shape[0], x.shape[1])
+        frames = lengths_to_frames(lengths, x.shape[0], x.shape[1], x.device)
         hidden, residual = x, None
         for mixer, norm in zip(self.mixers, self.norms):
             residual = hidden if residual is None else residual + hidden
