@@ -399,42 +399,12 @@ def test_cuda_backend_without_kernels_is_a_clear_error(monkeypatch):
         Mamba(16)(torch.randn(1, 3, 16))
 
 
-def test_auto_backend_picks_triton_by_input_size(monkeypatch):
-    """With mamba_ssm installed, "auto" sends BiMamba inputs to the Triton
-    kernels only from the size where they are faster (training and
-    inference thresholds); without mamba_ssm, always; CPU tensors never."""
-    from types import SimpleNamespace
-
-    from speechbrain_mamba.ops import backend
-    from speechbrain_mamba.ops.triton import bidirectional_scan
-
-    monkeypatch.setattr(bidirectional_scan, "available", lambda: True)
-    monkeypatch.setattr(backend, "cuda_kernels", lambda: object())
-
-    def on_gpu(frames):
-        return SimpleNamespace(is_cuda=True, shape=(2, frames // 2, 8))
-
-    train, infer = (
-        backend.TRITON_TRAINING_FRAMES,
-        backend.TRITON_INFERENCE_FRAMES,
-    )
-    assert backend.use_triton_kernels("auto", on_gpu(train), inference=False)
-    assert not backend.use_triton_kernels("auto", on_gpu(train - 2))
-    assert backend.use_triton_kernels("auto", on_gpu(infer), inference=True)
-    assert not backend.use_triton_kernels(
-        "auto", on_gpu(infer - 2), inference=True
-    )
-    assert not backend.use_triton_kernels("auto", torch.zeros(2, 20000, 8))
-    assert not backend.use_triton_kernels("cuda", on_gpu(train))
-    monkeypatch.setattr(backend, "cuda_kernels", lambda: None)
-    assert backend.use_triton_kernels("auto", on_gpu(64))
-
-
-def test_auto_backend_of_unidirectional_layers(monkeypatch):
-    """Full-sequence calls of unidirectional layers: "auto" takes the Triton
-    kernels on CUDA when mamba_ssm is missing (not the pure-PyTorch scan),
-    mamba_ssm's when it is installed; CPU tensors stay on PyTorch; "triton"
-    insists on Triton, "cuda" on mamba_ssm."""
+def test_auto_backend_takes_triton_on_cuda(monkeypatch):
+    """Full-sequence calls of BiMamba and unidirectional layers: "auto"
+    takes the Triton kernels for CUDA tensors of any size, with or without
+    mamba_ssm (measured faster and smaller everywhere), mamba_ssm's only
+    where Triton is missing; CPU tensors stay on PyTorch; "triton" insists
+    on Triton, "cuda" on mamba_ssm, "torch" on PyTorch."""
     from types import SimpleNamespace
 
     from speechbrain_mamba.ops import backend
@@ -442,19 +412,23 @@ def test_auto_backend_of_unidirectional_layers(monkeypatch):
 
     monkeypatch.delenv("SBMAMBA_BACKEND", raising=False)
     monkeypatch.setattr(bidirectional_scan, "available", lambda: True)
-    on_gpu = SimpleNamespace(is_cuda=True, shape=(2, 50, 8))
     on_cpu = torch.zeros(2, 50, 8)
+    for kernels in (None, object()):
+        monkeypatch.setattr(backend, "cuda_kernels", lambda k=kernels: k)
+        for frames in (2, 50, 20000):
+            on_gpu = SimpleNamespace(is_cuda=True, shape=(2, frames, 8))
+            assert backend.sequence_path("auto", on_gpu, 16) == "triton"
+            assert backend.sequence_path("triton", on_gpu, 16) == "triton"
+            assert backend.sequence_path("torch", on_gpu, 16) == "torch"
+            # beyond mamba_ssm's largest state too
+            assert backend.sequence_path("auto", on_gpu, 512) == "triton"
+        assert backend.sequence_path("auto", on_cpu, 16) == "torch"
+    assert backend.sequence_path("cuda", on_gpu, 16) == "mamba_ssm"
+    # a GPU without Triton: mamba_ssm's kernels, else PyTorch
+    monkeypatch.setattr(bidirectional_scan, "available", lambda: False)
+    assert backend.sequence_path("auto", on_gpu, 16) == "mamba_ssm"
     monkeypatch.setattr(backend, "cuda_kernels", lambda: None)
-    assert backend.mamba_path("auto", on_gpu, 16) == "triton"
-    assert backend.mamba_path("triton", on_gpu, 16) == "triton"
-    assert backend.mamba_path("torch", on_gpu, 16) == "torch"
-    assert backend.mamba_path("auto", on_cpu, 16) == "torch"
-    monkeypatch.setattr(backend, "cuda_kernels", lambda: object())
-    assert backend.mamba_path("auto", on_gpu, 16) == "mamba_ssm"
-    assert backend.mamba_path("cuda", on_gpu, 16) == "mamba_ssm"
-    assert backend.mamba_path("triton", on_gpu, 16) == "triton"
-    # beyond mamba_ssm's largest state: Triton rather than PyTorch
-    assert backend.mamba_path("auto", on_gpu, 512) == "triton"
+    assert backend.sequence_path("auto", on_gpu, 16) == "torch"
 
 
 @pytest.mark.parametrize("cls", [Mamba, BiMamba])

@@ -14,7 +14,7 @@ import torch
 from reference_mamba import reference_mamba
 
 from speechbrain_mamba.nnet import CrossMamba, Mamba, MambaStack
-from speechbrain_mamba.ops.backend import mamba_path
+from speechbrain_mamba.ops.backend import sequence_path
 from speechbrain_mamba.ops.triton import bidirectional_conv as conv_ops
 from speechbrain_mamba.ops.triton import bidirectional_scan as scan_ops
 
@@ -258,16 +258,17 @@ def test_mamba_stack_triton_equals_torch_path():
 
 
 @pytest.mark.gpu
-def test_auto_takes_triton_on_cuda_without_mamba_ssm(monkeypatch):
-    """backend "auto" on CUDA: the Triton kernels when mamba_ssm is missing,
-    mamba_ssm's when it is there; the pure-PyTorch path on CPU."""
+def test_auto_takes_triton_on_cuda_with_or_without_mamba_ssm(monkeypatch):
+    """backend "auto" on CUDA: the Triton kernels whether mamba_ssm is
+    missing or there ("cuda" insists on mamba_ssm's); the pure-PyTorch path
+    on CPU."""
     from speechbrain_mamba.ops import backend
 
     x = torch.zeros(1, 8, 4, device="cuda")
     monkeypatch.setattr(backend, "cuda_kernels", lambda: None)
-    assert mamba_path("auto", x, 16) == "triton"
-    assert mamba_path("torch", x, 16) == "torch"
-    assert mamba_path("auto", x.cpu(), 16) == "torch"
+    assert sequence_path("auto", x, 16) == "triton"
+    assert sequence_path("torch", x, 16) == "torch"
+    assert sequence_path("auto", x.cpu(), 16) == "torch"
     layer = Mamba(16, d_state=8).cuda()
     x = torch.randn(2, 50, 16, device="cuda")
     with torch.no_grad():
@@ -276,8 +277,9 @@ def test_auto_takes_triton_on_cuda_without_mamba_ssm(monkeypatch):
         layer.backend = "torch"
         torch.testing.assert_close(layer(x), out, rtol=RTOL, atol=ATOL)
     monkeypatch.setattr(backend, "cuda_kernels", lambda: object())
-    assert mamba_path("auto", x, 16) == "mamba_ssm"
-    assert mamba_path("triton", x, 16) == "triton"
+    assert sequence_path("auto", x, 16) == "triton"
+    assert sequence_path("cuda", x, 16) == "mamba_ssm"
+    assert sequence_path("triton", x, 16) == "triton"
 
 
 @pytest.mark.gpu

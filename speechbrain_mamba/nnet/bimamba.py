@@ -31,7 +31,7 @@ from speechbrain_mamba.nnet.padding import (
     reverse_valid,
     zero_padding,
 )
-from speechbrain_mamba.ops.backend import bimamba_path, cuda_kernels
+from speechbrain_mamba.ops.backend import cuda_kernels, sequence_path
 from speechbrain_mamba.ops.triton.bidirectional_scan import (
     ScanInputs,
     bidirectional_scan,
@@ -136,16 +136,16 @@ class BiMamba(Mamba):
         batch, time, _ = x.shape
         frames = lengths_to_frames(lengths, batch, time, x.device)
         scale = 0.5 if self.combine == "mean" else 1.0
-        inference = not (
-            torch.is_grad_enabled()
-            and (
-                x.requires_grad
-                or any(p.requires_grad for p in self.parameters())
-            )
-        )
-        path = bimamba_path(self.backend, x, self.d_state, inference)
+        path = sequence_path(self.backend, x, self.d_state)
         self.kernels_used = path
         if path == "triton":
+            inference = not (
+                torch.is_grad_enabled()
+                and (
+                    x.requires_grad
+                    or any(p.requires_grad for p in self.parameters())
+                )
+            )
             return zero_padding(
                 self._both_directions_triton(x, frames, scale, inference),
                 frames,

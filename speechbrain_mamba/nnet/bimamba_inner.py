@@ -1,6 +1,6 @@
 """The part of a BiMamba layer between its projections on the mamba_ssm
 kernels (the path "auto" takes for short inputs when mamba_ssm is installed,
-see :func:`speechbrain_mamba.ops.backend.bimamba_path`).
+see :func:`speechbrain_mamba.ops.backend.sequence_path`).
 
 Both directions run at once, the backward one as extra channels on the
 per-item reversed sequence: one depthwise conv + SiLU (causal_conv1d's

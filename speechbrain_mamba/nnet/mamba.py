@@ -6,7 +6,7 @@ A_log, D, out_proj), so state dicts load in either with ``strict=True``.
 The layer runs on any device in pure PyTorch; on CUDA tensors it runs on the
 mamba_ssm CUDA kernels when they are installed, and on this package's Triton
 convolution and scan kernels otherwise (see
-:func:`speechbrain_mamba.ops.backend.mamba_path`); it uses an optional numba
+:func:`speechbrain_mamba.ops.backend.sequence_path`); it uses an optional numba
 kernel for CPU inference. It understands SpeechBrain's relative lengths and
 keeps a recurrent cache for streaming and step-by-step decoding.
 
@@ -38,7 +38,7 @@ from speechbrain_mamba.ops.backend import (
     cuda_kernels,
     effective_backend,
     fused_step_applies,
-    mamba_path,
+    sequence_path,
     state_update_kernel,
     use_cuda_kernels,
     use_numba_kernels,
@@ -190,7 +190,7 @@ class Mamba(nn.Module):
             self._add_direction(suffix, factory)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
         #: Kernels of the last full-sequence call (no cache): "triton",
-        #: "mamba_ssm" or "torch" (backend.mamba_path); None before one.
+        #: "mamba_ssm" or "torch" (backend.sequence_path); None before one.
         self.kernels_used: Optional[str] = None
 
     # -- parameters -------------------------------------------------------
@@ -542,7 +542,7 @@ class Mamba(nn.Module):
             )
             return y.to(dtype)[:, None]
         if cache is None:
-            path = mamba_path(self.backend, x, self.d_state)
+            path = sequence_path(self.backend, x, self.d_state)
             self.kernels_used = path
             if path == "triton":
                 return zero_padding(self._forward_triton(x, frames), frames)

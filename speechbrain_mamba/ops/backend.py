@@ -2,17 +2,15 @@
 call runs on.
 
 Every layer asks this module; nothing else chooses a path. The request is
-the layer's backend name, the input tensor (device, shape), the state size
-and whether a gradient is needed:
+the layer's backend name, the input tensor (device, shape) and the state
+size:
 
-:func:`bimamba_path`
-    a BiMamba call: ``"triton"`` (this package's fused kernels,
-    :mod:`speechbrain_mamba.ops.triton`), ``"mamba_ssm"`` (mamba_ssm's
+:func:`sequence_path`
+    a full-sequence call (no cache) of BiMamba or of a unidirectional Mamba
+    layer: ``"triton"`` (this package's kernels,
+    :mod:`speechbrain_mamba.ops.triton`: both BiMamba directions in one
+    scan, or the forward direction alone), ``"mamba_ssm"`` (mamba_ssm's
     selective scan, both directions in one call) or ``"torch"``.
-:func:`mamba_path`
-    a full-sequence call of a unidirectional Mamba layer (no cache):
-    ``"triton"`` (the forward direction of the same Triton conv and scan
-    kernels), ``"mamba_ssm"`` or ``"torch"``.
 :func:`use_cuda_kernels`
     a unidirectional scan on mamba_ssm's kernels (else pure PyTorch, or
     numba on CPU, see :func:`use_numba_kernels`).
@@ -24,20 +22,19 @@ and whether a gradient is needed:
     (:mod:`speechbrain_mamba.ops.triton.add_norm`) for CUDA tensors with
     backend "auto", "cuda" or "triton".
 
-``backend="auto"`` uses mamba_ssm's ``selective_scan_fn`` (and
-causal_conv1d's ``causal_conv1d_fn`` when installed) for CUDA tensors when
-they can be imported. BiMamba layers on CUDA use this package's Triton
-kernels instead (no reversed copies, both directions in one scan) when
-mamba_ssm is missing, and for inputs of at least ``TRITON_TRAINING_FRAMES``
-(with gradients) or ``TRITON_INFERENCE_FRAMES`` (without) frames, where the
-GPU work outweighs the host's launch overhead and the Triton kernels are
-faster; shorter inputs are launch-bound and mamba_ssm's path, with fewer
-launches from Python, is faster there. Full-sequence calls of
-unidirectional layers on CUDA (Mamba, CrossMamba, MambaStack) use the Triton
-kernels when mamba_ssm is missing (instead of the pure-PyTorch scan) and
-mamba_ssm's otherwise: one direction has no reversed copies to save, and
-mamba_ssm's path launches fewer kernels. Everything else runs the
-pure-PyTorch path (numba's kernels for CPU inference when installed).
+``backend="auto"`` runs full-sequence calls on CUDA on this package's
+Triton kernels: BiMamba (both directions in one scan, no reversed copies)
+and unidirectional layers (Mamba, CrossMamba, MambaStack), whether or not
+mamba_ssm is installed. Measured on an H200 (bf16) with mamba_ssm 2.3.2
+installed, its path was nowhere faster: a VALL-M training step at 10 s took
+60.4 ms and 4757 MiB on it against 51.9 ms and 3382 MiB on Triton, a
+Mamba-TasNet-M step at 2 s 44.6 ms and 1453 MiB against 43.9 ms and 521 MiB,
+its inference 11.7 against 9.8 ms (docs/results/session9_h200). "auto"
+uses mamba_ssm's kernels (``selective_scan_fn``, and causal_conv1d's
+``causal_conv1d_fn`` when installed) only where Triton has none: cached
+calls of several frames, decoding steps the fused step kernels do not take,
+and GPUs without Triton. Everything else runs the pure-PyTorch path
+(numba's kernels for CPU inference when installed).
 ``"torch"`` always uses the pure-PyTorch path; ``"cuda"`` insists on the
 mamba_ssm kernels; ``"triton"`` insists on the Triton kernels for BiMamba,
 for full-sequence unidirectional calls and for decoding steps (streaming
@@ -214,22 +211,6 @@ def use_cuda_kernels(backend: str, x: torch.Tensor, d_state: int) -> bool:
     )
 
 
-#: Without gradients, BiMamba inputs of at least this many frames (batch x
-#: time) run on the Triton inference scan even when mamba_ssm is installed:
-#: it is faster there (Mamba-TasNet-M, 60 s on an H200: 76 ms against 172
-#: ms), while shorter inputs are launch-bound and mamba_ssm's path wins.
-TRITON_INFERENCE_FRAMES = 8192
-
-#: With gradients, BiMamba inputs of at least this many frames (batch x
-#: time) train on the Triton kernels even when mamba_ssm is installed. The
-#: crossover measured on an H200 (d_inner 512, bf16) lies between the
-#: separation recipe's mini-corpus batches (about 6000 frames: mamba_ssm's
-#: path, which launches fewer kernels from Python, 26% faster) and one 8 s
-#: sequence (8000 frames: Triton 24% faster); at 60 s Triton takes 297 ms
-#: and 6.3 GB per Mamba-TasNet-M step against 611 ms and 14.1 GB.
-TRITON_TRAINING_FRAMES = 7000
-
-
 def _triton_runs_on(x: torch.Tensor) -> bool:
     """Whether the Triton kernels can take ``x``: CUDA tensors, or any
     tensor under Triton's CPU interpreter (``TRITON_INTERPRET=1``)."""
@@ -238,10 +219,8 @@ def _triton_runs_on(x: torch.Tensor) -> bool:
     return x.is_cuda or bidirectional_scan.interpreted()
 
 
-def use_triton_kernels(
-    backend: str, x: torch.Tensor, inference: bool = False
-) -> bool:
-    """Decides whether a BiMamba call runs on the fused Triton kernels.
+def use_triton_kernels(backend: str, x: torch.Tensor) -> bool:
+    """Decides whether a full-sequence call runs on the Triton kernels.
 
     Arguments
     ---------
@@ -249,9 +228,6 @@ def use_triton_kernels(
         The layer's backend.
     x : torch.Tensor
         The layer input [batch, time, ...] (its device decides for "auto").
-    inference : bool
-        Whether no gradient is needed (which threshold "auto" applies, see
-        ``TRITON_TRAINING_FRAMES`` and ``TRITON_INFERENCE_FRAMES``).
 
     Returns
     -------
@@ -278,56 +254,13 @@ def use_triton_kernels(
                 "backend='auto'."
             )
         return True
-    if backend != "auto" or not x.is_cuda:
-        return False
-    if not bidirectional_scan.available():
-        return False
-    if cuda_kernels() is None:
-        return True
-    threshold = TRITON_INFERENCE_FRAMES if inference else TRITON_TRAINING_FRAMES
-    return x.shape[0] * x.shape[1] >= threshold
+    return backend == "auto" and x.is_cuda and bidirectional_scan.available()
 
 
-def bimamba_path(
-    backend: str, x: torch.Tensor, d_state: int, inference: bool
-) -> str:
-    """The kernels a BiMamba call runs on.
-
-    Arguments
-    ---------
-    backend : str
-        The layer's backend (before the ``SBMAMBA_BACKEND`` override).
-    x : torch.Tensor
-        The layer input, [batch, time, d_model].
-    d_state : int
-        The layer's state size.
-    inference : bool
-        Whether no gradient is needed.
-
-    Returns
-    -------
-    str
-        ``"triton"`` (:mod:`speechbrain_mamba.ops.triton`), ``"mamba_ssm"``
-        (one selective-scan call for both directions) or ``"torch"``.
-
-    Example
-    -------
-    >>> x = torch.zeros(1, 5, 8)  # CPU: the kernels of "auto" need CUDA
-    >>> bimamba_path("auto", x, 16, inference=True)
-    'torch'
-    >>> bimamba_path("torch", x, 16, inference=False)
-    'torch'
-    """
-    if use_triton_kernels(backend, x, inference):
-        return "triton"
-    if use_cuda_kernels(backend, x, d_state):
-        return "mamba_ssm"
-    return "torch"
-
-
-def mamba_path(backend: str, x: torch.Tensor, d_state: int) -> str:
-    """The kernels a full-sequence call (no cache) of a unidirectional
-    Mamba layer runs on.
+def sequence_path(backend: str, x: torch.Tensor, d_state: int) -> str:
+    """The kernels a full-sequence call (no cache) of a Mamba layer runs on:
+    BiMamba, or a unidirectional Mamba layer (also in CrossMamba and
+    MambaStack).
 
     Arguments
     ---------
@@ -341,32 +274,24 @@ def mamba_path(backend: str, x: torch.Tensor, d_state: int) -> str:
     Returns
     -------
     str
-        ``"triton"`` (the causal convolution and forward scan of
-        :mod:`speechbrain_mamba.ops.triton`), ``"mamba_ssm"`` (its
-        selective scan) or ``"torch"`` (numba's kernels for CPU inference
-        when installed).
+        ``"triton"`` (:mod:`speechbrain_mamba.ops.triton`: BiMamba's
+        bidirectional convolution and scan, or the causal convolution and
+        forward scan), ``"mamba_ssm"`` (its selective scan; BiMamba's two
+        directions in one call) or ``"torch"`` (numba's kernels for CPU
+        inference when installed).
 
     Example
     -------
     >>> x = torch.zeros(1, 5, 8)  # CPU: the kernels of "auto" need CUDA
-    >>> mamba_path("auto", x, 16)
+    >>> sequence_path("auto", x, 16)
     'torch'
-    >>> mamba_path("torch", x, 16)
+    >>> sequence_path("torch", x, 16)
     'torch'
     """
-    from speechbrain_mamba.ops.triton import bidirectional_scan
-
-    if effective_backend(backend) == "triton":
-        use_triton_kernels(backend, x)  # raises the errors of "triton"
+    if use_triton_kernels(backend, x):
         return "triton"
     if use_cuda_kernels(backend, x, d_state):
         return "mamba_ssm"
-    if (
-        effective_backend(backend) == "auto"
-        and x.is_cuda
-        and bidirectional_scan.available()
-    ):
-        return "triton"
     return "torch"
 
 
