@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from speechbrain_mamba.utils.per_tensor_cache import cached_per_tensor
 from speechbrain_mamba.utils.value_checks import check_once
 
 
@@ -191,8 +192,13 @@ def lengths_to_frames(
             f"like wav_lens), got dtype {lengths.dtype}"
         )
     check_once(lengths, "relative lengths", check_relative_lengths)
-    frames = torch.round(lengths.float() * time).long().clamp(1, time)
-    return frames if device is None else frames.to(device)
+
+    def frames_of(relative: torch.Tensor) -> torch.Tensor:
+        frames = torch.round(relative.float() * time).long().clamp(1, time)
+        return frames if device is None else frames.to(device)
+
+    # every layer of a model gets the same lengths: computed by the first
+    return cached_per_tensor(lengths, ("frames", time, device), frames_of)
 
 
 def valid_mask(frames: torch.Tensor, time: int) -> torch.Tensor:

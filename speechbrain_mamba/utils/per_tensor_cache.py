@@ -1,0 +1,98 @@
+"""Values derived from a tensor, computed once per tensor.
+
+A model passes the same ``lengths`` tensor to every layer, and each layer
+turns it into numbers of valid frames: five small operations (kernel
+launches on a GPU) per layer and call, the same result every time.
+:func:`cached_per_tensor` keeps what was derived from a tensor until the
+tensor is modified in place or freed, so the first layer computes it and
+the others reuse it. It computes afresh (and keeps nothing) while a CUDA
+graph is being recorded, where a value kept from outside the recording
+must not be read, under ``torch.compile``'s tracing, and for inference
+tensors, which have no version counter to see in-place changes.
+
+Author
+------
+speechbrain-mamba developers
+"""
+
+import weakref
+from typing import Any, Callable, Dict, Hashable, Tuple
+
+import torch
+
+#: id(tensor) -> (weak reference, version when derived, {key: value})
+_DERIVED: Dict[int, Tuple[weakref.ref, int, Dict[Hashable, Any]]] = {}
+#: Tensors remembered at most (the oldest are dropped beyond).
+MAX_TENSORS = 256
+
+
+def _capturing() -> bool:
+    return (
+        torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    )
+
+
+def _forget(tensor_id: int, reference: weakref.ref) -> None:
+    """Drops a freed tensor's entry (unless the id was reused since)."""
+    entry = _DERIVED.get(tensor_id)
+    if entry is not None and entry[0] is reference:
+        del _DERIVED[tensor_id]
+
+
+def cached_per_tensor(
+    tensor: torch.Tensor, key: Hashable, derive: Callable[[torch.Tensor], Any]
+) -> Any:
+    """``derive(tensor)``, computed once per tensor and key.
+
+    The value is computed again after the tensor is modified in place (its
+    version changes) and dropped when the tensor is freed. The caller must
+    not modify the returned value in place: other callers share it.
+
+    Arguments
+    ---------
+    tensor : torch.Tensor
+        The tensor the value is derived from.
+    key : hashable
+        Names the derivation and its other arguments (one tensor can have
+        several derived values).
+    derive : callable
+        Computes the value from the tensor.
+
+    Returns
+    -------
+    object
+        The derived value.
+
+    Example
+    -------
+    >>> calls = []
+    >>> def doubled(t):
+    ...     calls.append(1)
+    ...     return t * 2
+    >>> lengths = torch.tensor([1.0, 0.5])
+    >>> first = cached_per_tensor(lengths, "doubled", doubled)
+    >>> cached_per_tensor(lengths, "doubled", doubled) is first
+    True
+    >>> lengths.mul_(0.5)  # modified in place: derived again
+    tensor([0.5000, 0.2500])
+    >>> cached_per_tensor(lengths, "doubled", doubled).tolist()
+    [1.0, 0.5]
+    >>> len(calls)
+    2
+    """
+    if _capturing() or tensor.is_inference() or torch.compiler.is_compiling():
+        return derive(tensor)
+    tensor_id = id(tensor)
+    entry = _DERIVED.get(tensor_id)
+    if entry is None or entry[0]() is not tensor or entry[1] != tensor._version:
+        if len(_DERIVED) >= MAX_TENSORS:
+            del _DERIVED[next(iter(_DERIVED))]
+        reference = weakref.ref(
+            tensor, lambda ref, i=tensor_id: _forget(i, ref)
+        )
+        entry = (reference, tensor._version, {})
+        _DERIVED[tensor_id] = entry
+    values = entry[2]
+    if key not in values:
+        values[key] = derive(tensor)
+    return values[key]

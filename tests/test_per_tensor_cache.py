@@ -1,0 +1,93 @@
+"""Values derived once per tensor (speechbrain_mamba.utils.per_tensor_cache)
+and the numbers of valid frames every layer of a model derives from the same
+relative lengths."""
+
+import collections
+import gc
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from speechbrain_mamba.nnet import MambaStack, padding
+from speechbrain_mamba.utils import per_tensor_cache
+from speechbrain_mamba.utils.per_tensor_cache import cached_per_tensor
+
+
+class CountOps(TorchDispatchMode):
+    """Counts the ATen operations run inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_derived_once_per_tensor_and_key_until_modified():
+    calls = collections.Counter()
+
+    def scaled(factor):
+        def derive(t):
+            calls[factor] += 1
+            return t * factor
+
+        return derive
+
+    lengths = torch.tensor([1.0, 0.5])
+    other = torch.tensor([1.0, 0.5])
+    twice = cached_per_tensor(lengths, 2, scaled(2))
+    assert cached_per_tensor(lengths, 2, scaled(2)) is twice
+    assert cached_per_tensor(lengths, 3, scaled(3)).tolist() == [3.0, 1.5]
+    # an equal but different tensor has its own values
+    assert cached_per_tensor(other, 2, scaled(2)) is not twice
+    assert calls == {2: 2, 3: 1}
+    lengths[1] = 0.25  # in place: every value of it is derived again
+    assert cached_per_tensor(lengths, 2, scaled(2)).tolist() == [2.0, 0.5]
+    assert cached_per_tensor(lengths, 3, scaled(3)).tolist() == [3.0, 0.75]
+    assert calls == {2: 3, 3: 2}
+
+
+def test_freed_tensors_are_forgotten_and_inference_tensors_not_kept():
+    lengths = torch.tensor([1.0])
+    cached_per_tensor(lengths, "k", lambda t: t + 1)
+    assert id(lengths) in per_tensor_cache._DERIVED
+    tensor_id = id(lengths)
+    del lengths
+    gc.collect()
+    assert tensor_id not in per_tensor_cache._DERIVED
+    calls = []
+    with torch.inference_mode():
+        frozen = torch.tensor([1.0])
+        for _ in range(2):
+            cached_per_tensor(frozen, "k", calls.append)
+    assert len(calls) == 2 and id(frozen) not in per_tensor_cache._DERIVED
+
+
+def test_a_stack_derives_the_frames_once_with_the_same_outputs(monkeypatch):
+    """Every layer of a MambaStack (4 blocks, bidirectional) gets the same
+    relative lengths: the frames are computed by the first call only, and
+    the outputs equal those of a stack that recomputes them per layer."""
+    torch.manual_seed(0)
+    stack = MambaStack(16, 4, d_state=4, backend="torch")
+    x = torch.randn(2, 9, 16)
+    lengths = torch.tensor([1.0, 0.6])
+    with torch.no_grad():
+        counter = CountOps()
+        with counter:
+            out = stack(x, lengths)
+        assert counter.counts["round"] == 1
+        counter = CountOps()
+        with counter:
+            again = stack(x, lengths)
+        assert counter.counts["round"] == 0
+        monkeypatch.setattr(
+            padding, "cached_per_tensor", lambda t, key, derive: derive(t)
+        )
+        counter = CountOps()
+        with counter:
+            plain = stack(x, lengths)
+        assert counter.counts["round"] > 4
+    assert torch.equal(out, again) and torch.equal(out, plain)
+    assert plain[1, 5:].abs().sum() == 0  # 0.6 * 9 frames: 5 valid
