@@ -361,3 +361,63 @@ def test_bimamba_triton_inference_equals_torch_path(padded):
         module.backend = "torch"
         ref = module(x, lengths)
     torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("cls", [BiMamba, Mamba])
+def test_inference_keeps_derived_weights_until_a_parameter_changes(
+    monkeypatch, cls
+):
+    """Inference on the Triton path derives -exp(A_log) and the (block-
+    diagonal) projection weights once, not per call: a second call runs
+    none of those operations, gives the same output as a layer that derives
+    them every time, and an in-place parameter change (an optimizer step)
+    is seen by the next call."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from speechbrain_mamba.utils import per_tensor_cache
+
+    class CountOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.counts = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.counts[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    layer = cls(8, d_state=4, backend="triton").to(DEVICE).eval()
+    x = torch.randn(2, 20, 8, device=DEVICE)
+    lengths = torch.tensor([1.0, 0.6], device=DEVICE)
+    derived = ("exp", "block_diag", "cat", "constant_pad_nd")
+    with torch.no_grad():
+        first = layer(x, lengths)
+        counter = CountOps()
+        with counter:
+            second = layer(x, lengths)
+        assert not any(counter.counts[name] for name in derived)
+        monkeypatch.setattr(
+            per_tensor_cache,
+            "cached_while_unchanged",
+            lambda owner, key, tensors, derive: derive(),
+        )
+        monkeypatch.setattr(
+            "speechbrain_mamba.nnet.mamba.cached_while_unchanged",
+            per_tensor_cache.cached_while_unchanged,
+        )
+        counter = CountOps()
+        with counter:
+            plain = layer(x, lengths)
+        assert counter.counts["exp"] >= 1
+        assert torch.equal(first, second) and torch.equal(first, plain)
+        monkeypatch.undo()
+        layer.A_log.mul_(0.5)  # optimizer-like in-place steps
+        layer.x_proj.weight.add_(0.1)
+        changed = layer(x, lengths)
+        layer.backend = "torch"
+        torch.testing.assert_close(
+            changed, layer(x, lengths), rtol=RTOL, atol=ATOL
+        )
+    assert not torch.allclose(changed, first)

@@ -23,7 +23,7 @@ from speechbrain_mamba.nnet.bimamba_inner import (
     prepare_scan_inputs,
     torch_conv1d_silu,
 )
-from speechbrain_mamba.nnet.mamba import Mamba
+from speechbrain_mamba.nnet.mamba import Mamba, linear_dtype
 from speechbrain_mamba.nnet.padding import (
     check_input_dtype,
     check_sequence_input,
@@ -40,6 +40,7 @@ from speechbrain_mamba.ops.triton.bidirectional_scan import (
 from speechbrain_mamba.ops.triton.bimamba_layer import (
     BiMambaLayerFunction,
     bimamba_scan_inputs,
+    both_projections,
 )
 
 COMBINE_MODES = ("mean", "sum")
@@ -191,7 +192,9 @@ class BiMamba(Mamba):
         """
         batch, time, _ = x.shape
         if frames is None:
-            frames = torch.full((batch,), time, device=x.device)
+            frames = torch.full(
+                (batch,), time, device=x.device, dtype=torch.int32
+            )
         conv_bias = [self.conv1d.bias, self.conv1d_b.bias]
         if conv_bias[0] is None:
             conv_bias = [x.new_zeros(self.d_inner, dtype=torch.float32)] * 2
@@ -203,13 +206,35 @@ class BiMamba(Mamba):
             self.dt_proj.weight, self.dt_proj_b.weight,
         )  # fmt: skip
         sizes = (self.d_inner, self.dt_rank, self.d_state)
-        A, D, delta_bias = self._scan_parameters()
-        if self._lean(inference):
-            return BiMambaLayerFunction.apply(
-                x, frames, sizes, scale, A, D, delta_bias,
-                self.out_proj.weight, self.out_proj.bias, *weights,
+        if not inference:
+            A, D, delta_bias = self._scan_parameters()
+            if self._lean(inference):
+                return BiMambaLayerFunction.apply(
+                    x, frames, sizes, scale, A, D, delta_bias,
+                    self.out_proj.weight, self.out_proj.bias, *weights,
+                )  # fmt: skip
+            projections = None
+        else:
+            A, D, delta_bias = self._kept_for_inference(
+                "scan parameters",
+                (
+                    self.A_log, self.A_b_log, self.D, self.D_b,
+                    self.dt_proj.bias, self.dt_proj_b.bias,
+                ),
+                self._scan_parameters,
             )  # fmt: skip
-        u, delta_raw, z, *BC = bimamba_scan_inputs(x, frames, sizes, *weights)
+            dtype = linear_dtype(x, self.x_proj.weight)
+            projections = self._kept_for_inference(
+                ("projections", dtype),
+                weights[6:],
+                lambda: tuple(
+                    w.to(dtype)
+                    for w in both_projections(*weights[6:], self.d_state)
+                ),
+            )
+        u, delta_raw, z, *BC = bimamba_scan_inputs(
+            x, frames, sizes, *weights, projections=projections
+        )
         scan = bidirectional_scan_inference if inference else bidirectional_scan
         y = scan(
             ScanInputs(u, delta_raw, z, A, *BC, D, delta_bias, frames), scale

@@ -16,7 +16,7 @@ speechbrain-mamba developers
 """
 
 import math
-from typing import Optional, Union
+from typing import Hashable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,7 @@ from speechbrain_mamba.ops.triton.bimamba_layer import (
     BiMambaLayerFunction,
     mamba_scan_inputs,
 )
+from speechbrain_mamba.utils.per_tensor_cache import cached_while_unchanged
 
 
 def _single_step(
@@ -74,6 +75,36 @@ def _single_step(
     )
     y = (state * C[:, None, :]).sum(-1) + D * u
     return y * F.silu(z), state
+
+
+def linear_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype ``F.linear(x, weight)`` computes in: autocast's for the
+    input's device type when autocast is on there, else the weight's.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        The input.
+    weight : torch.Tensor
+        The weight.
+
+    Returns
+    -------
+    torch.dtype
+
+    Example
+    -------
+    >>> weight = torch.zeros(2, 2)
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     linear_dtype(torch.zeros(1, 2), weight)
+    torch.bfloat16
+    >>> linear_dtype(torch.zeros(1, 2), weight)
+    torch.float32
+    """
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return weight.dtype
 
 
 class Mamba(nn.Module):
@@ -550,6 +581,17 @@ class Mamba(nn.Module):
         y = self._scan_direction(x_in, z, "", frames, cache)
         return zero_padding(self.out_proj(y), frames)
 
+    def _kept_for_inference(
+        self, key: Hashable, parameters: Sequence[torch.Tensor], derive
+    ):
+        """What an inference call derives from parameters (``-exp(A_log)``,
+        block-diagonal or autocast-dtype projection weights), kept between
+        calls until a parameter changes
+        (:func:`~speechbrain_mamba.utils.per_tensor_cache.cached_while_unchanged`),
+        so that a call launches no kernels for it."""
+        with torch.no_grad():
+            return cached_while_unchanged(self, key, parameters, derive)
+
     def _forward_triton(
         self, x: torch.Tensor, frames: Optional[torch.Tensor]
     ) -> torch.Tensor:
@@ -563,7 +605,9 @@ class Mamba(nn.Module):
         [batch, time, d_model] (padded frames: of a zero scan output)."""
         batch, time, _ = x.shape
         if frames is None:
-            frames = torch.full((batch,), time, device=x.device)
+            frames = torch.full(
+                (batch,), time, device=x.device, dtype=torch.int32
+            )
         inference = not (
             torch.is_grad_enabled()
             and (
@@ -579,15 +623,33 @@ class Mamba(nn.Module):
             conv_bias, self.x_proj.weight, self.dt_proj.weight,
         )  # fmt: skip
         sizes = (self.d_inner, self.dt_rank, self.d_state)
-        A = -torch.exp(self.A_log.float())
-        D, delta_bias = self.D.float(), self.dt_proj.bias.float()
         if not inference:
+            A = -torch.exp(self.A_log.float())
+            D, delta_bias = self.D.float(), self.dt_proj.bias.float()
             return BiMambaLayerFunction.apply(
                 x, frames, sizes, 1.0, A, D, delta_bias,
                 self.out_proj.weight, self.out_proj.bias, *weights,
             )  # fmt: skip
+        A, D, delta_bias = self._kept_for_inference(
+            "scan parameters",
+            (self.A_log, self.D, self.dt_proj.bias),
+            lambda: (
+                -torch.exp(self.A_log.float()),
+                self.D.float(),
+                self.dt_proj.bias.float(),
+            ),
+        )
+        dtype = linear_dtype(x, self.x_proj.weight)
+        projections = self._kept_for_inference(
+            ("projections", dtype),
+            (self.x_proj.weight, self.dt_proj.weight),
+            lambda: (
+                self.x_proj.weight.to(dtype),
+                self.dt_proj.weight.to(dtype),
+            ),
+        )
         u, delta_raw, z, B, C, _, _ = mamba_scan_inputs(
-            x, frames, sizes, *weights
+            x, frames, sizes, *weights[:4], *projections
         )
         y = bidirectional_scan_inference(
             ScanInputs(

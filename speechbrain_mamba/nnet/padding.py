@@ -287,6 +287,11 @@ def zero_padding(
     """
     if frames is None:
         return x
-    mask = valid_mask(frames, x.shape[1])
-    mask = mask.view(*mask.shape, *([1] * (x.dim() - 2)))
-    return x * mask.to(x.dtype)
+    time, dims, dtype = x.shape[1], x.dim(), x.dtype
+
+    def mask_of(valid: torch.Tensor) -> torch.Tensor:
+        mask = valid_mask(valid, time)
+        return mask.view(*mask.shape, *([1] * (dims - 2))).to(dtype)
+
+    # the same frames for every layer: one mask per shape and dtype
+    return x * cached_per_tensor(frames, ("mask", time, dims, dtype), mask_of)

@@ -16,7 +16,7 @@ speechbrain-mamba developers
 """
 
 import weakref
-from typing import Any, Callable, Dict, Hashable, Tuple
+from typing import Any, Callable, Dict, Hashable, Sequence, Tuple
 
 import torch
 
@@ -32,11 +32,11 @@ def _capturing() -> bool:
     )
 
 
-def _forget(tensor_id: int, reference: weakref.ref) -> None:
+def _forget(store: dict, tensor_id: int, reference: weakref.ref) -> None:
     """Drops a freed tensor's entry (unless the id was reused since)."""
-    entry = _DERIVED.get(tensor_id)
+    entry = store.get(tensor_id)
     if entry is not None and entry[0] is reference:
-        del _DERIVED[tensor_id]
+        del store[tensor_id]
 
 
 def cached_per_tensor(
@@ -87,8 +87,11 @@ def cached_per_tensor(
     if entry is None or entry[0]() is not tensor or entry[1] != tensor._version:
         if len(_DERIVED) >= MAX_TENSORS:
             del _DERIVED[next(iter(_DERIVED))]
+        # the store is bound now: at interpreter exit the module's globals
+        # may be gone when the last tensors are freed
         reference = weakref.ref(
-            tensor, lambda ref, i=tensor_id: _forget(i, ref)
+            tensor,
+            lambda ref, i=tensor_id, store=_DERIVED: _forget(store, i, ref),
         )
         entry = (reference, tensor._version, {})
         _DERIVED[tensor_id] = entry
@@ -96,3 +99,74 @@ def cached_per_tensor(
     if key not in values:
         values[key] = derive(tensor)
     return values[key]
+
+
+#: owner -> {key: (weak references, signature, value)}
+_OWNED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def cached_while_unchanged(
+    owner: object,
+    key: Hashable,
+    tensors: Sequence[torch.Tensor],
+    derive: Callable[[], Any],
+) -> Any:
+    """``derive()``, computed again only when one of ``tensors`` changed.
+
+    For values a module derives from its parameters at every call (a
+    block-diagonal weight, ``-exp(A_log)``, a weight cast to the autocast
+    dtype) while no gradient is needed: the value is kept for ``owner``
+    (dropped with it, never pickled with it) until one of the tensors is
+    modified in place (an optimizer step, ``load_state_dict``) or replaced
+    by another tensor. As :func:`cached_per_tensor`, it computes afresh
+    and keeps nothing during CUDA-graph capture or ``torch.compile``'s
+    tracing. The caller must not use it where gradients must flow through
+    the value, nor modify the value in place.
+
+    Arguments
+    ---------
+    owner : object
+        What the value belongs to (a module; weakly referenced).
+    key : hashable
+        Names the value and whatever else it depends on (e.g. a dtype).
+    tensors : sequence of torch.Tensor
+        The tensors the value is derived from.
+    derive : callable
+        Computes the value (no arguments).
+
+    Returns
+    -------
+    object
+        The derived value.
+
+    Example
+    -------
+    >>> layer = torch.nn.Linear(2, 2)
+    >>> def negated():
+    ...     return -layer.weight.detach()
+    >>> first = cached_while_unchanged(layer, "neg", [layer.weight], negated)
+    >>> cached_while_unchanged(layer, "neg", [layer.weight], negated) is first
+    True
+    >>> with torch.no_grad():
+    ...     _ = layer.weight.add_(1.0)  # an optimizer step: derived again
+    ...     again = cached_while_unchanged(
+    ...         layer, "neg", [layer.weight], negated
+    ...     )
+    >>> torch.equal(again, first - 1.0)
+    True
+    """
+    if _capturing() or torch.compiler.is_compiling():
+        return derive()
+    signature = tuple(t._version for t in tensors)
+    store = _OWNED.setdefault(owner, {})
+    entry = store.get(key)
+    if (
+        entry is not None
+        and entry[1] == signature
+        and len(entry[0]) == len(tensors)
+        and all(ref() is t for ref, t in zip(entry[0], tensors))
+    ):
+        return entry[2]
+    value = derive()
+    store[key] = ([weakref.ref(t) for t in tensors], signature, value)
+    return value

@@ -24,6 +24,7 @@ import torch
 from speechbrain_mamba.ops.triton.bidirectional_scan import (
     available,
     interpreted,
+    kernel_lengths,
 )
 
 if available():
@@ -225,7 +226,7 @@ class BidirectionalConvFunction(torch.autograd.Function):
         ctx.weight_shapes = (weight_fwd.shape, weight_bwd.shape)
         weight_fwd = weight_fwd.reshape(channels, kernel).contiguous()
         weight_bwd = weight_bwd.reshape(channels, kernel).contiguous()
-        lengths = lengths.to(torch.int32).contiguous()
+        lengths = kernel_lengths(lengths)
         out = torch.empty(
             batch, time, directions * channels, device=x.device, dtype=x.dtype
         )

@@ -60,6 +60,8 @@ from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 
+from speechbrain_mamba.utils.per_tensor_cache import cached_per_tensor
+
 try:  # optional: only present with a CUDA build of PyTorch
     import triton
     import triton.language as tl
@@ -783,6 +785,33 @@ def check_scan_inputs(inputs: ScanInputs) -> None:
         raise ValueError(f"lengths must be [batch], got {lengths.shape}")
 
 
+def kernel_lengths(lengths: torch.Tensor) -> torch.Tensor:
+    """Valid frames per item as the kernels read them (int32, contiguous),
+    converted once per tensor: every layer of a model gets the same frames.
+
+    Arguments
+    ---------
+    lengths : torch.Tensor
+        Valid frames per item, [batch] (integers).
+
+    Returns
+    -------
+    torch.Tensor
+        The same values, int32.
+
+    Example
+    -------
+    >>> frames = torch.tensor([9, 5])
+    >>> kernel_lengths(frames) is kernel_lengths(frames)
+    True
+    >>> kernel_lengths(frames).dtype
+    torch.int32
+    """
+    return cached_per_tensor(
+        lengths, "int32", lambda t: t.to(torch.int32).contiguous()
+    )
+
+
 def kernel_layout(inputs: ScanInputs) -> ScanInputs:
     """The memory layout and dtypes the Triton scans read.
 
@@ -812,7 +841,7 @@ def kernel_layout(inputs: ScanInputs) -> ScanInputs:
         A=inputs.A.float().contiguous(),
         D=inputs.D.float().contiguous(),
         delta_bias=inputs.delta_bias.float().contiguous(),
-        lengths=inputs.lengths.to(torch.int32).contiguous(),
+        lengths=kernel_lengths(inputs.lengths),
     )
 
 

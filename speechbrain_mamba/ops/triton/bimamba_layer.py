@@ -40,6 +40,54 @@ from speechbrain_mamba.ops.triton.bidirectional_scan import (
 )
 
 
+def both_projections(
+    x_proj_fwd: torch.Tensor,
+    x_proj_bwd: torch.Tensor,
+    dt_proj_fwd: torch.Tensor,
+    dt_proj_bwd: torch.Tensor,
+    d_state: int,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Both directions' x_proj as one block-diagonal weight, so that one
+    GEMM gives the rows [dt_f, B_f, C_f, dt_b, B_b, C_b], and both dt_proj
+    as one weight that reads only the dt columns of that output, so that a
+    second GEMM writes [batch, time, 2 d_inner] directly.
+
+    Arguments
+    ---------
+    x_proj_fwd, x_proj_bwd : torch.Tensor
+        [dt_rank + 2 d_state, d_inner] each.
+    dt_proj_fwd, dt_proj_bwd : torch.Tensor
+        [d_inner, dt_rank] each.
+    d_state : int
+        State size.
+
+    Returns
+    -------
+    x_proj : torch.Tensor
+        [2 (dt_rank + 2 d_state), 2 d_inner].
+    dt_proj : torch.Tensor
+        [2 d_inner, 2 (dt_rank + 2 d_state)].
+
+    Example
+    -------
+    >>> x_proj, dt_proj = both_projections(
+    ...     torch.ones(5, 4), torch.ones(5, 4), torch.ones(4, 1),
+    ...     torch.ones(4, 1), 2,
+    ... )
+    >>> x_proj.shape, dt_proj.shape
+    (torch.Size([10, 8]), torch.Size([8, 10]))
+    >>> dt_proj[0].tolist()  # the forward dt column only
+    [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    """
+    skip_BC = (0, 2 * d_state)
+    return (
+        torch.block_diag(x_proj_fwd, x_proj_bwd),
+        torch.block_diag(
+            F.pad(dt_proj_fwd, skip_BC), F.pad(dt_proj_bwd, skip_BC)
+        ),
+    )
+
+
 def bimamba_scan_inputs(
     x: torch.Tensor,
     frames: torch.Tensor,
@@ -54,6 +102,7 @@ def bimamba_scan_inputs(
     x_proj_bwd: torch.Tensor,
     dt_proj_fwd: torch.Tensor,
     dt_proj_bwd: torch.Tensor,
+    projections: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
 ) -> Tuple[torch.Tensor, ...]:
     """The differentiable part of a BiMamba layer before the scan.
 
@@ -72,6 +121,9 @@ def bimamba_scan_inputs(
     x_proj_fwd, x_proj_bwd, dt_proj_fwd, dt_proj_bwd : torch.Tensor
         Projection weights of the two directions (dt_proj without bias:
         the scan adds it).
+    projections : tuple of torch.Tensor, optional
+        :func:`both_projections` of those weights, when the caller already
+        has them (e.g. kept between inference calls); built here if None.
 
     Returns
     -------
@@ -103,17 +155,12 @@ def bimamba_scan_inputs(
         conv_bias_bwd,
         frames,
     )
-    # both directions' x_proj in one GEMM (block-diagonal weight): rows
-    # [dt_f, B_f, C_f, dt_b, B_b, C_b]; then both dt_proj in one GEMM that
-    # reads only the dt columns, straight into [batch, time, 2 d_inner]
-    x_dbl = F.linear(u, torch.block_diag(x_proj_fwd, x_proj_bwd))
-    skip_BC = (0, 2 * d_state)
-    delta_raw = F.linear(
-        x_dbl,
-        torch.block_diag(
-            F.pad(dt_proj_fwd, skip_BC), F.pad(dt_proj_bwd, skip_BC)
-        ),
-    )
+    if projections is None:
+        projections = both_projections(
+            x_proj_fwd, x_proj_bwd, dt_proj_fwd, dt_proj_bwd, d_state
+        )
+    x_dbl = F.linear(u, projections[0])
+    delta_raw = F.linear(x_dbl, projections[1])
     width = dt_rank + 2 * d_state
     B_f, C_f, B_b, C_b = (
         x_dbl[..., start : start + d_state]
