@@ -91,3 +91,32 @@ def test_a_stack_derives_the_frames_once_with_the_same_outputs(monkeypatch):
         assert counter.counts["round"] > 4
     assert torch.equal(out, again) and torch.equal(out, plain)
     assert plain[1, 5:].abs().sum() == 0  # 0.6 * 9 frames: 5 valid
+
+
+def test_kept_while_unchanged_sees_new_data_and_conversions():
+    """A parameter given new data (``param.data = ...``, what ``module.to``
+    does) keeps its identity and version counter: the value is derived
+    again all the same; ``forget`` drops what an owner kept."""
+    from speechbrain_mamba.utils.per_tensor_cache import (
+        cached_while_unchanged,
+        forget,
+    )
+
+    layer = torch.nn.Linear(2, 2)
+
+    def kept():
+        return cached_while_unchanged(
+            layer, "neg", [layer.weight], lambda: -layer.weight.detach()
+        )
+
+    first = kept()
+    weight, version = layer.weight, layer.weight._version
+    layer.weight.data = layer.weight.data + 1.0
+    assert layer.weight is weight and layer.weight._version == version
+    torch.testing.assert_close(kept(), first - 1.0)
+    layer.double()
+    assert layer.weight is weight and kept().dtype == torch.float64
+    assert kept() is kept()
+    again = kept()
+    forget(layer)
+    assert kept() is not again

@@ -421,3 +421,55 @@ def test_inference_keeps_derived_weights_until_a_parameter_changes(
             changed, layer(x, lengths), rtol=RTOL, atol=ATOL
         )
     assert not torch.allclose(changed, first)
+
+
+@pytest.mark.parametrize("cls", [BiMamba, Mamba])
+@pytest.mark.parametrize("change", ["data_assignment", "fused_adam_step"])
+def test_inference_sees_parameter_changes_that_keep_the_version(cls, change):
+    """Changes that leave a parameter's version counter as it was: a new
+    ``.data`` (EMA code, ``module.to``) and a fused optimizer's step
+    (between ``train()`` and ``eval()``, as in a training loop with
+    validation): the next inference call on the Triton path uses the new
+    values (the torch path as reference), not those derived before."""
+    torch.manual_seed(0)
+    layer = cls(8, d_state=4, backend="triton").to(DEVICE).eval()
+    x = torch.randn(2, 20, 8, device=DEVICE)
+    lengths = torch.tensor([1.0, 0.6], device=DEVICE)
+    with torch.no_grad():
+        first = layer(x, lengths)
+    if change == "data_assignment":
+        layer.A_log.data = layer.A_log.data + 2.0
+        layer.x_proj.weight.data = layer.x_proj.weight.data * 10.0
+    else:
+        layer.train()
+        optimizer = torch.optim.Adam(layer.parameters(), lr=0.5, fused=True)
+        layer(x, lengths).square().sum().backward()
+        optimizer.step()
+        layer.eval()
+    with torch.no_grad():
+        changed = layer(x, lengths)
+        layer.backend = "torch"
+        reference = layer(x, lengths)
+    assert not torch.allclose(reference, first, rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(changed, reference, rtol=RTOL, atol=ATOL)
+
+
+def test_kept_values_do_not_block_swapping_parameters():
+    """After an inference call, ``module.to`` with PyTorch's
+    swap-on-conversion setting (``torch.utils.swap_tensors`` refuses
+    tensors with weak references) still converts the layer, and the next
+    call uses the converted weights."""
+    torch.manual_seed(0)
+    layer = BiMamba(8, d_state=4, backend="triton").to(DEVICE).eval()
+    x = torch.randn(2, 20, 8, device=DEVICE)
+    with torch.no_grad():
+        layer(x)
+        swap = torch.__future__.get_swap_module_params_on_conversion()
+        torch.__future__.set_swap_module_params_on_conversion(True)
+        try:
+            layer.to(torch.float64).float()
+        finally:
+            torch.__future__.set_swap_module_params_on_conversion(swap)
+        changed = layer(x)
+        layer.backend = "torch"
+        torch.testing.assert_close(changed, layer(x), rtol=RTOL, atol=ATOL)

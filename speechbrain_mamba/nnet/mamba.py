@@ -54,7 +54,10 @@ from speechbrain_mamba.ops.triton.bimamba_layer import (
     BiMambaLayerFunction,
     mamba_scan_inputs,
 )
-from speechbrain_mamba.utils.per_tensor_cache import cached_while_unchanged
+from speechbrain_mamba.utils.per_tensor_cache import (
+    cached_while_unchanged,
+    forget,
+)
 
 
 def _single_step(
@@ -588,9 +591,37 @@ class Mamba(nn.Module):
         block-diagonal or autocast-dtype projection weights), kept between
         calls until a parameter changes
         (:func:`~speechbrain_mamba.utils.per_tensor_cache.cached_while_unchanged`),
-        so that a call launches no kernels for it."""
+        so that a call launches no kernels for it. Only in evaluation mode
+        and dropped by :meth:`train`: a fused optimizer's steps change no
+        version counter, and they happen in training mode."""
         with torch.no_grad():
+            if self.training:
+                return derive()
             return cached_while_unchanged(self, key, parameters, derive)
+
+    def train(self, mode: bool = True) -> "Mamba":
+        """Sets training or evaluation mode (:meth:`torch.nn.Module.train`)
+        and drops what inference calls kept (:meth:`_kept_for_inference`):
+        parameters may have changed unseen since (fused optimizers).
+
+        Arguments
+        ---------
+        mode : bool
+            Training mode if True, evaluation mode otherwise.
+
+        Returns
+        -------
+        Mamba
+            This layer.
+
+        Example
+        -------
+        >>> layer = Mamba(8, d_state=4)
+        >>> layer.eval() is layer and not layer.training
+        True
+        """
+        forget(self)
+        return super().train(mode)
 
     def _forward_triton(
         self, x: torch.Tensor, frames: Optional[torch.Tensor]

@@ -101,7 +101,7 @@ def cached_per_tensor(
     return values[key]
 
 
-#: owner -> {key: (weak references, signature, value)}
+#: owner -> {key: (tensors, signature, value)}
 _OWNED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -117,11 +117,19 @@ def cached_while_unchanged(
     block-diagonal weight, ``-exp(A_log)``, a weight cast to the autocast
     dtype) while no gradient is needed: the value is kept for ``owner``
     (dropped with it, never pickled with it) until one of the tensors is
-    modified in place (an optimizer step, ``load_state_dict``) or replaced
-    by another tensor. As :func:`cached_per_tensor`, it computes afresh
-    and keeps nothing during CUDA-graph capture or ``torch.compile``'s
-    tracing. The caller must not use it where gradients must flow through
-    the value, nor modify the value in place.
+    modified in place (an optimizer step, ``load_state_dict``), replaced
+    by another tensor or given new data (``param.data = ...``, which
+    ``module.to`` does; identity and version stay, the storage, dtype or
+    device change). Writes that bump no version counter cannot be seen:
+    in place through ``param.data`` and fused optimizers' steps; the
+    owner calls :func:`forget` where those may have happened (e.g. when
+    it is switched between training and evaluation). The tensors are held,
+    not weakly referenced: ``torch.utils.swap_tensors`` (``module.to``
+    with ``torch.__future__.set_swap_module_params_on_conversion``) refuses
+    tensors with weak references. As :func:`cached_per_tensor`, it
+    computes afresh and keeps nothing during CUDA-graph capture or
+    ``torch.compile``'s tracing. The caller must not use it where
+    gradients must flow through the value, nor modify the value in place.
 
     Arguments
     ---------
@@ -157,16 +165,41 @@ def cached_while_unchanged(
     """
     if _capturing() or torch.compiler.is_compiling():
         return derive()
-    signature = tuple(t._version for t in tensors)
+    signature = tuple(
+        (t._version, t.data_ptr(), t.dtype, t.device, t.shape, t.stride())
+        for t in tensors
+    )
     store = _OWNED.setdefault(owner, {})
     entry = store.get(key)
     if (
         entry is not None
         and entry[1] == signature
         and len(entry[0]) == len(tensors)
-        and all(ref() is t for ref, t in zip(entry[0], tensors))
+        and all(kept is t for kept, t in zip(entry[0], tensors))
     ):
         return entry[2]
     value = derive()
-    store[key] = ([weakref.ref(t) for t in tensors], signature, value)
+    store[key] = (tuple(tensors), signature, value)
     return value
+
+
+def forget(owner: object) -> None:
+    """Drops every value :func:`cached_while_unchanged` keeps for
+    ``owner``.
+
+    Arguments
+    ---------
+    owner : object
+        What the values belong to.
+
+    Example
+    -------
+    >>> layer = torch.nn.Linear(2, 2)
+    >>> def copied():
+    ...     return layer.weight.detach().clone()
+    >>> first = cached_while_unchanged(layer, "w", [layer.weight], copied)
+    >>> forget(layer)
+    >>> cached_while_unchanged(layer, "w", [layer.weight], copied) is first
+    False
+    """
+    _OWNED.pop(owner, None)
