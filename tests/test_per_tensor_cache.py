@@ -4,11 +4,13 @@ relative lengths."""
 
 import collections
 import gc
+import weakref
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from speechbrain_mamba.nnet import MambaStack, padding
+from speechbrain_mamba.ops.triton.bidirectional_scan import kernel_lengths
 from speechbrain_mamba.utils import per_tensor_cache
 from speechbrain_mamba.utils.per_tensor_cache import cached_per_tensor
 
@@ -120,3 +122,36 @@ def test_kept_while_unchanged_sees_new_data_and_conversions():
     again = kept()
     forget(layer)
     assert kept() is not again
+
+
+def test_inference_mode_values_and_self_references_are_not_kept():
+    """A value derived in inference mode is an inference tensor, which
+    autograd cannot save: a later training call with the same lengths
+    gets a value of its own. A value that is the tensor itself (int32
+    frames made int32) is not kept: it would keep its tensor alive."""
+
+    class SavesFrames(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, frames):
+            ctx.save_for_backward(frames)
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * 2, None
+
+    lengths = torch.tensor([1.0, 0.5])
+    with torch.inference_mode():
+        assert padding.lengths_to_frames(lengths, 2, 10).is_inference()
+    frames = padding.lengths_to_frames(lengths, 2, 10)
+    assert not frames.is_inference() and frames.tolist() == [10, 5]
+    x = torch.ones(2, requires_grad=True)
+    SavesFrames.apply(x, frames).sum().backward()
+    assert x.grad.tolist() == [2.0, 2.0]
+
+    frames = torch.tensor([9, 5], dtype=torch.int32)
+    freed = weakref.ref(frames)
+    assert kernel_lengths(frames) is frames
+    del frames
+    gc.collect()
+    assert freed() is None

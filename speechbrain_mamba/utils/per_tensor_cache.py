@@ -46,7 +46,11 @@ def cached_per_tensor(
 
     The value is computed again after the tensor is modified in place (its
     version changes) and dropped when the tensor is freed. The caller must
-    not modify the returned value in place: other callers share it.
+    not modify the returned value in place: other callers share it. A value
+    derived in inference mode (an inference tensor, which autograd cannot
+    save) is only returned in inference mode. A value that is the tensor
+    itself or a view of it is returned but not kept (it would keep the
+    tensor alive).
 
     Arguments
     ---------
@@ -86,7 +90,8 @@ def cached_per_tensor(
     entry = _DERIVED.get(tensor_id)
     if entry is None or entry[0]() is not tensor or entry[1] != tensor._version:
         if len(_DERIVED) >= MAX_TENSORS:
-            del _DERIVED[next(iter(_DERIVED))]
+            # pop: another thread (DataParallel) may drop the same one
+            _DERIVED.pop(next(iter(_DERIVED), None), None)
         # the store is bound now: at interpreter exit the module's globals
         # may be gone when the last tensors are freed
         reference = weakref.ref(
@@ -96,8 +101,12 @@ def cached_per_tensor(
         entry = (reference, tensor._version, {})
         _DERIVED[tensor_id] = entry
     values = entry[2]
+    key = (key, torch.is_inference_mode_enabled())
     if key not in values:
-        values[key] = derive(tensor)
+        value = derive(tensor)
+        if value is tensor or getattr(value, "_base", None) is tensor:
+            return value
+        values[key] = value
     return values[key]
 
 
