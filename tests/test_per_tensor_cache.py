@@ -12,7 +12,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from speechbrain_mamba.nnet import MambaStack, padding
 from speechbrain_mamba.ops.triton.bidirectional_scan import kernel_lengths
 from speechbrain_mamba.utils import per_tensor_cache
-from speechbrain_mamba.utils.per_tensor_cache import cached_per_tensor
+from speechbrain_mamba.utils.per_tensor_cache import (
+    cached_per_tensor,
+    cached_while_unchanged,
+)
 
 
 class CountOps(TorchDispatchMode):
@@ -155,3 +158,23 @@ def test_inference_mode_values_and_self_references_are_not_kept():
     del frames
     gc.collect()
     assert freed() is None
+
+
+def test_kept_while_unchanged_sees_a_fused_optimizer_step():
+    """A fused optimizer updates parameters without bumping their version
+    counters: any optimizer step makes the kept value be derived again,
+    also without a switch between training and evaluation."""
+    layer = torch.nn.Linear(3, 3)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.1, fused=True)
+
+    def negated():
+        return -layer.weight.detach().clone()
+
+    first = cached_while_unchanged(layer, "neg", [layer.weight], negated)
+    version = layer.weight._version
+    layer.weight.grad = torch.ones_like(layer.weight)
+    optimizer.step()
+    assert layer.weight._version == version  # invisible to the version
+    again = cached_while_unchanged(layer, "neg", [layer.weight], negated)
+    assert torch.equal(again, -layer.weight.detach())
+    assert not torch.equal(again, first)

@@ -8,7 +8,10 @@ tensor is modified in place or freed, so the first layer computes it and
 the others reuse it. It computes afresh (and keeps nothing) while a CUDA
 graph is being recorded, where a value kept from outside the recording
 must not be read, under ``torch.compile``'s tracing, and for inference
-tensors, which have no version counter to see in-place changes.
+tensors, which have no version counter to see in-place changes. Writes
+that bump no version counter (through ``tensor.data``, a NumPy array
+sharing the memory, a custom kernel) are not seen: relative lengths come
+as new tensors per batch, or are written with ``copy_``, which is seen.
 
 Author
 ------
@@ -19,6 +22,7 @@ import weakref
 from typing import Any, Callable, Dict, Hashable, Sequence, Tuple
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 #: id(tensor) -> (weak reference, version when derived, {key: value})
 _DERIVED: Dict[int, Tuple[weakref.ref, int, Dict[Hashable, Any]]] = {}
@@ -113,6 +117,18 @@ def cached_per_tensor(
 #: owner -> {key: (tensors, signature, value)}
 _OWNED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
+#: Steps taken by any torch.optim optimizer in this process: part of every
+#: signature of :func:`cached_while_unchanged`, since fused optimizers
+#: update parameters without bumping their version counters.
+_OPTIMIZER_STEPS = [0]
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    _OPTIMIZER_STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
+
 
 def cached_while_unchanged(
     owner: object,
@@ -129,10 +145,12 @@ def cached_while_unchanged(
     modified in place (an optimizer step, ``load_state_dict``), replaced
     by another tensor or given new data (``param.data = ...``, which
     ``module.to`` does; identity and version stay, the storage, dtype or
-    device change). Writes that bump no version counter cannot be seen:
-    in place through ``param.data`` and fused optimizers' steps; the
-    owner calls :func:`forget` where those may have happened (e.g. when
-    it is switched between training and evaluation). The tensors are held,
+    device change), or until any ``torch.optim`` optimizer takes a step
+    (fused optimizers bump no version counter). Other writes that bump no
+    version counter cannot be seen: in place through ``param.data`` (e.g.
+    a hand-written moving average) or by a custom kernel; the owner calls
+    :func:`forget` where those may have happened (Mamba layers: when
+    switched between training and evaluation). The tensors are held,
     not weakly referenced: ``torch.utils.swap_tensors`` (``module.to``
     with ``torch.__future__.set_swap_module_params_on_conversion``) refuses
     tensors with weak references. As :func:`cached_per_tensor`, it
@@ -174,7 +192,7 @@ def cached_while_unchanged(
     """
     if _capturing() or torch.compiler.is_compiling():
         return derive()
-    signature = tuple(
+    signature = (_OPTIMIZER_STEPS[0],) + tuple(
         (t._version, t.data_ptr(), t.dtype, t.device, t.shape, t.stride())
         for t in tensors
     )
