@@ -31,7 +31,11 @@ from speechbrain_mamba.nnet.padding import (
     reverse_valid,
     zero_padding,
 )
-from speechbrain_mamba.ops.backend import cuda_kernels, sequence_path
+from speechbrain_mamba.ops.backend import (
+    cuda_kernels,
+    needs_gradient,
+    sequence_path,
+)
 from speechbrain_mamba.ops.triton.bidirectional_scan import (
     ScanInputs,
     bidirectional_scan,
@@ -140,13 +144,7 @@ class BiMamba(Mamba):
         path = sequence_path(self.backend, x, self.d_state)
         self.kernels_used = path
         if path == "triton":
-            inference = not (
-                torch.is_grad_enabled()
-                and (
-                    x.requires_grad
-                    or any(p.requires_grad for p in self.parameters())
-                )
-            )
+            inference = not needs_gradient(x, self.parameters())
             return zero_padding(
                 self._both_directions_triton(x, frames, scale, inference),
                 frames,
@@ -165,15 +163,6 @@ class BiMamba(Mamba):
         instead of keeping them (``low_memory``)."""
         return self.low_memory in (True, "auto") and not inference
 
-    def _scan_parameters(self):
-        """A [2 d_inner, d_state], D and the step-size bias [2 d_inner] of
-        both directions (forward first), fp32, as the fused scans take
-        them."""
-        A = -torch.exp(torch.cat([self.A_log, self.A_b_log]).float())
-        D = torch.cat([self.D, self.D_b]).float()
-        delta_bias = torch.cat([self.dt_proj.bias, self.dt_proj_b.bias])
-        return A, D, delta_bias.float()
-
     def _both_directions_triton(
         self,
         x: torch.Tensor,
@@ -190,11 +179,7 @@ class BiMamba(Mamba):
         [batch, time, d_model]; returns the output projection of
         ``scale * (y_forward + y_backward)``, [batch, time, d_model].
         """
-        batch, time, _ = x.shape
-        if frames is None:
-            frames = torch.full(
-                (batch,), time, device=x.device, dtype=torch.int32
-            )
+        frames = self._kernel_frames(x, frames)
         conv_bias = [self.conv1d.bias, self.conv1d_b.bias]
         if conv_bias[0] is None:
             conv_bias = [x.new_zeros(self.d_inner, dtype=torch.float32)] * 2
@@ -206,23 +191,14 @@ class BiMamba(Mamba):
             self.dt_proj.weight, self.dt_proj_b.weight,
         )  # fmt: skip
         sizes = (self.d_inner, self.dt_rank, self.d_state)
-        if not inference:
-            A, D, delta_bias = self._scan_parameters()
-            if self._lean(inference):
-                return BiMambaLayerFunction.apply(
-                    x, frames, sizes, scale, A, D, delta_bias,
-                    self.out_proj.weight, self.out_proj.bias, *weights,
-                )  # fmt: skip
-            projections = None
-        else:
-            A, D, delta_bias = self._kept_for_inference(
-                "scan parameters",
-                (
-                    self.A_log, self.A_b_log, self.D, self.D_b,
-                    self.dt_proj.bias, self.dt_proj_b.bias,
-                ),
-                self._scan_parameters,
+        A, D, delta_bias = self._scan_parameters_for(inference)
+        if self._lean(inference):
+            return BiMambaLayerFunction.apply(
+                x, frames, sizes, scale, A, D, delta_bias,
+                self.out_proj.weight, self.out_proj.bias, *weights,
             )  # fmt: skip
+        projections = None
+        if inference:
             dtype = linear_dtype(x, self.x_proj.weight)
             projections = self._kept_for_inference(
                 ("projections", dtype),

@@ -38,6 +38,7 @@ from speechbrain_mamba.ops.backend import (
     cuda_kernels,
     effective_backend,
     fused_step_applies,
+    needs_gradient,
     sequence_path,
     state_update_kernel,
     use_cuda_kernels,
@@ -623,6 +624,50 @@ class Mamba(nn.Module):
         forget(self)
         return super().train(mode)
 
+    def _scan_parameter_tensors(self):
+        """(A_log, D, step-size bias) of each of the layer's directions."""
+        return [
+            (
+                getattr(self, self._A_log_name(suffix)),
+                getattr(self, f"D{suffix}"),
+                getattr(self, f"dt_proj{suffix}").bias,
+            )
+            for suffix in self.directions
+        ]
+
+    def _scan_parameters(self):
+        """A [directions d_inner, d_state], D and the step-size bias
+        [directions d_inner] of the layer's directions (forward first),
+        fp32, as the Triton scans take them."""
+        A_log, D, delta_bias = (
+            group[0] if len(group) == 1 else torch.cat(group)
+            for group in zip(*self._scan_parameter_tensors())
+        )
+        return -torch.exp(A_log.float()), D.float(), delta_bias.float()
+
+    def _scan_parameters_for(self, inference: bool):
+        """:meth:`_scan_parameters`, kept between inference calls
+        (:meth:`_kept_for_inference`)."""
+        if not inference:
+            return self._scan_parameters()
+        parameters = [
+            t for group in self._scan_parameter_tensors() for t in group
+        ]
+        return self._kept_for_inference(
+            "scan parameters", parameters, self._scan_parameters
+        )
+
+    @staticmethod
+    def _kernel_frames(
+        x: torch.Tensor, frames: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """The valid frames the Triton kernels take: ``frames``, or every
+        frame of every item when the call has no lengths."""
+        if frames is not None:
+            return frames
+        batch, time = x.shape[:2]
+        return torch.full((batch,), time, device=x.device, dtype=torch.int32)
+
     def _forward_triton(
         self, x: torch.Tensor, frames: Optional[torch.Tensor]
     ) -> torch.Tensor:
@@ -634,18 +679,8 @@ class Mamba(nn.Module):
         BiMamba's (:mod:`speechbrain_mamba.ops.triton.bimamba_layer`).
         x: [batch, time, d_model]; returns the output projection,
         [batch, time, d_model] (padded frames: of a zero scan output)."""
-        batch, time, _ = x.shape
-        if frames is None:
-            frames = torch.full(
-                (batch,), time, device=x.device, dtype=torch.int32
-            )
-        inference = not (
-            torch.is_grad_enabled()
-            and (
-                x.requires_grad
-                or any(p.requires_grad for p in self.parameters())
-            )
-        )
+        frames = self._kernel_frames(x, frames)
+        inference = not needs_gradient(x, self.parameters())
         conv_bias = self.conv1d.bias
         if conv_bias is None:
             conv_bias = x.new_zeros(self.d_inner, dtype=torch.float32)
@@ -654,22 +689,12 @@ class Mamba(nn.Module):
             conv_bias, self.x_proj.weight, self.dt_proj.weight,
         )  # fmt: skip
         sizes = (self.d_inner, self.dt_rank, self.d_state)
+        A, D, delta_bias = self._scan_parameters_for(inference)
         if not inference:
-            A = -torch.exp(self.A_log.float())
-            D, delta_bias = self.D.float(), self.dt_proj.bias.float()
             return BiMambaLayerFunction.apply(
                 x, frames, sizes, 1.0, A, D, delta_bias,
                 self.out_proj.weight, self.out_proj.bias, *weights,
             )  # fmt: skip
-        A, D, delta_bias = self._kept_for_inference(
-            "scan parameters",
-            (self.A_log, self.D, self.dt_proj.bias),
-            lambda: (
-                -torch.exp(self.A_log.float()),
-                self.D.float(),
-                self.dt_proj.bias.float(),
-            ),
-        )
         dtype = linear_dtype(x, self.x_proj.weight)
         projections = self._kept_for_inference(
             ("projections", dtype),

@@ -375,9 +375,35 @@ def fused_step_applies(
         or not mamba_step.available()
     ):
         return False
-    return not (
-        torch.is_grad_enabled()
-        and (x.requires_grad or any(p.requires_grad for p in parameters))
+    return not needs_gradient(x, parameters)
+
+
+def needs_gradient(x: torch.Tensor, parameters: Iterable[torch.Tensor]) -> bool:
+    """Whether a layer call must be differentiable: gradients are enabled
+    and the input or one of the layer's parameters requires them.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        The call's input.
+    parameters : iterable of torch.Tensor
+        The layer's parameters.
+
+    Returns
+    -------
+    bool
+
+    Example
+    -------
+    >>> weight = torch.zeros(2, requires_grad=True)
+    >>> needs_gradient(torch.zeros(2), [weight])
+    True
+    >>> with torch.no_grad():
+    ...     needs_gradient(torch.zeros(2), [weight])
+    False
+    """
+    return torch.is_grad_enabled() and (
+        x.requires_grad or any(p.requires_grad for p in parameters)
     )
 
 
