@@ -81,6 +81,65 @@ def test_tts_task_rows_ratios_and_outputs(tmp_path):
     assert (out / "efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_rounds_interleave_each_pair_and_ratios_are_their_medians(tmp_path):
+    """With --rounds, every Mamba row is followed by its peer's row of the
+    same round, and a ratio is the median of the rounds' ratios, with their
+    range and count."""
+    out = tmp_path / "eff"
+    efficiency.main(
+        [
+            "--out", str(out), "--tasks", "tts", "--tts-size", "tiny",
+            "--seconds", "0.2", "0.4", "--modes", "infer",
+            "--dtypes", "float32", "--device", "cpu", "--repeats", "1",
+            "--rounds", "3",
+        ]
+    )  # fmt: skip
+    jsonl = [json.loads(line) for line in open(out / "results.jsonl")]
+    order = [(r["round"], r["seconds"], r["role"]) for r in jsonl]
+    assert order == [
+        (turn, seconds, role)
+        for turn in range(3)
+        for seconds in (0.2, 0.4)
+        for role in ("mamba", "peer")
+    ]
+    ratios = {float(r["seconds"]): r for r in read_csv(out / "ratios.csv")}
+    assert sorted(ratios) == [0.2, 0.4]
+    for seconds, r in ratios.items():
+        times = {
+            (row["round"], row["role"]): row["seconds_median"]
+            for row in jsonl
+            if row["seconds"] == seconds
+        }
+        per_round = sorted(
+            times[(turn, "peer")] / times[(turn, "mamba")] for turn in range(3)
+        )
+        assert int(r["rounds"]) == 3
+        assert math.isclose(float(r["time_ratio"]), per_round[1])
+        assert math.isclose(float(r["time_ratio_min"]), per_round[0])
+        assert math.isclose(float(r["time_ratio_max"]), per_round[2])
+
+
+def test_median_rows_collapse_rounds_for_the_plot():
+    rows = [
+        dict(
+            model=model, task="tts", seconds=1, mode="train", dtype="bf16",
+            round=turn, seconds_median=t, peak_mib=m,
+        )
+        for model, values in (
+            ("VALL-M", [(3.0, 10.0), (1.0, 30.0), (2.0, None)]),
+            ("VALL-E", [(5.0, 40.0), (4.0, 40.0), (6.0, 50.0)]),
+        )
+        for turn, (t, m) in enumerate(values)
+    ]  # fmt: skip
+    medians = {r["model"]: r for r in efficiency.median_rows(rows)}
+    assert medians["VALL-M"]["seconds_median"] == 2.0
+    assert medians["VALL-M"]["peak_mib"] == 20.0  # the rounds that have one
+    assert (
+        medians["VALL-E"]["seconds_median"],
+        medians["VALL-E"]["peak_mib"],
+    ) == (5.0, 40.0)
+
+
 def test_rows_name_the_bimamba_kernels(tmp_path):
     """Each row says which kernels the Mamba model's BiMamba layers ran
     (on CPU the PyTorch path; none for the transformer peer)."""
@@ -107,7 +166,7 @@ def test_plan_skips_modes_a_task_lacks(capsys):
     )
     jobs = efficiency.plan(args)
     assert "separation: no ar-step mode" in capsys.readouterr().out
-    assert {(task, mode) for task, _, _, mode, _ in jobs} == {
+    assert {(job[0], job[3]) for job in jobs} == {
         ("separation", "infer"),
         ("tts", "infer"),
         ("tts", "ar-step"),

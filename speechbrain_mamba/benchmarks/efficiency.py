@@ -30,11 +30,18 @@ Harnesses (``--harness``, the ``harness`` column):
   models).
 
 Times are medians over several repetitions after warm-up (CUDA
-synchronised), memory is peak CUDA memory, OOM is recorded as such. It
-writes
+synchronised), memory is peak CUDA memory, OOM is recorded as such. The
+Mamba model and its peer are measured in turn for each duration, mode and
+dtype (one after the other, the idle model parked in host memory), so that
+both see the same state of the machine; ``--rounds R`` repeats every such
+pair R times, interleaved, and each ratio is the median of the R per-round
+ratios, with their range beside it (a GPU's step times drift by tens of
+percent between minutes of one session). It writes
 
 - ``results.csv`` / ``results.jsonl``: one row per measurement,
-- ``ratios.csv``: peer / Mamba time and memory ratios (> 1: Mamba better),
+- ``ratios.csv``: peer / Mamba time and memory ratios (> 1: Mamba better;
+  medians over the rounds, ``time_ratio_min`` / ``time_ratio_max`` their
+  range),
 - ``thresholds.json``: the shortest duration from which Mamba wins,
 - ``efficiency.png``: time and memory against duration, one panel per task
   and metric (the AR step of tts in panels of its own).
@@ -45,7 +52,7 @@ Usage::
         [--tasks separation asr tts] [--seconds 1 2 4 8 16 32 60] \\
         [--modes train infer ar-step] [--dtypes float32 bfloat16] \\
         [--device cuda] [--tts-size paper] [--ar-steps 50] \\
-        [--harness brain|module] [--no-self-graphs]
+        [--harness brain|module] [--no-self-graphs] [--rounds 3]
 
 The Mamba models replay their calls from CUDA graphs they record by
 themselves (the ``cuda_graphs`` option of Mamba-TasNet's mask net, of
@@ -66,6 +73,7 @@ speechbrain-mamba developers
 import argparse
 import contextlib
 import json
+import statistics
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -461,9 +469,48 @@ def thresholds(rows: List[Dict]) -> Dict[str, Optional[float]]:
     return out
 
 
+def _pair_ratio(mamba: Dict, peer: Dict, key: str) -> Optional[float]:
+    """peer[key] / mamba[key] (inf where only the peer ran out of memory;
+    None where either value is missing)."""
+    if peer["oom"] and not mamba["oom"]:
+        return float("inf")
+    if mamba[key] and peer[key]:
+        return peer[key] / mamba[key]
+    return None
+
+
 def ratio_rows(rows: List[Dict]) -> List[Dict]:
     """Peer / Mamba ratios for every (task, seconds, mode, dtype, harness)
-    (rows without a ``harness`` count as "module")."""
+    (rows without a ``harness`` count as "module", without a ``round`` as
+    round 0): each round's Mamba row against its peer row of the same
+    round, then the median over the rounds, with the range of the time
+    ratios.
+
+    Arguments
+    ---------
+    rows : list of dict
+        Result rows.
+
+    Returns
+    -------
+    list of dict
+        One per measured pair: ``time_ratio`` and ``memory_ratio``
+        (medians), ``time_ratio_min`` / ``time_ratio_max`` and ``rounds``
+        (rounds with both rows).
+
+    Example
+    -------
+    >>> def row(role, round, seconds_median):
+    ...     return dict(task="t", role=role, seconds=1, mode="train",
+    ...                 dtype="d", model=role.upper(), round=round, oom=False,
+    ...                 seconds_median=seconds_median, peak_mib=None)
+    >>> rows = [row("mamba", 0, 1.0), row("peer", 0, 2.0),
+    ...         row("mamba", 1, 2.0), row("peer", 1, 2.0),
+    ...         row("mamba", 2, 1.0), row("peer", 2, 3.0)]
+    >>> r = ratio_rows(rows)[0]
+    >>> r["time_ratio"], r["time_ratio_min"], r["time_ratio_max"], r["rounds"]
+    (2.0, 1.0, 3.0, 3)
+    """
     index = {
         (
             r["task"],
@@ -472,24 +519,31 @@ def ratio_rows(rows: List[Dict]) -> List[Dict]:
             r["mode"],
             r["dtype"],
             r.get("harness", "module"),
+            r.get("round", 0),
         ): r
         for r in rows
     }
+    pairs: Dict[Tuple, List[Tuple[Dict, Dict]]] = {}
+    for (
+        task,
+        role,
+        seconds,
+        mode,
+        dtype,
+        harness,
+        turn,
+    ), mamba in index.items():
+        peer = index.get((task, "peer", seconds, mode, dtype, harness, turn))
+        if role == "mamba" and peer is not None:
+            key = (task, seconds, mode, dtype, harness)
+            pairs.setdefault(key, []).append((mamba, peer))
     out = []
-    for (task, role, seconds, mode, dtype, harness), mamba in index.items():
-        if role != "mamba":
-            continue
-        peer = index.get((task, "peer", seconds, mode, dtype, harness))
-        if peer is None:
-            continue
-
-        def ratio(key, mamba=mamba, peer=peer):
-            if peer["oom"] and not mamba["oom"]:
-                return float("inf")
-            if mamba[key] and peer[key]:
-                return peer[key] / mamba[key]
-            return None
-
+    for (task, seconds, mode, dtype, harness), measured in pairs.items():
+        ratios = {}
+        for name, key in (("time", "seconds_median"), ("memory", "peak_mib")):
+            values = [_pair_ratio(m, p, key) for m, p in measured]
+            ratios[name] = [v for v in values if v is not None]
+        times = ratios["time"]
         out.append(
             {
                 "task": task,
@@ -497,10 +551,17 @@ def ratio_rows(rows: List[Dict]) -> List[Dict]:
                 "mode": mode,
                 "dtype": dtype,
                 "harness": harness,
-                "mamba": mamba["model"],
-                "peer": peer["model"],
-                "time_ratio": ratio("seconds_median"),
-                "memory_ratio": ratio("peak_mib"),
+                "mamba": measured[0][0]["model"],
+                "peer": measured[0][1]["model"],
+                "time_ratio": statistics.median(times) if times else None,
+                "memory_ratio": (
+                    statistics.median(ratios["memory"])
+                    if ratios["memory"]
+                    else None
+                ),
+                "time_ratio_min": min(times) if times else None,
+                "time_ratio_max": max(times) if times else None,
+                "rounds": len(measured),
             }
         )
     return sorted(
@@ -513,6 +574,46 @@ def ratio_rows(rows: List[Dict]) -> List[Dict]:
             r["seconds"],
         ),
     )
+
+
+def median_rows(rows: List[Dict]) -> List[Dict]:
+    """One row per model and measurement: the median time and peak memory
+    over its rounds (the rows of one round, unchanged).
+
+    Arguments
+    ---------
+    rows : list of dict
+        Result rows (``round`` optional).
+
+    Returns
+    -------
+    list of dict
+        The first round's row of each measurement, with the medians of
+        ``seconds_median`` and ``peak_mib`` over the rounds that have one.
+
+    Example
+    -------
+    >>> rows = [dict(model="M", task="t", seconds=1, mode="train",
+    ...              dtype="d", round=r, seconds_median=t, peak_mib=None)
+    ...         for r, t in enumerate([3.0, 1.0, 2.0])]
+    >>> [r["seconds_median"] for r in median_rows(rows)]
+    [2.0]
+    """
+    groups: Dict[Tuple, List[Dict]] = {}
+    for r in rows:
+        key = (
+            r["model"], r["task"], r["seconds"], r["mode"], r["dtype"],
+            r.get("harness", "module"),
+        )  # fmt: skip
+        groups.setdefault(key, []).append(r)
+    out = []
+    for group in groups.values():
+        row = dict(group[0])
+        for key in ("seconds_median", "peak_mib"):
+            values = [r[key] for r in group if r[key] is not None]
+            row[key] = statistics.median(values) if values else None
+        out.append(row)
+    return out
 
 
 def panels(rows: List[Dict]) -> List[Tuple[str, str]]:
@@ -667,17 +768,20 @@ def plan(args: argparse.Namespace) -> List[Tuple]:
     Returns
     -------
     list of tuple
-        (task, role, seconds, mode, dtype) in measuring order.
+        (task, role, seconds, mode, dtype, round) in measuring order: per
+        task, ``rounds`` (default 1) rounds, in each the Mamba model then
+        its peer for every duration, mode and dtype.
 
     Example
     -------
     >>> args = argparse.Namespace(tasks=["asr", "tts"], seconds=[1],
-    ...     modes=["ar-step"], dtypes=["float32"])
-    >>> plan(args)[0]
+    ...     modes=["ar-step"], dtypes=["float32"], rounds=2)
+    >>> [job[1::4] for job in plan(args)]  # (role, round)
     asr: no ar-step mode; skipped
-    ('tts', 'mamba', 1, 'ar-step', torch.float32)
+    [('mamba', 0), ('peer', 0), ('mamba', 1), ('peer', 1)]
     """
     dtypes = [getattr(torch, d) for d in args.dtypes]
+    rounds = getattr(args, "rounds", 1)
     jobs = []
     for task in args.tasks:
         seconds = args.seconds or DEFAULT_SECONDS[task]
@@ -685,11 +789,12 @@ def plan(args: argparse.Namespace) -> List[Tuple]:
         skipped = [m for m in args.modes if m not in TASK_MODES[task]]
         if skipped:
             print(f"{task}: no {', '.join(skipped)} mode; skipped")
-        for role in ("mamba", "peer"):
+        for turn in range(rounds):
             for s in seconds:
                 for mode in modes:
                     for dtype in dtypes:
-                        jobs.append((task, role, s, mode, dtype))
+                        for role in ("mamba", "peer"):
+                            jobs.append((task, role, s, mode, dtype, turn))
     if not jobs:
         raise ValueError(
             f"nothing to measure: tasks {args.tasks} have none of the "
@@ -707,7 +812,7 @@ def run(args) -> Dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = plan(args)
-    eager_only = sorted({(t, m) for t, _, _, m, _ in jobs} & EAGER_ONLY)
+    eager_only = sorted({(job[0], job[3]) for job in jobs} & EAGER_ONLY)
     if args.cuda_graphs != "none" and eager_only:
         print(f"timed eagerly, no CUDA graph: {eager_only}")
     harnesses = {task: task_harness(task, args.harness) for task in args.tasks}
@@ -717,7 +822,9 @@ def run(args) -> Dict:
             f"{sorted(t for t, h in harnesses.items() if h == 'module')}"
         )
     brain_infer = {
-        t for t, _, _, m, _ in jobs if harnesses[t] == "brain" and m == "infer"
+        job[0]
+        for job in jobs
+        if harnesses[job[0]] == "brain" and job[3] == "infer"
     }
     if args.cuda_graphs != "none" and brain_infer:
         print(
@@ -727,21 +834,25 @@ def run(args) -> Dict:
     rows = []
     models = {}
     jsonl = open(out / "results.jsonl", "w")
-    for task, role, seconds, mode, dtype in tqdm(jobs, desc="efficiency"):
+    for task, role, seconds, mode, dtype, turn in tqdm(jobs, desc="efficiency"):
         mamba_builder, peer_builder, make_input, _ = TASKS[task]
+        if any(key[0] != task for key in models):
+            models.clear()  # a new task: its two models only
+        for key, idle in models.items():
+            if key != (task, role):  # parked in host memory meanwhile
+                idle.to("cpu")
+        if cuda:
+            torch.cuda.empty_cache()
         if (task, role) not in models:
-            models.clear()
-            if cuda:
-                torch.cuda.empty_cache()
             builder = mamba_builder if role == "mamba" else peer_builder
             torch.manual_seed(0)
             model = builder(args.tts_size) if task == "tts" else builder()
-            models[(task, role)] = model.to(device)
+            models[(task, role)] = model
             if role == "mamba" and args.checkpointing:
                 enable_checkpointing(models[(task, role)])
             for module in self_graphed_modules(model):
                 module.cuda_graphs = args.self_graphs
-        model = models[(task, role)]
+        model = models[(task, role)].to(device)
         batch = DEFAULT_BATCH[task] if args.batch is None else args.batch
         graphed = (task, mode) not in EAGER_ONLY and (
             args.cuda_graphs == "both"
@@ -783,6 +894,7 @@ def run(args) -> Dict:
                 sum(p.numel() for p in model.parameters()) / 1e6, 2
             ),
             "seconds": seconds,
+            "round": turn,
             "batch": batch,
             "mode": mode,
             "dtype": str(dtype).replace("torch.", ""),
@@ -812,19 +924,25 @@ def run(args) -> Dict:
     write_csv(ratios, out / "ratios.csv")
     found = thresholds(ratios)
     atomic_write_text(out / "thresholds.json", json.dumps(found, indent=1))
-    plot(rows, out / "efficiency.png")
+    plot(median_rows(rows), out / "efficiency.png")
     print(
         "| task | harness | mode | dtype | seconds | time ratio "
-        "| memory ratio |"
+        "| range over rounds | memory ratio |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in ratios:
         mem = r["memory_ratio"]
         tr = r["time_ratio"]
+        spread = (
+            "-"
+            if tr is None
+            else f"{r['time_ratio_min']:.2f}-{r['time_ratio_max']:.2f} "
+            f"({r['rounds']})"
+        )
         print(
             f"| {r['task']} | {r['harness']} | {r['mode']} | {r['dtype']} | "
             f"{r['seconds']} | "
-            f"{'-' if tr is None else f'{tr:.2f}'} | "
+            f"{'-' if tr is None else f'{tr:.2f}'} | {spread} | "
             f"{'-' if mem is None else f'{mem:.2f}'} |"
         )
     print(json.dumps(found, indent=1))
@@ -858,6 +976,13 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--batch", type=positive_int)
     parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=1,
+        help="measure every Mamba / peer pair this many times, interleaved; "
+        "ratios are the medians of the per-round ratios",
+    )
     parser.add_argument(
         "--ar-steps",
         type=positive_int,
