@@ -98,6 +98,7 @@ from speechbrain_mamba.utils.cli import positive_float, positive_int
 from speechbrain_mamba.utils.cuda_graphs import record_cuda_graph
 from speechbrain_mamba.utils.graphed_inference import outermost_graphed_call
 from speechbrain_mamba.utils.graphed_training import GraphedTraining
+from speechbrain_mamba.utils.per_tensor_cache import forget
 
 DEFAULT_SECONDS = {
     "separation": [1, 2, 4, 8, 16, 32, 60],
@@ -840,6 +841,8 @@ def run(args) -> Dict:
             models.clear()  # a new task: its two models only
         for key, idle in models.items():
             if key != (task, role):  # parked in host memory meanwhile
+                for module in idle.modules():
+                    forget(module)  # weights its inference calls derived
                 idle.to("cpu")
         if cuda:
             torch.cuda.empty_cache()
