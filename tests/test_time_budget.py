@@ -5,6 +5,7 @@ stop at the same step, decided by the first process out of time."""
 import json
 import os
 import socket
+import time
 
 import pytest
 import speechbrain as sb
@@ -106,3 +107,31 @@ def test_ddp_processes_stop_at_the_same_step(tmp_path, budgets, steps):
         for r in range(2)
     ]
     assert done == [steps, steps]
+
+
+class _SlowFirstItem(torch.utils.data.Dataset):
+    """Four items; the first takes longer to load than the budget."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        if index == 0:
+            time.sleep(0.3)
+        return torch.ones(1)
+
+
+def test_budget_spent_before_the_first_batch_still_trains_one_step():
+    """A loaded machine: the budget runs out while the first batch loads.
+    The fit still makes one optimizer step (validating an untrained model
+    failed, e.g. feature normalisation without statistics), then stops."""
+    data = torch.utils.data.DataLoader(_SlowFirstItem(), batch_size=1)
+    brain = _Toy(
+        {"lin": torch.nn.Linear(1, 1)},
+        torch.optim.SGD,
+        hparams={"train_time_budget_s": 0.1},
+    )
+    before = brain.modules.lin.weight.detach().clone()
+    brain.fit(range(1, 3), data, progressbar=False)
+    assert brain.optimizer_step == 1
+    assert not torch.equal(brain.modules.lin.weight, before)
