@@ -35,6 +35,7 @@ from speechbrain_mamba.ops.triton.bidirectional_scan import (
     available,
     interpreted,
 )
+from speechbrain_mamba.ops.triton.launch_sizes import ceil_div, next_power_of_2
 
 if available():  # Triton comes with the CUDA builds of PyTorch
     import triton
@@ -213,7 +214,7 @@ if available():
 def _tile(features: int, backward: bool = False) -> Tuple[int, int, int]:
     """(rows per program, padded features, warps) of a feature size; the
     backward kernel holds more values per element, so twice the warps."""
-    block = triton.next_power_of_2(features)
+    block = next_power_of_2(features)
     rows = max(1, min(MAX_ROWS, TILE // block))
     per_warp = 512 if backward else 1024
     warps = max(4, min(16, rows * block // per_warp))
@@ -228,7 +229,7 @@ def _multiprocessors(device: torch.device) -> int:
 
 def _backward_programs(rows: int, tile_rows: int, device) -> int:
     """Programs of the backward kernel (each takes a range of rows)."""
-    tiles = triton.cdiv(rows, tile_rows)
+    tiles = ceil_div(rows, tile_rows)
     if device.type == "cuda":
         return min(tiles, PROGRAMS_PER_SM * _multiprocessors(device))
     return min(tiles, INTERPRETED_PROGRAMS)
@@ -256,7 +257,7 @@ class AddNormFunction(torch.autograd.Function):
         )
         tile_rows, block, warps = _tile(features)
         if rows > 0:
-            _add_norm_forward_kernel[(triton.cdiv(rows, tile_rows),)](
+            _add_norm_forward_kernel[(ceil_div(rows, tile_rows),)](
                 hidden, residual, weight, bias, residual_out, normed,
                 stats[-1], stats[0], rows, features, float(eps),
                 HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
@@ -303,8 +304,8 @@ class AddNormFunction(torch.autograd.Function):
                 (2, max(programs, 1), features), dtype=torch.float32
             )
         if rows > 0:
-            rows_per_program = tile_rows * triton.cdiv(
-                triton.cdiv(rows, tile_rows), programs
+            rows_per_program = tile_rows * ceil_div(
+                ceil_div(rows, tile_rows), programs
             )
             _add_norm_backward_kernel[(programs,)](
                 residual_out, weight, stats[-1], stats[0], dnormed,

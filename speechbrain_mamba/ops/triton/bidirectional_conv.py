@@ -26,6 +26,7 @@ from speechbrain_mamba.ops.triton.bidirectional_scan import (
     interpreted,
     kernel_lengths,
 )
+from speechbrain_mamba.ops.triton.launch_sizes import ceil_div
 
 if available():
     import triton
@@ -193,8 +194,8 @@ if available():
 
 def _grid(batch: int, time: int, channels: int):
     return (
-        triton.cdiv(time, TIME_BLOCK),
-        triton.cdiv(channels, CHANNEL_BLOCK),
+        ceil_div(time, TIME_BLOCK),
+        ceil_div(channels, CHANNEL_BLOCK),
         batch,
     )
 

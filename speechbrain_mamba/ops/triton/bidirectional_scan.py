@@ -60,6 +60,7 @@ from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 
+from speechbrain_mamba.ops.triton.launch_sizes import ceil_div, next_power_of_2
 from speechbrain_mamba.utils.per_tensor_cache import cached_per_tensor
 
 try:  # optional: only present with a CUDA build of PyTorch
@@ -120,9 +121,14 @@ def available() -> bool:
     return triton is not None
 
 
+#: ``TRITON_INTERPRET`` when this module was imported: the kernels below
+#: were decorated then, and Triton decides there whether they interpret.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def interpreted() -> bool:
-    """Whether Triton's CPU interpreter is on (``TRITON_INTERPRET=1``),
-    which runs the kernels on CPU tensors.
+    """Whether Triton's CPU interpreter runs the kernels
+    (``TRITON_INTERPRET=1`` when they were defined), on CPU tensors.
 
     Returns
     -------
@@ -133,7 +139,7 @@ def interpreted() -> bool:
     >>> isinstance(interpreted(), bool)
     True
     """
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    return _INTERPRETED
 
 
 if triton is not None:
@@ -589,9 +595,9 @@ def carry_chunk_states(
     hin = torch.empty_like(sum_h)
     # a short sequence scans all its chunks in one block of a power of two,
     # with more states per program (as many elements per program)
-    chunk_block = min(CHUNK_BLOCK, max(2, triton.next_power_of_2(chunks)))
+    chunk_block = min(CHUNK_BLOCK, max(2, next_power_of_2(chunks)))
     state_block = STATE_BLOCK * CHUNK_BLOCK // chunk_block
-    grid = (triton.cdiv(e_half, state_block), directions, batch)
+    grid = (ceil_div(e_half, state_block), directions, batch)
     _carry_kernel[grid](
         sum_a,
         sum_h,
@@ -880,7 +886,7 @@ def _forward(inputs: ScanInputs, chunk: int):
     batch, time, channels = u.shape
     d_state = A.shape[1]
     block = _channel_block(channels // directions, CHANNEL_BLOCK)
-    chunks = triton.cdiv(time, chunk)
+    chunks = ceil_div(time, chunk)
     sum_a = torch.empty(
         batch, chunks, channels, d_state, device=u.device, dtype=torch.float32
     )
@@ -896,7 +902,7 @@ def _forward(inputs: ScanInputs, chunk: int):
     def launch(states, final):
         _sequential_kernel[grid](
             *args, lengths, states, sum_a, sum_h, y, *sizes,
-            N=d_state, NP=triton.next_power_of_2(d_state), CH=chunk,
+            N=d_state, NP=next_power_of_2(d_state), CH=chunk,
             BD=block, WRITE_OUT=final, num_warps=WARPS, STAGES=STAGES,
             DIRECTIONS=directions,
         )  # fmt: skip
@@ -924,8 +930,8 @@ def _gate(
     )
     grad = dout if dout is not None else out
     grid = (
-        triton.cdiv(time, GATE_BLOCK[0]),
-        triton.cdiv(d_inner, GATE_BLOCK[1]),
+        ceil_div(time, GATE_BLOCK[0]),
+        ceil_div(d_inner, GATE_BLOCK[1]),
     )
     _gate_kernel[(*grid, batch)](
         y, z, grad, out, time, d_inner, y.stride(0), y.stride(1),
@@ -1184,7 +1190,7 @@ def scan_backward(
     block = _channel_block(d_inner, BACKWARD_CHANNEL_BLOCK)
     chunk = training_chunk(time)
     common = dict(
-        N=d_state, NP=triton.next_power_of_2(d_state), CH=chunk,
+        N=d_state, NP=next_power_of_2(d_state), CH=chunk,
         BD=block, STAGES=STAGES, DIRECTIONS=directions,
     )  # fmt: skip
     strides = _strides(u, z, dout, B_fwd)

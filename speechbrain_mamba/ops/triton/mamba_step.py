@@ -41,6 +41,7 @@ from speechbrain_mamba.ops.triton.bidirectional_scan import (
     available,
     interpreted,
 )
+from speechbrain_mamba.ops.triton.launch_sizes import ceil_div
 
 if available():  # Triton comes with the CUDA builds of PyTorch
     import triton
@@ -446,7 +447,7 @@ def _launch(
     norm_bias = getattr(norm, "bias", None)
     model_pad = _next_power_of_two(d_model)
     channels = min(MAX_CHANNELS, max(1, TILE // model_pad))
-    grid = (triton.cdiv(d_inner, channels), batch)
+    grid = (ceil_div(d_inner, channels), batch)
     unused = output  # stands for absent optional pointers (never read)
     _step_input_kernel[grid](
         x,
