@@ -142,19 +142,21 @@ def test_median_rows_collapse_rounds_for_the_plot():
 
 def test_rows_name_the_bimamba_kernels(tmp_path):
     """Each row says which kernels the Mamba model's BiMamba layers ran
-    (on CPU the PyTorch path; none for the transformer peer)."""
+    (on CPU the PyTorch path; none for the transformer peer) and their
+    low_memory setting."""
     out = tmp_path / "eff"
     efficiency.main(
         [
             "--out", str(out), "--tasks", "separation", "--seconds", "0.05",
             "--modes", "infer", "--dtypes", "float32", "--device", "cpu",
-            "--repeats", "1",
+            "--repeats", "1", "--low-memory", "false",
         ]
     )  # fmt: skip
-    kernels = {
-        r["role"]: r["bimamba_kernels"] for r in read_csv(out / "results.csv")
-    }
+    rows = read_csv(out / "results.csv")
+    kernels = {r["role"]: r["bimamba_kernels"] for r in rows}
     assert kernels == {"mamba": "torch", "peer": ""}
+    low_memory = {r["role"]: r["low_memory"] for r in rows}
+    assert low_memory == {"mamba": "false", "peer": ""}
 
 
 def test_plan_skips_modes_a_task_lacks(capsys):

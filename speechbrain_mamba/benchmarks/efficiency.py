@@ -53,6 +53,7 @@ Usage::
         [--modes train infer ar-step] [--dtypes float32 bfloat16] \\
         [--device cuda] [--tts-size paper] [--ar-steps 50] \\
         [--harness brain|module] [--no-self-graphs] [--rounds 3]
+        [--low-memory auto|true|false]
 
 The Mamba models replay their calls from CUDA graphs they record by
 themselves (the ``cuda_graphs`` option of Mamba-TasNet's mask net, of
@@ -123,6 +124,10 @@ EAGER_ONLY = {("tts", "train"), ("tts", "infer")}
 HARNESSES = ("brain", "module")
 #: Tasks that have a recipe Brain in the study (the others: module).
 BRAIN_TASKS = ("separation",)
+
+
+#: ``--low-memory`` -> the BiMamba layers' ``low_memory``.
+LOW_MEMORY = {"auto": "auto", "true": True, "false": False}
 
 
 def task_harness(task: str, harness: str) -> str:
@@ -425,6 +430,71 @@ def enable_checkpointing(model: torch.nn.Module) -> int:
     for stack in stacks:
         stack.gradient_checkpointing = True
     return len(stacks)
+
+
+def set_low_memory(model: torch.nn.Module, value) -> int:
+    """Sets ``low_memory`` of every BiMamba layer of a model (True or
+    "auto": recompute the activations before the scan in backward; False:
+    keep them).
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        Any model.
+    value : bool or str
+        The layers' new ``low_memory``.
+
+    Returns
+    -------
+    int
+        Layers set.
+
+    Example
+    -------
+    >>> from speechbrain_mamba.nnet import MambaStack
+    >>> stack = MambaStack(8, 2, bidirectional=True, d_state=4)
+    >>> set_low_memory(stack, False)
+    2
+    >>> [layer.mixer.low_memory for layer in stack.layers]
+    [False, False]
+    """
+    from speechbrain_mamba.nnet import BiMamba
+
+    layers = [m for m in model.modules() if isinstance(m, BiMamba)]
+    for layer in layers:
+        layer.low_memory = value
+    return len(layers)
+
+
+def bimamba_low_memory(model: torch.nn.Module) -> str:
+    """The ``low_memory`` settings of a model's BiMamba layers, as a row
+    gives them ("" without BiMamba layers).
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        Any model.
+
+    Returns
+    -------
+    str
+        The distinct settings, lower case, comma separated.
+
+    Example
+    -------
+    >>> from speechbrain_mamba.nnet import MambaStack
+    >>> stack = MambaStack(8, 2, bidirectional=True, d_state=4)
+    >>> bimamba_low_memory(stack), bimamba_low_memory(torch.nn.Linear(2, 2))
+    ('auto', '')
+    """
+    from speechbrain_mamba.nnet import BiMamba
+
+    values = {
+        str(m.low_memory).lower()
+        for m in model.modules()
+        if isinstance(m, BiMamba)
+    }
+    return ",".join(sorted(values))
 
 
 def thresholds(rows: List[Dict]) -> Dict[str, Optional[float]]:
@@ -853,6 +923,8 @@ def run(args) -> Dict:
             models[(task, role)] = model
             if role == "mamba" and args.checkpointing:
                 enable_checkpointing(models[(task, role)])
+            if role == "mamba":
+                set_low_memory(model, LOW_MEMORY[args.low_memory])
             for module in self_graphed_modules(model):
                 module.cuda_graphs = args.self_graphs
         model = models[(task, role)].to(device)
@@ -908,6 +980,7 @@ def run(args) -> Dict:
             "oom": result["oom"],
             "cuda_graph": result["cuda_graph"],
             "checkpointing": bool(args.checkpointing and role == "mamba"),
+            "low_memory": bimamba_low_memory(model),
             "bimamba_kernels": bimamba_kernels(model),
             "self_graphs": sum(
                 module.num_cuda_graphs for module in self_graphed_modules(model)
@@ -1033,6 +1106,14 @@ def main(argv=None) -> None:
         "--checkpointing",
         action="store_true",
         help="gradient checkpointing in the Mamba stacks (less memory)",
+    )
+    parser.add_argument(
+        "--low-memory",
+        choices=sorted(LOW_MEMORY),
+        default="auto",
+        help="the BiMamba layers' low_memory option: true or auto (their "
+        "default) recompute the activations before the scan in backward, "
+        "false keeps them (more memory, less host and GPU work)",
     )
     args = parser.parse_args(argv)
     if args.threads:
