@@ -82,9 +82,9 @@ def test_tts_task_rows_ratios_and_outputs(tmp_path):
 
 
 def test_rounds_interleave_each_pair_and_ratios_are_their_medians(tmp_path):
-    """With --rounds, every Mamba row is followed by its peer's row of the
-    same round, and a ratio is the median of the rounds' ratios, with their
-    range and count."""
+    """With --rounds, every Mamba row is next to its peer's row of the same
+    round (first in even rounds, second in odd ones), and a ratio is the
+    median of the rounds' ratios, with their range and count."""
     out = tmp_path / "eff"
     efficiency.main(
         [
@@ -100,7 +100,7 @@ def test_rounds_interleave_each_pair_and_ratios_are_their_medians(tmp_path):
         (turn, seconds, role)
         for turn in range(3)
         for seconds in (0.2, 0.4)
-        for role in ("mamba", "peer")
+        for role in (("mamba", "peer") if turn % 2 == 0 else ("peer", "mamba"))
     ]
     ratios = {float(r["seconds"]): r for r in read_csv(out / "ratios.csv")}
     assert sorted(ratios) == [0.2, 0.4]

@@ -43,7 +43,8 @@ def test_rows_and_summary_under_the_interpreter(tmp_path):
     # carry between chunks, the gating, and the two add + norm kernels
     assert int(by[(lean, "infer")]["kernel_launches"]) == 7
     assert int(by[(peer, "train")]["kernel_launches"]) == 0
-    # recomputing in backward launches the convolution once more
+    # recomputing in backward launches the convolution and the gating once
+    # more
     assert int(by[(lean, "train")]["kernel_launches"]) == (
         int(by[(keep, "train")]["kernel_launches"]) + 2
     )

@@ -123,8 +123,8 @@ class _SlowFirstItem(torch.utils.data.Dataset):
 
 def test_budget_spent_before_the_first_batch_still_trains_one_step():
     """A loaded machine: the budget runs out while the first batch loads.
-    The fit still makes one optimizer step (validating an untrained model
-    failed, e.g. feature normalisation without statistics), then stops."""
+    The fit still trains that batch (validating an untrained model failed,
+    e.g. feature normalisation without statistics), then stops."""
     data = torch.utils.data.DataLoader(_SlowFirstItem(), batch_size=1)
     brain = _Toy(
         {"lin": torch.nn.Linear(1, 1)},
@@ -135,3 +135,26 @@ def test_budget_spent_before_the_first_batch_still_trains_one_step():
     brain.fit(range(1, 3), data, progressbar=False)
     assert brain.optimizer_step == 1
     assert not torch.equal(brain.modules.lin.weight, before)
+
+
+class _NeverSteps(_Toy):
+    """A Brain whose every batch is skipped (as SeparationBrain skips a
+    non-finite loss): no optimizer step ever happens."""
+
+    batches = 0
+
+    def fit_batch(self, batch):
+        self.batches += 1
+        return torch.tensor(0.0)
+
+
+def test_budget_stops_a_run_that_never_steps():
+    data = torch.utils.data.DataLoader(torch.ones(4, 1), batch_size=1)
+    brain = _NeverSteps(
+        {"lin": torch.nn.Linear(1, 1)},
+        torch.optim.SGD,
+        hparams={"train_time_budget_s": 1e-9},
+    )
+    brain.fit(range(1, 4), data, progressbar=False)
+    assert brain.batches == 1  # the first batch only, in 3 epochs of 4
+    assert brain.optimizer_step == 0

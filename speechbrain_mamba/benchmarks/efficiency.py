@@ -34,9 +34,11 @@ synchronised), memory is peak CUDA memory, OOM is recorded as such. The
 Mamba model and its peer are measured in turn for each duration, mode and
 dtype (one after the other, the idle model parked in host memory), so that
 both see the same state of the machine; ``--rounds R`` repeats every such
-pair R times, interleaved, and each ratio is the median of the R per-round
-ratios, with their range beside it (a GPU's step times drift by tens of
-percent between minutes of one session). It writes
+pair R times, interleaved, the Mamba model first in even rounds and second
+in odd ones, and each ratio is the median of the R per-round ratios, with
+their range beside it (a GPU's step times drift by tens of percent between
+minutes of one session). The plot shows each model's median time over the
+rounds. It writes
 
 - ``results.csv`` / ``results.jsonl``: one row per measurement,
 - ``ratios.csv``: peer / Mamba time and memory ratios (> 1: Mamba better;
@@ -52,7 +54,7 @@ Usage::
         [--tasks separation asr tts] [--seconds 1 2 4 8 16 32 60] \\
         [--modes train infer ar-step] [--dtypes float32 bfloat16] \\
         [--device cuda] [--tts-size paper] [--ar-steps 50] \\
-        [--harness brain|module] [--no-self-graphs] [--rounds 3]
+        [--harness brain|module] [--no-self-graphs] [--rounds 3] \\
         [--low-memory auto|true|false]
 
 The Mamba models replay their calls from CUDA graphs they record by
@@ -73,10 +75,11 @@ speechbrain-mamba developers
 
 import argparse
 import contextlib
+import gc
 import json
 import statistics
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -432,7 +435,7 @@ def enable_checkpointing(model: torch.nn.Module) -> int:
     return len(stacks)
 
 
-def set_low_memory(model: torch.nn.Module, value) -> int:
+def set_low_memory(model: torch.nn.Module, value: Union[bool, str]) -> int:
     """Sets ``low_memory`` of every BiMamba layer of a model (True or
     "auto": recompute the activations before the scan in backward; False:
     keep them).
@@ -840,8 +843,9 @@ def plan(args: argparse.Namespace) -> List[Tuple]:
     -------
     list of tuple
         (task, role, seconds, mode, dtype, round) in measuring order: per
-        task, ``rounds`` (default 1) rounds, in each the Mamba model then
-        its peer for every duration, mode and dtype.
+        task, ``rounds`` (default 1) rounds, in each the Mamba model and its
+        peer in turn for every duration, mode and dtype (the Mamba model
+        first in even rounds, second in odd ones).
 
     Example
     -------
@@ -849,7 +853,7 @@ def plan(args: argparse.Namespace) -> List[Tuple]:
     ...     modes=["ar-step"], dtypes=["float32"], rounds=2)
     >>> [job[1::4] for job in plan(args)]  # (role, round)
     asr: no ar-step mode; skipped
-    [('mamba', 0), ('peer', 0), ('mamba', 1), ('peer', 1)]
+    [('mamba', 0), ('peer', 0), ('peer', 1), ('mamba', 1)]
     """
     dtypes = [getattr(torch, d) for d in args.dtypes]
     rounds = getattr(args, "rounds", 1)
@@ -864,7 +868,8 @@ def plan(args: argparse.Namespace) -> List[Tuple]:
             for s in seconds:
                 for mode in modes:
                     for dtype in dtypes:
-                        for role in ("mamba", "peer"):
+                        roles = ("mamba", "peer")[:: 1 - 2 * (turn % 2)]
+                        for role in roles:
                             jobs.append((task, role, s, mode, dtype, turn))
     if not jobs:
         raise ValueError(
@@ -950,6 +955,7 @@ def run(args) -> Dict:
                 warmup=WARMUP[mode],
             )
             del brain  # its optimizer state and graphs
+            gc.collect()  # also if a reference cycle held them
         else:
             result = measure_model(
                 model,

@@ -52,7 +52,7 @@ from speechbrain_mamba.ops.triton import bidirectional_scan
 from speechbrain_mamba.utils.atomic import atomic_write_csv, atomic_write_text
 from speechbrain_mamba.utils.cli import positive_int
 
-#: (label, role, factory of the layer given d_model).
+#: (label, role, kind of :func:`build_layer`).
 LAYERS = (
     ("MambaStack layer, BiMamba, recomputes", "mamba", "bimamba_lean"),
     ("MambaStack layer, BiMamba, keeps activations", "mamba", "bimamba_keep"),
@@ -126,10 +126,11 @@ class _CountOps(TorchDispatchMode):
 @contextlib.contextmanager
 def stubbed_launches() -> Iterator[collections.Counter]:
     """Replaces every Triton kernel launch (under the interpreter) by a
-    no-op that counts it, by kernel name.
+    no-op that counts it, by kernel name; the launches run again after the
+    context.
 
-    Returns
-    -------
+    Yields
+    ------
     collections.Counter
         Launches per kernel, filled while the context is active.
 
@@ -137,6 +138,15 @@ def stubbed_launches() -> Iterator[collections.Counter]:
     ------
     RuntimeError
         If Triton's interpreter is not active.
+
+    Example
+    -------
+    >>> if bidirectional_scan.interpreted():
+    ...     from speechbrain_mamba.ops.triton.launch_sizes import ceil_div
+    ...     with stubbed_launches() as launches:
+    ...         x = torch.ones(2, 4, 8)
+    ...         y = bidirectional_scan.gate_directions(x, x[..., :4], 1.0)
+    ...     assert sum(launches.values()) == 1  # the gating kernel
     """
     if not bidirectional_scan.interpreted():
         raise RuntimeError(
@@ -198,9 +208,20 @@ def host_rows(
     Returns
     -------
     list of dict
-        One per (layer, mode): ``layer``, ``role``, ``mode``,
-        ``host_us`` (median per call), ``kernel_launches`` and
+        One per (layer, mode): ``layer``, ``role``, ``mode``, ``d_model``,
+        ``frames``, ``host_us`` (median per call), ``kernel_launches`` and
         ``aten_ops`` (per call).
+
+    Raises
+    ------
+    RuntimeError
+        If Triton's interpreter is not active (see the module docstring).
+
+    Example
+    -------
+    >>> if bidirectional_scan.interpreted():
+    ...     rows = host_rows(8, 4, 1)
+    ...     assert {r["role"] for r in rows} == {"mamba", "peer"}
     """
     rows = []
     torch.manual_seed(0)

@@ -5,10 +5,10 @@ training like SpeechBrain's ``optimizer_step_limit``: the clock starts when
 ``fit`` starts (after the checkpoint is recovered, so a resumed run gets the
 whole budget again); once it has run out, no new batch starts, the running
 epoch is validated and checkpointed, and ``fit`` returns. A positive budget
-gives every ``fit`` at least one optimizer step, however long the first
-batch takes to come (a run stopped before any step would validate and save
-a model its data never reached, e.g. with no feature statistics); a budget
-of 0 trains not at all. Under DDP the
+lets every ``fit`` train its first batch, however long that batch takes to
+come (a run stopped before any batch would validate and save a model its
+data never reached, e.g. with no feature statistics); a budget of 0 trains
+not at all. Under DDP the
 decision is taken jointly: a process whose clock has run out stops every
 process at the same step (no process waits for a batch the others never
 start).
@@ -120,7 +120,7 @@ class TrainTimeBudget:
     >>> brain = Toy({"lin": torch.nn.Linear(1, 1)}, torch.optim.SGD,
     ...             hparams={"train_time_budget_s": 1e-9})
     >>> brain.fit(range(1, 4), data, progressbar=False)
-    >>> brain.optimizer_step  # out of time at once, yet one step
+    >>> brain.optimizer_step  # out of time at once, yet the first batch
     1
     >>> brain = Toy({"lin": torch.nn.Linear(1, 1)}, torch.optim.SGD,
     ...             hparams={"train_time_budget_s": None})
@@ -131,7 +131,7 @@ class TrainTimeBudget:
 
     _budget_start: Optional[float] = None
     _budget_logged = False
-    _budget_first_step = 0
+    _budget_first_batch_allowed = False
 
     def on_fit_start(self):
         """Starts the budget clock (after the parent's checkpoint
@@ -141,7 +141,7 @@ class TrainTimeBudget:
         train_time_budget(getattr(self, "hparams", None))
         self._budget_start = time.monotonic()
         self._budget_logged = False
-        self._budget_first_step = self.optimizer_step
+        self._budget_first_batch_allowed = False
 
     @property
     def _optimizer_step_limit_exceeded(self):
@@ -152,9 +152,12 @@ class TrainTimeBudget:
             budget = train_time_budget(getattr(self, "hparams", None))
         if budget is None or self._budget_start is None:
             return False
-        over = time.monotonic() - self._budget_start >= budget and (
-            budget == 0 or self.optimizer_step > self._budget_first_step
-        )
+        over = time.monotonic() - self._budget_start >= budget
+        if budget > 0 and not self._budget_first_batch_allowed:
+            # the first check of a fit comes before its first batch, which
+            # trains whatever the clock says; every later one stops
+            self._budget_first_batch_allowed = True
+            over = False
         over = any_rank(over, self.device)  # all processes stop together
         if over and not self._budget_logged:
             logger.info("Training time budget of %.0f s used", budget)

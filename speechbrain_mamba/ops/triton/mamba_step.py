@@ -41,7 +41,7 @@ from speechbrain_mamba.ops.triton.bidirectional_scan import (
     available,
     interpreted,
 )
-from speechbrain_mamba.ops.triton.launch_sizes import ceil_div
+from speechbrain_mamba.ops.triton.launch_sizes import ceil_div, next_power_of_2
 
 if available():  # Triton comes with the CUDA builds of PyTorch
     import triton
@@ -297,10 +297,6 @@ if available():
         )
 
 
-def _next_power_of_two(value: int) -> int:
-    return 1 << max(value - 1, 0).bit_length()
-
-
 def _norm_kind(norm: Optional[nn.Module]) -> Optional[str]:
     """``"layernorm"`` for ``torch.nn.LayerNorm``, ``"rmsnorm"`` for a module
     that declares ``is_rms_norm`` (:class:`speechbrain_mamba.nnet.RMSNorm`:
@@ -416,7 +412,7 @@ def projection_buffer(
     >>> projection_buffer(2, Mamba(32, d_state=8), "cpu", layers=3).shape
     torch.Size([3, 2, 32])
     """
-    size = _next_power_of_two(mixer.dt_rank + 2 * mixer.d_state)
+    size = next_power_of_2(mixer.dt_rank + 2 * mixer.d_state)
     return torch.zeros(layers, batch, size, device=device)
 
 
@@ -445,7 +441,7 @@ def _launch(
     z = torch.empty(batch, d_inner, device=device)
     conv, in_proj, out_proj = mixer.conv1d, mixer.in_proj, mixer.out_proj
     norm_bias = getattr(norm, "bias", None)
-    model_pad = _next_power_of_two(d_model)
+    model_pad = next_power_of_2(d_model)
     channels = min(MAX_CHANNELS, max(1, TILE // model_pad))
     grid = (ceil_div(d_inner, channels), batch)
     unused = output  # stands for absent optional pointers (never read)
@@ -496,8 +492,8 @@ def _launch(
         d_state,
         *cache.ssm.stride(),
         HAS_OUT_BIAS=out_proj.bias is not None,
-        RANK_PAD=_next_power_of_two(dt_rank),
-        STATE_PAD=_next_power_of_two(d_state),
+        RANK_PAD=next_power_of_2(dt_rank),
+        STATE_PAD=next_power_of_2(d_state),
         PROJ_PAD=proj_pad,
         MODEL_PAD=model_pad,
         CHANNELS=channels,
