@@ -119,6 +119,26 @@ def test_rounds_interleave_each_pair_and_ratios_are_their_medians(tmp_path):
         assert math.isclose(float(r["time_ratio_max"]), per_round[2])
 
 
+def test_a_round_where_only_one_model_ran_out_of_memory_counts():
+    """Out of memory is a measured outcome, not a missing one: 0 where only
+    the Mamba model ran out, inf where only the peer did."""
+
+    def row(role, turn, oom):
+        return dict(
+            task="t", role=role, seconds=1, mode="train", dtype="d",
+            model=role, round=turn, oom=oom,
+            seconds_median=None if oom else 1.0, peak_mib=None,
+        )  # fmt: skip
+
+    rows = [row("mamba", 0, True), row("peer", 0, False)]
+    rows += [row("mamba", 1, False), row("peer", 1, True)]
+    rows += [row("mamba", 2, True), row("peer", 2, False)]
+    (ratio,) = efficiency.ratio_rows(rows)
+    assert ratio["rounds"] == 3
+    assert (ratio["time_ratio_min"], ratio["time_ratio"]) == (0.0, 0.0)
+    assert ratio["time_ratio_max"] == float("inf")
+
+
 def test_median_rows_collapse_rounds_for_the_plot():
     rows = [
         dict(

@@ -544,10 +544,12 @@ def thresholds(rows: List[Dict]) -> Dict[str, Optional[float]]:
 
 
 def _pair_ratio(mamba: Dict, peer: Dict, key: str) -> Optional[float]:
-    """peer[key] / mamba[key] (inf where only the peer ran out of memory;
-    None where either value is missing)."""
+    """peer[key] / mamba[key] (inf where only the peer ran out of memory,
+    0 where only the Mamba model did; None where either value is missing)."""
     if peer["oom"] and not mamba["oom"]:
         return float("inf")
+    if mamba["oom"] and not peer["oom"]:
+        return 0.0
     if mamba[key] and peer[key]:
         return peer[key] / mamba[key]
     return None
