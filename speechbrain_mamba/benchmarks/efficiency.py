@@ -435,6 +435,13 @@ def enable_checkpointing(model: torch.nn.Module) -> int:
     return len(stacks)
 
 
+def _bimamba_layers(model: torch.nn.Module) -> List[torch.nn.Module]:
+    """The BiMamba layers of a model, in ``model.modules()`` order."""
+    from speechbrain_mamba.nnet import BiMamba
+
+    return [m for m in model.modules() if isinstance(m, BiMamba)]
+
+
 def set_low_memory(model: torch.nn.Module, value: Union[bool, str]) -> int:
     """Sets ``low_memory`` of every BiMamba layer of a model (True or
     "auto": recompute the activations before the scan in backward; False:
@@ -461,9 +468,7 @@ def set_low_memory(model: torch.nn.Module, value: Union[bool, str]) -> int:
     >>> [layer.mixer.low_memory for layer in stack.layers]
     [False, False]
     """
-    from speechbrain_mamba.nnet import BiMamba
-
-    layers = [m for m in model.modules() if isinstance(m, BiMamba)]
+    layers = _bimamba_layers(model)
     for layer in layers:
         layer.low_memory = value
     return len(layers)
@@ -490,13 +495,7 @@ def bimamba_low_memory(model: torch.nn.Module) -> str:
     >>> bimamba_low_memory(stack), bimamba_low_memory(torch.nn.Linear(2, 2))
     ('auto', '')
     """
-    from speechbrain_mamba.nnet import BiMamba
-
-    values = {
-        str(m.low_memory).lower()
-        for m in model.modules()
-        if isinstance(m, BiMamba)
-    }
+    values = {str(m.low_memory).lower() for m in _bimamba_layers(model)}
     return ",".join(sorted(values))
 
 
@@ -600,19 +599,11 @@ def ratio_rows(rows: List[Dict]) -> List[Dict]:
         for r in rows
     }
     pairs: Dict[Tuple, List[Tuple[Dict, Dict]]] = {}
-    for (
-        task,
-        role,
-        seconds,
-        mode,
-        dtype,
-        harness,
-        turn,
-    ), mamba in index.items():
-        peer = index.get((task, "peer", seconds, mode, dtype, harness, turn))
-        if role == "mamba" and peer is not None:
-            key = (task, seconds, mode, dtype, harness)
-            pairs.setdefault(key, []).append((mamba, peer))
+    for key, mamba in index.items():
+        peer = index.get((key[0], "peer", *key[2:]))
+        if key[1] == "mamba" and peer is not None:
+            # (task, seconds, mode, dtype, harness): the rounds pooled
+            pairs.setdefault((key[0], *key[2:6]), []).append((mamba, peer))
     out = []
     for (task, seconds, mode, dtype, harness), measured in pairs.items():
         ratios = {}
@@ -867,10 +858,10 @@ def plan(args: argparse.Namespace) -> List[Tuple]:
         if skipped:
             print(f"{task}: no {', '.join(skipped)} mode; skipped")
         for turn in range(rounds):
+            roles = ("mamba", "peer") if turn % 2 == 0 else ("peer", "mamba")
             for s in seconds:
                 for mode in modes:
                     for dtype in dtypes:
-                        roles = ("mamba", "peer")[:: 1 - 2 * (turn % 2)]
                         for role in roles:
                             jobs.append((task, role, s, mode, dtype, turn))
     if not jobs:

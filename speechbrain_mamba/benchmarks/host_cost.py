@@ -40,14 +40,13 @@ speechbrain-mamba developers
 import argparse
 import collections
 import contextlib
-import statistics
-import time
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from speechbrain_mamba.benchmarks.timing import measure
 from speechbrain_mamba.ops.triton import bidirectional_scan
 from speechbrain_mamba.utils.atomic import atomic_write_csv, atomic_write_text
 from speechbrain_mamba.utils.cli import positive_int
@@ -142,7 +141,6 @@ def stubbed_launches() -> Iterator[collections.Counter]:
     Example
     -------
     >>> if bidirectional_scan.interpreted():
-    ...     from speechbrain_mamba.ops.triton.launch_sizes import ceil_div
     ...     with stubbed_launches() as launches:
     ...         x = torch.ones(2, 4, 8)
     ...         y = bidirectional_scan.gate_directions(x, x[..., :4], 1.0)
@@ -237,11 +235,7 @@ def host_rows(
                 with _CountOps() as ops:
                     step()
                 launched = sum(launches.values())
-                times = []
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    step()
-                    times.append(time.perf_counter() - start)
+                timed = measure(step, "cpu", repeats, warmup=0)
                 rows.append(
                     {
                         "layer": label,
@@ -249,7 +243,7 @@ def host_rows(
                         "mode": mode,
                         "d_model": d_model,
                         "frames": frames,
-                        "host_us": statistics.median(times) * 1e6,
+                        "host_us": timed["seconds"] * 1e6,
                         "kernel_launches": launched,
                         "aten_ops": ops.count,
                     }

@@ -8,10 +8,9 @@ epoch is validated and checkpointed, and ``fit`` returns. A positive budget
 lets every ``fit`` train its first batch, however long that batch takes to
 come (a run stopped before any batch would validate and save a model its
 data never reached, e.g. with no feature statistics); a budget of 0 trains
-not at all. Under DDP the
-decision is taken jointly: a process whose clock has run out stops every
-process at the same step (no process waits for a batch the others never
-start).
+not at all. Under DDP the decision is taken jointly: a process whose clock
+has run out stops every process at the same step (no process waits for a
+batch the others never start).
 
 Every Brain of the package mixes in :class:`TrainTimeBudget`; a recipe YAML
 sets the budget with::
